@@ -1,0 +1,149 @@
+"""The one place that decides which backend runs an op.
+
+Backends:
+  "torch"  - the pure-PyTorch reference beside each op; any device, autograd by torch.
+  "triton" - Triton kernels; CUDA tensors, or CPU tensors when TRITON_INTERPRET=1 was set
+             before skillkern was imported (the Triton interpreter, used by the tests).
+  "cuda"   - the compiled extension skillkern._C (csrc/, built by setup.py).
+  "auto"   - the fastest backend available for the tensors' device (see _AUTO_ORDER).
+
+Nothing here touches CUDA or imports Triton at import time.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+
+import torch
+
+BACKENDS = ("auto", "torch", "triton", "cuda")
+
+# Per op, the order in which "auto" tries backends on a CUDA device. Only ops whose CUDA C++
+# kernels exist are listed with "cuda" (issue "CUDA C++ extension" adds the others).
+_AUTO_ORDER = {
+    "skill_ffn": ("triton", "torch"),
+    "skill_route": ("triton", "cuda", "torch"),
+}
+
+# Ops the compiled extension implements, by name of the torch.ops.skillkern entry.
+_CUDA_OPS = {"skill_route": "skill_route"}
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend was asked for that cannot run here; the message says how to get it."""
+
+
+def interpreting() -> bool:
+    """True when Triton kernels run through the CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_import_error() -> str | None:
+    try:
+        importlib.import_module("triton")
+    except Exception as e:  # ImportError, or a broken install raising something else
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _extension_import_error() -> str | None:
+    try:
+        importlib.import_module("skillkern._C")
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def has_triton() -> bool:
+    return _triton_import_error() is None
+
+
+def has_cuda_extension() -> bool:
+    """True when skillkern._C (the CUDA C++ extension) was built and imports."""
+    return _extension_import_error() is None
+
+
+def load_cuda_extension():
+    """Import skillkern._C (registers torch.ops.skillkern.*) or raise BackendUnavailable."""
+    err = _extension_import_error()
+    if err is not None:
+        raise BackendUnavailable(
+            "the CUDA C++ extension skillkern._C is not available "
+            f"({err}). Build it with a CUDA toolkit present: "
+            "`pip install -e . --no-build-isolation` (unset SKILLKERN_SKIP_CUDA_BUILD; "
+            "TORCH_CUDA_ARCH_LIST picks the archs, default '8.0;9.0')."
+        )
+    return importlib.import_module("skillkern._C")
+
+
+def _triton_reason(device: torch.device) -> str | None:
+    """None if Triton kernels can run on tensors of `device`, else why not."""
+    err = _triton_import_error()
+    if err is not None:
+        return f"triton is not importable ({err}); `pip install triton` (Linux only)"
+    if device.type == "cuda":
+        return None
+    if device.type == "cpu" and interpreting():
+        return None
+    return (
+        f"Triton kernels need CUDA tensors (got device {device}); CPU tensors run only "
+        "under the Triton interpreter (set TRITON_INTERPRET=1 before importing skillkern)"
+    )
+
+
+def _cuda_reason(op: str, device: torch.device) -> str | None:
+    if op not in _CUDA_OPS:
+        return (
+            f"skillkern.{op} has no CUDA C++ kernels yet (csrc/ implements "
+            f"{sorted(_CUDA_OPS)}); use backend='triton' or 'torch'"
+        )
+    try:
+        load_cuda_extension()
+    except BackendUnavailable as e:
+        return str(e)
+    return None
+
+
+def resolve(op: str, backend: str, device: torch.device) -> str:
+    """Turn a requested backend into the one that will run, or raise a clear error."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "torch":
+        return "torch"
+    if backend == "triton":
+        reason = _triton_reason(device)
+        if reason is not None:
+            raise BackendUnavailable(f"backend='triton' for skillkern.{op}: {reason}")
+        return "triton"
+    if backend == "cuda":
+        reason = _cuda_reason(op, device)
+        if reason is None and device.type != "cuda":
+            reason = f"the CUDA backend needs CUDA tensors (got device {device})"
+        if reason is not None:
+            raise BackendUnavailable(f"backend='cuda' for skillkern.{op}: {reason}")
+        return "cuda"
+    # auto: the fastest that can run on this device; interpreted Triton is never "fastest".
+    if device.type != "cuda":
+        return "torch"
+    for cand in _AUTO_ORDER.get(op, ("torch",)):
+        if cand == "torch":
+            return "torch"
+        if cand == "triton" and _triton_reason(device) is None:
+            return "triton"
+        if cand == "cuda" and _cuda_reason(op, device) is None:
+            return "cuda"
+    return "torch"
+
+
+def available_backends(op: str, device: torch.device | str = "cuda") -> list[str]:
+    """The backends that could run `op` on `device` here (used by info/benchmarks)."""
+    device = torch.device(device)
+    out = ["torch"]
+    if _triton_reason(device) is None:
+        out.append("triton")
+    if device.type == "cuda" and _cuda_reason(op, device) is None:
+        out.append("cuda")
+    return out

@@ -1,0 +1,401 @@
+"""Triton kernels of the skill-routed FFN (launchers in triton_impl.py).
+
+Layout. The N = T*k token slots are counting-sorted by skill (`_route_*`): sorted position p
+holds slot order[p]; skill e owns positions [offsets[e], offsets[e+1]). A row tile never spans
+two skills: the tiles of skill e start at offsets[e] and the last one is masked, so a skill
+boundary that falls inside a BLOCK_M block simply starts a new tile. The tile -> (skill, rows)
+map is computed in-kernel from offsets (E is small), so nothing is synced to the host: the grid
+is sized for the worst case, cdiv(N, BLOCK_M) + E tiles, and the surplus tiles exit at once.
+
+Activations are gathered through order (no permuted copy of x); the hidden activations live in
+sorted order; outputs are scattered back to slot order in the epilogue.
+
+Every offset that multiplies a stride is int64 (int32 overflows past 2^31 elements: vllm#5938).
+Accumulation is fp32; tiles are cast to the input dtype only when stored.
+"""
+import triton
+import triton.language as tl
+
+# activation codes (constexpr ACT)
+GELU, GELU_TANH, RELU, SILU, SWIGLU = 0, 1, 2, 3, 4
+_SQRT1_2 = 0.7071067811865476  # 1/sqrt(2), gelu(erf)
+_INV_SQRT_2PI = 0.3989422804014327  # 1/sqrt(2*pi), normal pdf
+_TANH_C = 0.7978845608028654  # sqrt(2/pi), gelu(tanh)
+_TANH_A = 0.044715
+
+
+# ----------------------------------------------------------------------------- routing
+
+
+@triton.jit
+def _route_hist_kernel(ids_ptr, counts_ptr, N, E, BLOCK: tl.constexpr, E_PAD: tl.constexpr):
+    """counts[b, e] = number of slots of block b in bucket e (bucket E = inactive)."""
+    pid = tl.program_id(0).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    valid = offs < N
+    ids = tl.load(ids_ptr + offs, mask=valid, other=-1).to(tl.int32)
+    bucket = tl.where((ids >= 0) & (ids < E), ids, E)
+    buckets = tl.arange(0, E_PAD)
+    onehot = (bucket[:, None] == buckets[None, :]) & valid[:, None]
+    tl.store(counts_ptr + pid * E_PAD + buckets, tl.sum(onehot.to(tl.int32), axis=0))
+
+
+@triton.jit
+def _route_scatter_kernel(ids_ptr, counts_ptr, order_ptr, offsets_ptr, N, E, n_blocks,
+                          BLOCK: tl.constexpr, E_PAD: tl.constexpr, NB_CHUNK: tl.constexpr):
+    """Stable scatter: slot i of block b in bucket e goes to
+    start[e] + (slots of e in blocks < b) + (slots of e before i in block b).
+    Each program re-reads the (n_blocks, E_PAD) histogram: one launch instead of a separate
+    scan kernel; at N = 128k slots that is 128 x 8 ints per program."""
+    pid = tl.program_id(0)
+    buckets = tl.arange(0, E_PAD)
+    total = tl.zeros([E_PAD], dtype=tl.int32)
+    before = tl.zeros([E_PAD], dtype=tl.int32)
+    for b0 in range(0, n_blocks, NB_CHUNK):
+        bs = b0 + tl.arange(0, NB_CHUNK)
+        c = tl.load(counts_ptr + bs.to(tl.int64)[:, None] * E_PAD + buckets[None, :],
+                    mask=(bs < n_blocks)[:, None], other=0)
+        total += tl.sum(c, axis=0)
+        before += tl.sum(tl.where((bs < pid)[:, None], c, 0), axis=0)
+    start = tl.cumsum(total, axis=0) - total  # exclusive scan over buckets
+    if pid == 0:
+        tl.store(offsets_ptr + buckets, start, mask=buckets <= E)
+
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    valid = offs < N
+    ids = tl.load(ids_ptr + offs, mask=valid, other=-1).to(tl.int32)
+    bucket = tl.where((ids >= 0) & (ids < E), ids, E)
+    onehot = ((bucket[:, None] == buckets[None, :]) & valid[:, None]).to(tl.int32)
+    rank = tl.cumsum(onehot, axis=0) - 1 + (start + before)[None, :]
+    dest = tl.sum(tl.where(onehot != 0, rank, 0), axis=1)
+    tl.store(order_ptr + dest, offs.to(tl.int32), mask=valid)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+@triton.jit
+def _tile_rows(offsets_ptr, tile, E, BLOCK_M: tl.constexpr):
+    """Row tile `tile` -> (skill, first sorted position, end of that skill's positions).
+    skill = -1 for surplus tiles. Tiles of skill e cover [offsets[e], offsets[e+1])."""
+    base = 0
+    skill = -1
+    row0 = 0
+    row_end = 0
+    lo = tl.load(offsets_ptr)
+    for e in range(E):
+        hi = tl.load(offsets_ptr + e + 1)
+        n_tiles = tl.cdiv(hi - lo, BLOCK_M)
+        hit = (tile >= base) & (tile < base + n_tiles)
+        skill = tl.where(hit, e, skill)
+        row0 = tl.where(hit, lo + (tile - base) * BLOCK_M, row0)
+        row_end = tl.where(hit, hi, row_end)
+        base += n_tiles
+        lo = hi
+    return skill, row0, row_end
+
+
+@triton.jit
+def _swizzle(pid, n_m, n_n, GROUP_M: tl.constexpr):
+    """Grouped launch order: GROUP_M row tiles share each weight column tile while it is in L2."""
+    width = GROUP_M * n_n
+    group = pid // width
+    first_m = group * GROUP_M
+    size_m = tl.minimum(n_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % size_m
+    pid_n = (pid % width) // size_m
+    return pid_m, pid_n
+
+
+@triton.jit
+def _tanh(u):
+    # tanh through exp: libdevice is unavailable in the interpreter; saturates correctly at +-inf
+    return 2.0 / (1.0 + tl.exp(-2.0 * u)) - 1.0
+
+
+@triton.jit
+def _sigmoid(u):
+    return 1.0 / (1.0 + tl.exp(-u))
+
+
+@triton.jit
+def _act(z, ACT: tl.constexpr):
+    """act(z) in fp32 for the single-input activations."""
+    if ACT == GELU:
+        return 0.5 * z * (1.0 + tl.math.erf(z * _SQRT1_2))
+    elif ACT == GELU_TANH:
+        return 0.5 * z * (1.0 + _tanh(_TANH_C * (z + _TANH_A * z * z * z)))
+    elif ACT == RELU:
+        return tl.maximum(z, 0.0)
+    else:  # SILU
+        return z * _sigmoid(z)
+
+
+@triton.jit
+def _act_grad(z, ACT: tl.constexpr):
+    """d act / dz in fp32."""
+    if ACT == GELU:
+        return 0.5 * (1.0 + tl.math.erf(z * _SQRT1_2)) + z * _INV_SQRT_2PI * tl.exp(-0.5 * z * z)
+    elif ACT == GELU_TANH:
+        t = _tanh(_TANH_C * (z + _TANH_A * z * z * z))
+        return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * _TANH_C * (1.0 + 3.0 * _TANH_A * z * z)
+    elif ACT == RELU:
+        return (z > 0.0).to(tl.float32)
+    else:  # SILU
+        s = _sigmoid(z)
+        return s * (1.0 + z * (1.0 - s))
+
+
+# ----------------------------------------------------------------------------- forward GEMM1
+
+
+@triton.jit
+def _skill_up_fwd_kernel(
+    x_ptr, w1_ptr, b1_ptr, hid_ptr, order_ptr, offsets_ptr,
+    N, E, d, h, k,
+    stride_xt, stride_we, stride_wd, stride_wh, stride_be, stride_hp,
+    n_bucket,  # next_power_of_2(N): autotune key only, so each token-count range tunes once
+    ACT: tl.constexpr, HAS_B1: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """hid[p, :] = act(x[token(p)] @ w1[e] + b1[e]) for sorted position p of skill e.
+    For SWIGLU w1 is (E, d, 2h), gate columns [0, h), up columns [h, 2h): both tiles are
+    accumulated side by side so the hidden tile is finished in registers."""
+    n_m = tl.cdiv(N, BLOCK_M) + E
+    n_n = tl.cdiv(h, BLOCK_N)
+    pid_m, pid_n = _swizzle(tl.program_id(0), n_m, n_n, GROUP_M)
+    skill, row0, row_end = _tile_rows(offsets_ptr, pid_m, E, BLOCK_M)
+    if skill < 0:
+        return
+    rows = row0 + tl.arange(0, BLOCK_M)
+    rmask = rows < row_end
+    tok = (tl.load(order_ptr + rows, mask=rmask, other=0) // k).to(tl.int64)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    cmask = cols < h
+    kk = tl.arange(0, BLOCK_K)
+    w_base = w1_ptr + skill.to(tl.int64) * stride_we + cols.to(tl.int64)[None, :] * stride_wh
+    x_base = x_ptr + tok[:, None] * stride_xt
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    if ACT == SWIGLU:
+        acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, d, BLOCK_K):
+        kmask = (k0 + kk) < d
+        a = tl.load(x_base + (k0 + kk)[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
+        w_ptrs = w_base + (k0 + kk).to(tl.int64)[:, None] * stride_wd
+        wmask = kmask[:, None] & cmask[None, :]
+        acc = tl.dot(a, tl.load(w_ptrs, mask=wmask, other=0.0), acc, input_precision=PRECISION)
+        if ACT == SWIGLU:
+            w_up = tl.load(w_ptrs + h * stride_wh, mask=wmask, other=0.0)
+            acc_up = tl.dot(a, w_up, acc_up, input_precision=PRECISION)
+    if HAS_B1:
+        b_ptrs = b1_ptr + skill.to(tl.int64) * stride_be + cols
+        acc += tl.load(b_ptrs, mask=cmask, other=0.0).to(tl.float32)[None, :]
+        if ACT == SWIGLU:
+            acc_up += tl.load(b_ptrs + h, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    if ACT == SWIGLU:
+        out = acc * _sigmoid(acc) * acc_up
+    else:
+        out = _act(acc, ACT)
+    h_ptrs = hid_ptr + rows.to(tl.int64)[:, None] * stride_hp + cols[None, :]
+    tl.store(h_ptrs, out.to(hid_ptr.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
+
+
+# ----------------------------------------------------------------------------- GEMM2 / dX
+
+
+@triton.jit
+def _skill_down_kernel(
+    a_ptr, w_ptr, bias_ptr, scale_ptr, out_ptr, order_ptr, offsets_ptr,
+    N, E, K, n_out,
+    stride_ap, stride_we, stride_wk, stride_wn, stride_be, stride_os,
+    n_bucket,  # autotune key only
+    HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """out[order[p], :] = scale[order[p]] * (a[p, :] @ w[e] + bias[e]) for sorted p of skill e.
+
+    Forward GEMM2: a = hidden (sorted), w = w2 (E, h, d), bias = b2, scale = c.
+    Backward dX:   a = dZ (sorted),     w = w1 read transposed (E, h1, d), no bias, no scale.
+    out has one row per slot (T*k rows; for k = 1 that is y itself): the unpermute and the
+    weighted combine happen in this epilogue, no permuted output copy is made."""
+    n_m = tl.cdiv(N, BLOCK_M) + E
+    n_n = tl.cdiv(n_out, BLOCK_N)
+    pid_m, pid_n = _swizzle(tl.program_id(0), n_m, n_n, GROUP_M)
+    skill, row0, row_end = _tile_rows(offsets_ptr, pid_m, E, BLOCK_M)
+    if skill < 0:
+        return
+    rows = row0 + tl.arange(0, BLOCK_M)
+    rmask = rows < row_end
+    slot = tl.load(order_ptr + rows, mask=rmask, other=0).to(tl.int64)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    cmask = cols < n_out
+    kk = tl.arange(0, BLOCK_K)
+    a_base = a_ptr + rows.to(tl.int64)[:, None] * stride_ap
+    w_base = w_ptr + skill.to(tl.int64) * stride_we + cols.to(tl.int64)[None, :] * stride_wn
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        kmask = (k0 + kk) < K
+        a = tl.load(a_base + (k0 + kk)[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
+        w = tl.load(w_base + (k0 + kk).to(tl.int64)[:, None] * stride_wk,
+                    mask=kmask[:, None] & cmask[None, :], other=0.0)
+        acc = tl.dot(a, w, acc, input_precision=PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + skill.to(tl.int64) * stride_be + cols, mask=cmask,
+                       other=0.0).to(tl.float32)[None, :]
+    if HAS_SCALE:
+        acc *= tl.load(scale_ptr + slot, mask=rmask, other=0.0)[:, None]
+    o_ptrs = out_ptr + slot[:, None] * stride_os + cols[None, :]
+    tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
+
+
+# ----------------------------------------------------------------------------- backward hidden
+
+
+@triton.jit
+def _skill_up_bwd_kernel(
+    x_ptr, dy_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, scale_ptr,
+    hid_ptr, dz_ptr, dc_ptr, order_ptr, offsets_ptr,
+    N, E, d, h, k,
+    stride_xt, stride_dyt, stride_w1e, stride_w1d, stride_w1h, stride_b1e,
+    stride_w2e, stride_w2h, stride_w2d, stride_b2e, stride_hp, stride_zp, stride_cp,
+    n_bucket,  # autotune key only
+    ACT: tl.constexpr, HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, NEED_DC: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """For sorted position p of skill e and a tile of hidden columns j:
+        Z = x[tok] @ w1[e][:, j] + b1[e][j]      (recomputed: the forward keeps no hidden)
+        G = dy[tok] @ w2[e][j, :]^T              (upstream grad of the hidden, before c)
+        H = act(Z);  dZ = c * G * act'(Z)        (SWIGLU: dgate, dup for both halves)
+    Stores H (for dW2) and dZ (for dW1, db1, dX) in sorted order; both K-loops run over d and
+    share the x / dy row gathers. With NEED_DC: dc[p, pid_n] = sum_j G * H (+ dy.b2[e] from
+    the pid_n == 0 tile); the partials are summed on the host side of the op (deterministic)."""
+    n_m = tl.cdiv(N, BLOCK_M) + E
+    n_n = tl.cdiv(h, BLOCK_N)
+    pid_m, pid_n = _swizzle(tl.program_id(0), n_m, n_n, GROUP_M)
+    skill, row0, row_end = _tile_rows(offsets_ptr, pid_m, E, BLOCK_M)
+    if skill < 0:
+        return
+    e64 = skill.to(tl.int64)
+    rows = row0 + tl.arange(0, BLOCK_M)
+    rmask = rows < row_end
+    slot = tl.load(order_ptr + rows, mask=rmask, other=0).to(tl.int64)
+    tok = slot // k
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    cmask = cols < h
+    cols64 = cols.to(tl.int64)
+    kk = tl.arange(0, BLOCK_K)
+    x_base = x_ptr + tok[:, None] * stride_xt
+    dy_base = dy_ptr + tok[:, None] * stride_dyt
+    w1_base = w1_ptr + e64 * stride_w1e + cols64[None, :] * stride_w1h
+    w2_base = w2_ptr + e64 * stride_w2e + cols64[None, :] * stride_w2h
+    z = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    if ACT == SWIGLU:
+        z_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    dyb2 = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for k0 in range(0, d, BLOCK_K):
+        kmask = (k0 + kk) < d
+        amask = rmask[:, None] & kmask[None, :]
+        wmask = kmask[:, None] & cmask[None, :]
+        koff = (k0 + kk).to(tl.int64)[:, None]
+        a = tl.load(x_base + (k0 + kk)[None, :], mask=amask, other=0.0)
+        w1 = tl.load(w1_base + koff * stride_w1d, mask=wmask, other=0.0)
+        z = tl.dot(a, w1, z, input_precision=PRECISION)
+        if ACT == SWIGLU:
+            w1u = tl.load(w1_base + koff * stride_w1d + h * stride_w1h, mask=wmask, other=0.0)
+            z_up = tl.dot(a, w1u, z_up, input_precision=PRECISION)
+        dy = tl.load(dy_base + (k0 + kk)[None, :], mask=amask, other=0.0)
+        w2t = tl.load(w2_base + koff * stride_w2d, mask=wmask, other=0.0)
+        g = tl.dot(dy, w2t, g, input_precision=PRECISION)
+        if NEED_DC and HAS_B2:
+            if pid_n == 0:
+                b2 = tl.load(b2_ptr + e64 * stride_b2e + k0 + kk, mask=kmask, other=0.0)
+                dyb2 += tl.sum(dy.to(tl.float32) * b2.to(tl.float32)[None, :], axis=1)
+    if HAS_B1:
+        b_ptrs = b1_ptr + e64 * stride_b1e + cols
+        z += tl.load(b_ptrs, mask=cmask, other=0.0).to(tl.float32)[None, :]
+        if ACT == SWIGLU:
+            z_up += tl.load(b_ptrs + h, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    c = tl.load(scale_ptr + slot, mask=rmask, other=0.0)[:, None]
+    omask = rmask[:, None] & cmask[None, :]
+    dz_ptrs = dz_ptr + rows.to(tl.int64)[:, None] * stride_zp + cols[None, :]
+    if ACT == SWIGLU:
+        s = _sigmoid(z)
+        silu = z * s
+        hid = silu * z_up
+        dh = c * g
+        tl.store(dz_ptrs, (dh * z_up * s * (1.0 + z * (1.0 - s))).to(dz_ptr.dtype.element_ty),
+                 mask=omask)
+        tl.store(dz_ptrs + h, (dh * silu).to(dz_ptr.dtype.element_ty), mask=omask)
+    else:
+        hid = _act(z, ACT)
+        tl.store(dz_ptrs, (c * g * _act_grad(z, ACT)).to(dz_ptr.dtype.element_ty), mask=omask)
+    # the stored (rounded) hidden is what the forward fed to GEMM2; dc uses the same values
+    hid = hid.to(hid_ptr.dtype.element_ty)
+    tl.store(hid_ptr + rows.to(tl.int64)[:, None] * stride_hp + cols[None, :], hid, mask=omask)
+    if NEED_DC:
+        part = tl.sum(g * hid.to(tl.float32), axis=1) + dyb2
+        tl.store(dc_ptr + rows.to(tl.int64) * stride_cp + pid_n, part, mask=rmask)
+
+
+# ----------------------------------------------------------------------------- weight grads
+
+
+@triton.jit
+def _skill_wgrad_kernel(
+    a_ptr, b_ptr, scale_ptr, dw_ptr, db_ptr, order_ptr, offsets_ptr,
+    E, P, Q, k,
+    stride_a, stride_b, stride_we, stride_wp, stride_wq, stride_be,
+    A_BY_TOKEN: tl.constexpr, B_BY_TOKEN: tl.constexpr, B_SCALED: tl.constexpr,
+    HAS_DB: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    """dw[e] (P, Q) = sum over sorted p of skill e of a[row_a(p)]^T b[row_b(p)] (* c[slot]).
+    row = token of slot order[p] when *_BY_TOKEN, else p itself (sorted buffers).
+      dW1: a = x (by token), b = dZ (sorted).     dW2: a = H (sorted), b = dy (by token) * c.
+    With HAS_DB the programs of the first P tile also write db[e] = sum_p b row (bias grad).
+    One program owns one output tile and loops over all rows of its skill: no split-K, no
+    atomics, so results are deterministic and an unused skill writes exact zeros."""
+    e = tl.program_id(0)
+    n_q = tl.cdiv(Q, BLOCK_Q)
+    pid_p = tl.program_id(1) // n_q
+    pid_q = tl.program_id(1) % n_q
+    lo = tl.load(offsets_ptr + e)
+    hi = tl.load(offsets_ptr + e + 1)
+    ps = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    qs = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    pmask = ps < P
+    qmask = qs < Q
+    rr = tl.arange(0, BLOCK_R)
+    acc = tl.zeros([BLOCK_P, BLOCK_Q], dtype=tl.float32)
+    dbias = tl.zeros([BLOCK_Q], dtype=tl.float32)
+    for r0 in range(lo, hi, BLOCK_R):
+        rows = r0 + rr
+        rmask = rows < hi
+        slot = tl.load(order_ptr + rows, mask=rmask, other=0).to(tl.int64)
+        if A_BY_TOKEN:
+            ra = slot // k
+        else:
+            ra = rows.to(tl.int64)
+        if B_BY_TOKEN:
+            rb = slot // k
+        else:
+            rb = rows.to(tl.int64)
+        a = tl.load(a_ptr + ra[:, None] * stride_a + ps[None, :],
+                    mask=rmask[:, None] & pmask[None, :], other=0.0)
+        b = tl.load(b_ptr + rb[:, None] * stride_b + qs[None, :],
+                    mask=rmask[:, None] & qmask[None, :], other=0.0)
+        if B_SCALED:
+            c = tl.load(scale_ptr + slot, mask=rmask, other=0.0)
+            b = (b.to(tl.float32) * c[:, None]).to(b_ptr.dtype.element_ty)
+        acc = tl.dot(tl.trans(a), b, acc, input_precision=PRECISION)
+        if HAS_DB:
+            if pid_p == 0:
+                dbias += tl.sum(b.to(tl.float32), axis=0)
+    e64 = e.to(tl.int64)
+    w_ptrs = dw_ptr + e64 * stride_we + ps.to(tl.int64)[:, None] * stride_wp + qs[None, :] * stride_wq
+    tl.store(w_ptrs, acc.to(dw_ptr.dtype.element_ty), mask=pmask[:, None] & qmask[None, :])
+    if HAS_DB:
+        if pid_p == 0:
+            tl.store(db_ptr + e64 * stride_be + qs, dbias.to(db_ptr.dtype.element_ty), mask=qmask)

@@ -1,0 +1,74 @@
+"""skillkern.nn.SkillFFN: a bank of E skill FFNs, each token routed to its skills."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from skillkern.skill_ffn.op import skill_ffn
+from skillkern.skill_ffn.reference import ACTIVATIONS
+
+
+class SkillFFN(nn.Module):
+    """E skill FFNs d_model -> d_ff -> d_model; forward(x, skill_ids, skill_weights=None).
+
+    Parameters: w1 (E, d_model, d_ff) ((E, d_model, 2*d_ff) for "swiglu", gate first),
+    b1 (E, d_ff | 2*d_ff), w2 (E, d_ff, d_model), b2 (E, d_model). Initialised per skill like
+    nn.Linear. `backend` ("auto", "torch", "triton", "cuda") may be set after construction.
+    """
+
+    def __init__(self, d_model: int, d_ff: int, num_skills: int, activation: str = "gelu",
+                 bias: bool = True, device=None, dtype=None):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"SkillFFN: `activation` must be one of {ACTIVATIONS}, got {activation!r}")
+        if min(d_model, d_ff, num_skills) < 1:
+            raise ValueError("SkillFFN: `d_model`, `d_ff` and `num_skills` must be positive")
+        fk = {"device": device, "dtype": dtype}
+        h1 = 2 * d_ff if activation == "swiglu" else d_ff
+        self.d_model, self.d_ff, self.num_skills, self.activation = d_model, d_ff, num_skills, activation
+        self.backend = "auto"
+        self.w1 = nn.Parameter(torch.empty(num_skills, d_model, h1, **fk))
+        self.w2 = nn.Parameter(torch.empty(num_skills, d_ff, d_model, **fk))
+        self.b1 = nn.Parameter(torch.empty(num_skills, h1, **fk)) if bias else None
+        self.b2 = nn.Parameter(torch.empty(num_skills, d_model, **fk)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias
+        for w, b, fan_in in ((self.w1, self.b1, self.d_model), (self.w2, self.b2, self.d_ff)):
+            bound = 1.0 / math.sqrt(fan_in)
+            nn.init.uniform_(w, -bound, bound)
+            if b is not None:
+                nn.init.uniform_(b, -bound, bound)
+
+    def forward(self, x, skill_ids, skill_weights=None):
+        return skill_ffn(x, skill_ids, self.w1, self.w2, self.b1, self.b2,
+                         skill_weights=skill_weights, activation=self.activation, backend=self.backend)
+
+    @classmethod
+    def from_dense(cls, fc1: nn.Linear, fc2: nn.Linear, num_skills: int, activation: str = "gelu"):
+        """Copy a dense FFN (fc2(act(fc1(x)))) into every skill: SkillNet's initialisation, so the
+        outputs equal the dense FFN's for any routing with at least one active slot per token.
+        For "swiglu", fc1.out_features = 2 * d_ff with the gate half first."""
+        d, h1 = fc1.in_features, fc1.out_features
+        h = fc2.in_features
+        if fc2.out_features != d:
+            raise ValueError(f"SkillFFN.from_dense: `fc2` must map back to d_model={d}, got {fc2.out_features}")
+        if h1 != (2 * h if activation == "swiglu" else h):
+            raise ValueError(f"SkillFFN.from_dense: `fc1` has {h1} outputs but `fc2` takes {h}"
+                             + (" (swiglu needs fc1.out_features == 2 * fc2.in_features)" if activation == "swiglu" else ""))
+        bias = fc1.bias is not None or fc2.bias is not None
+        m = cls(d, h, num_skills, activation, bias, device=fc1.weight.device, dtype=fc1.weight.dtype)
+        with torch.no_grad():
+            m.w1.copy_(fc1.weight.t().unsqueeze(0).expand_as(m.w1))
+            m.w2.copy_(fc2.weight.t().unsqueeze(0).expand_as(m.w2))
+            if bias:
+                m.b1.copy_(fc1.bias if fc1.bias is not None else torch.zeros_like(m.b1[0]))
+                m.b2.copy_(fc2.bias if fc2.bias is not None else torch.zeros_like(m.b2[0]))
+        return m
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, d_ff={self.d_ff}, num_skills={self.num_skills}, "
+                f"activation={self.activation!r}, bias={self.b1 is not None}")

@@ -1,0 +1,191 @@
+"""Launchers of the skill-routed FFN Triton kernels (kernels.py): routing, forward, backward.
+
+Nothing here syncs with the host: grids are sized for the worst case from shapes alone.
+
+What the forward keeps for backward (besides x, the weights and c, which autograd holds
+anyway): order (int32, 4 bytes per token slot) and offsets (E + 1 int32). The hidden
+activations (2*h bytes per slot in bf16, 8 KB at h = 4096) are NOT kept: the backward
+recomputes GEMM1 inside the kernel that also forms the hidden gradient (one extra GEMM,
+7 GEMM-equivalents per step instead of 6, for ~2000x less saved state per slot).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+
+from skillkern._backend import interpreting
+from skillkern.skill_ffn import kernels as K
+
+ACT_CODE = {"gelu": K.GELU, "gelu_tanh": K.GELU_TANH, "relu": K.RELU, "silu": K.SILU,
+            "swiglu": K.SWIGLU}
+
+_ROUTE_BLOCK = 1024  # slots per routing program (one-hot BLOCK x E_PAD in registers)
+_DC_MIN_BLOCK_N = 32  # smallest BLOCK_N of any config: sizes the dc partial-sum buffer
+
+
+def _configs(gpu_configs, interp_config):
+    """Autotune configs: the GPU list, or one small config under the interpreter (where
+    autotuning cannot benchmark and each program step costs ~3.5 ms)."""
+    if interpreting():
+        return [triton.Config(interp_config, num_warps=4, num_stages=1)]
+    return [triton.Config(dict(zip(("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"), c[:4])),
+                          num_warps=c[4], num_stages=c[5]) for c in gpu_configs]
+
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, warps, stages). 128x128x64 / 8 warps is the usual
+# Hopper bf16 sweet spot for GEMMs of this size; the 64-row configs serve small skills.
+_ROW_GEMM = [
+    (128, 128, 64, 8, 8, 3), (128, 256, 64, 8, 8, 3), (128, 128, 64, 8, 4, 4),
+    (64, 128, 64, 8, 4, 4), (128, 64, 64, 8, 4, 4), (64, 64, 64, 8, 4, 3),
+]
+# two or three fp32 accumulators per program (swiglu, recompute + dY W2^T): narrower tiles
+_ROW_GEMM_2ACC = [
+    (128, 64, 64, 8, 8, 3), (128, 128, 64, 8, 8, 3), (64, 128, 64, 8, 4, 3),
+    (64, 64, 64, 8, 4, 3),
+]
+_INTERP_ROW = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}
+
+_WGRAD = [(128, 128, 64, 1, 8, 3), (128, 256, 64, 1, 8, 3), (128, 128, 32, 1, 4, 4),
+          (64, 128, 64, 1, 4, 3)]
+_INTERP_WGRAD = {"BLOCK_P": 32, "BLOCK_Q": 32, "BLOCK_R": 32}
+
+
+def _wgrad_configs():
+    if interpreting():
+        return [triton.Config(_INTERP_WGRAD, num_warps=4, num_stages=1)]
+    return [triton.Config({"BLOCK_P": c[0], "BLOCK_Q": c[1], "BLOCK_R": c[2]},
+                          num_warps=c[4], num_stages=c[5]) for c in _WGRAD]
+
+
+_up_fwd = triton.autotune(_configs(_ROW_GEMM, _INTERP_ROW),
+                          key=["d", "h", "n_bucket", "ACT"])(K._skill_up_fwd_kernel)
+_down = triton.autotune(_configs(_ROW_GEMM, _INTERP_ROW),
+                        key=["K", "n_out", "n_bucket", "HAS_SCALE"])(K._skill_down_kernel)
+_up_bwd = triton.autotune(_configs(_ROW_GEMM_2ACC, _INTERP_ROW),
+                          key=["d", "h", "n_bucket", "ACT", "NEED_DC"])(K._skill_up_bwd_kernel)
+_wgrad = triton.autotune(_wgrad_configs(),
+                         key=["P", "Q", "A_BY_TOKEN", "B_BY_TOKEN"])(K._skill_wgrad_kernel)
+
+
+def _precision(dtype: torch.dtype) -> str:
+    """fp32 inputs follow torch's matmul precision setting (exact fp32 by default, like
+    torch.mm); 16-bit inputs always use tensor cores with fp32 accumulation."""
+    if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
+        return "ieee"
+    return "tf32"
+
+
+def _row_grid(N: int, E: int, n_cols: int):
+    return lambda meta: ((triton.cdiv(N, meta["BLOCK_M"]) + E) * triton.cdiv(n_cols, meta["BLOCK_N"]),)
+
+
+def route(ids: torch.Tensor, num_skills: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Counting sort of slots by skill on the device (see reference.route_ref for the contract).
+    ids: (N,) contiguous integer. Returns order (N,) int32, offsets (E + 1,) int32."""
+    N = ids.numel()
+    E = num_skills
+    order = torch.empty(N, dtype=torch.int32, device=ids.device)
+    offsets = torch.empty(E + 1, dtype=torch.int32, device=ids.device)
+    if N == 0:
+        offsets.zero_()
+        return order, offsets
+    e_pad = triton.next_power_of_2(E + 1)
+    n_blocks = triton.cdiv(N, _ROUTE_BLOCK)
+    counts = torch.empty((n_blocks, e_pad), dtype=torch.int32, device=ids.device)
+    K._route_hist_kernel[(n_blocks,)](ids, counts, N, E, BLOCK=_ROUTE_BLOCK, E_PAD=e_pad)
+    K._route_scatter_kernel[(n_blocks,)](ids, counts, order, offsets, N, E, n_blocks,
+                                         BLOCK=_ROUTE_BLOCK, E_PAD=e_pad, NB_CHUNK=64)
+    return order, offsets
+
+
+def _combine(buf: torch.Tensor, T: int, k: int) -> torch.Tensor:
+    """Per-slot rows (T*k, d) -> per-token sums (T, d) in a fixed slot order (deterministic,
+    fp32 accumulation inside torch's reduction). For k == 1 buf already is the output."""
+    return buf if k == 1 else buf.view(T, k, -1).sum(dim=1)
+
+
+def skill_ffn_fwd(x, ids, scale, w1, w2, b1, b2, activation):
+    """x: (T, d); ids: (T, k); scale: (T, k) fp32; returns y (T, d), order, offsets."""
+    T, d = x.shape
+    k = ids.shape[1]
+    E, _, h1 = w1.shape
+    h = w2.shape[1]
+    N = T * k
+    order, offsets = route(ids.reshape(-1), E)
+    hid = torch.empty((N, h), dtype=x.dtype, device=x.device)
+    prec = _precision(x.dtype)
+    n_bucket = triton.next_power_of_2(N)
+    _up_fwd[_row_grid(N, E, h)](
+        x, w1, b1 if b1 is not None else w1, hid, order, offsets,
+        N, E, d, h, k,
+        x.stride(0), w1.stride(0), w1.stride(1), w1.stride(2),
+        b1.stride(0) if b1 is not None else 0, hid.stride(0),
+        n_bucket, ACT=ACT_CODE[activation], HAS_B1=b1 is not None, PRECISION=prec)
+    # zeros: tokens (k = 1) or slots (k > 1) with no active skill are never written
+    out = torch.zeros((N, d), dtype=x.dtype, device=x.device)
+    _down[_row_grid(N, E, d)](
+        hid, w2, b2 if b2 is not None else w2, scale, out, order, offsets,
+        N, E, h, d,
+        hid.stride(0), w2.stride(0), w2.stride(1), w2.stride(2),
+        b2.stride(0) if b2 is not None else 0, out.stride(0),
+        n_bucket, HAS_BIAS=b2 is not None, HAS_SCALE=True, PRECISION=prec)
+    return _combine(out, T, k), order, offsets
+
+
+def skill_ffn_bwd(dy, x, scale, w1, w2, b1, b2, order, offsets, activation, need_dscale):
+    """Returns dx, dw1, dw2, db1, db2, dscale (None for absent biases / unneeded dscale)."""
+    T, d = x.shape
+    k = scale.shape[1]
+    E, _, h1 = w1.shape
+    h = w2.shape[1]
+    N = T * k
+    prec = _precision(x.dtype)
+    n_bucket = triton.next_power_of_2(N)
+    hid = torch.empty((N, h), dtype=x.dtype, device=x.device)
+    dz = torch.empty((N, h1), dtype=x.dtype, device=x.device)
+    # zero-filled: columns past the chosen BLOCK_N's tile count stay 0 in the sum below
+    dc_part = torch.zeros((N, triton.cdiv(h, _DC_MIN_BLOCK_N)) if need_dscale else (1, 1),
+                          dtype=torch.float32, device=x.device)
+    _up_bwd[_row_grid(N, E, h)](
+        x, dy, w1, b1 if b1 is not None else w1, w2, b2 if b2 is not None else w2, scale,
+        hid, dz, dc_part, order, offsets,
+        N, E, d, h, k,
+        x.stride(0), dy.stride(0), w1.stride(0), w1.stride(1), w1.stride(2),
+        b1.stride(0) if b1 is not None else 0,
+        w2.stride(0), w2.stride(1), w2.stride(2), b2.stride(0) if b2 is not None else 0,
+        hid.stride(0), dz.stride(0), dc_part.stride(0),
+        n_bucket, ACT=ACT_CODE[activation], HAS_B1=b1 is not None, HAS_B2=b2 is not None,
+        NEED_DC=need_dscale, PRECISION=prec)
+
+    dw1 = torch.empty_like(w1)
+    dw2 = torch.empty_like(w2)
+    db1 = torch.empty_like(b1) if b1 is not None else None
+    db2 = torch.empty_like(b2) if b2 is not None else None
+
+    def wgrad(a, b, dw, db, P, Q, a_by_token, b_by_token, b_scaled):
+        grid = lambda meta: (E, triton.cdiv(P, meta["BLOCK_P"]) * triton.cdiv(Q, meta["BLOCK_Q"]))
+        _wgrad[grid](a, b, scale, dw, db if db is not None else dw, order, offsets,
+                     E, P, Q, k, a.stride(0), b.stride(0), dw.stride(0), dw.stride(1), dw.stride(2),
+                     db.stride(0) if db is not None else 0,
+                     A_BY_TOKEN=a_by_token, B_BY_TOKEN=b_by_token, B_SCALED=b_scaled,
+                     HAS_DB=db is not None, PRECISION=prec)
+
+    wgrad(x, dz, dw1, db1, d, h1, True, False, False)  # dW1 = X^T dZ, db1 = sum dZ
+    wgrad(hid, dy, dw2, db2, h, d, False, True, True)  # dW2 = H^T (c dy), db2 = sum c dy
+    del hid
+
+    dx_slots = torch.zeros((N, d), dtype=x.dtype, device=x.device)
+    _down[_row_grid(N, E, d)](  # dX = dZ W1^T: w1 read transposed through its strides
+        dz, w1, w1, scale, dx_slots, order, offsets,
+        N, E, h1, d,
+        dz.stride(0), w1.stride(0), w1.stride(2), w1.stride(1), 0, dx_slots.stride(0),
+        n_bucket, HAS_BIAS=False, HAS_SCALE=False, PRECISION=prec)
+    dx = _combine(dx_slots, T, k)
+
+    dscale = None
+    if need_dscale:
+        dscale = torch.zeros(N, dtype=torch.float32, device=x.device)
+        # sorted partial sums -> slot order; inactive positions hold exact zeros
+        dscale[order.long()] = dc_part.sum(dim=1)
+        dscale = dscale.view(T, k)
+    return dx, dw1, dw2, db1, db2, dscale
