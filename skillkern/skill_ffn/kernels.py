@@ -16,12 +16,16 @@ Accumulation is fp32; tiles are cast to the input dtype only when stored.
 import triton
 import triton.language as tl
 
-# activation codes (constexpr ACT)
-GELU, GELU_TANH, RELU, SILU, SWIGLU = 0, 1, 2, 3, 4
-_SQRT1_2 = 0.7071067811865476  # 1/sqrt(2), gelu(erf)
-_INV_SQRT_2PI = 0.3989422804014327  # 1/sqrt(2*pi), normal pdf
-_TANH_C = 0.7978845608028654  # sqrt(2/pi), gelu(tanh)
-_TANH_A = 0.044715
+# activation codes (the constexpr ACT); globals read inside kernels must be tl.constexpr
+GELU = tl.constexpr(0)
+GELU_TANH = tl.constexpr(1)
+RELU = tl.constexpr(2)
+SILU = tl.constexpr(3)
+SWIGLU = tl.constexpr(4)
+_SQRT1_2 = tl.constexpr(0.7071067811865476)  # 1/sqrt(2), gelu(erf)
+_INV_SQRT_2PI = tl.constexpr(0.3989422804014327)  # 1/sqrt(2*pi), normal pdf
+_TANH_C = tl.constexpr(0.7978845608028654)  # sqrt(2/pi), gelu(tanh)
+_TANH_A = tl.constexpr(0.044715)
 
 
 # ----------------------------------------------------------------------------- routing

@@ -16,8 +16,8 @@ import triton
 from skillkern._backend import interpreting
 from skillkern.skill_ffn import kernels as K
 
-ACT_CODE = {"gelu": K.GELU, "gelu_tanh": K.GELU_TANH, "relu": K.RELU, "silu": K.SILU,
-            "swiglu": K.SWIGLU}
+ACT_CODE = {name: K.__dict__[name.upper()].value
+            for name in ("gelu", "gelu_tanh", "relu", "silu", "swiglu")}
 
 _ROUTE_BLOCK = 1024  # slots per routing program (one-hot BLOCK x E_PAD in registers)
 _DC_MIN_BLOCK_N = 32  # smallest BLOCK_N of any config: sizes the dc partial-sum buffer
