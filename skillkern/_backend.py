@@ -107,6 +107,7 @@ def _cuda_reason(op: str, device: torch.device) -> str | None:
     return None
 
 
+@torch.compiler.assume_constant_result  # a fact about the install: torch.compile folds it
 def resolve(op: str, backend: str, device: torch.device) -> str:
     """Turn a requested backend into the one that will run, or raise a clear error."""
     if backend not in BACKENDS:

@@ -16,7 +16,9 @@ Accumulation is fp32; tiles are cast to the input dtype only when stored.
 import triton
 import triton.language as tl
 
-# activation codes (the constexpr ACT); globals read inside kernels must be tl.constexpr
+# activation codes (the constexpr ACT); globals read inside kernels must be tl.constexpr.
+# Keep a tensor on the left of every product with these: under the interpreter
+# constexpr * tensor wraps the tensor in a constexpr and fails.
 GELU = tl.constexpr(0)
 GELU_TANH = tl.constexpr(1)
 RELU = tl.constexpr(2)
@@ -128,7 +130,7 @@ def _act(z, ACT: tl.constexpr):
     if ACT == GELU:
         return 0.5 * z * (1.0 + tl.math.erf(z * _SQRT1_2))
     elif ACT == GELU_TANH:
-        return 0.5 * z * (1.0 + _tanh(_TANH_C * (z + _TANH_A * z * z * z)))
+        return 0.5 * z * (1.0 + _tanh((z + z * z * z * _TANH_A) * _TANH_C))
     elif ACT == RELU:
         return tl.maximum(z, 0.0)
     else:  # SILU
@@ -141,8 +143,8 @@ def _act_grad(z, ACT: tl.constexpr):
     if ACT == GELU:
         return 0.5 * (1.0 + tl.math.erf(z * _SQRT1_2)) + z * _INV_SQRT_2PI * tl.exp(-0.5 * z * z)
     elif ACT == GELU_TANH:
-        t = _tanh(_TANH_C * (z + _TANH_A * z * z * z))
-        return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * _TANH_C * (1.0 + 3.0 * _TANH_A * z * z)
+        t = _tanh((z + z * z * z * _TANH_A) * _TANH_C)
+        return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * _TANH_C * (1.0 + z * z * (3.0 * _TANH_A))
     elif ACT == RELU:
         return (z > 0.0).to(tl.float32)
     else:  # SILU

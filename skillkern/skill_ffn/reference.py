@@ -46,16 +46,18 @@ def route_ref(skill_ids: torch.Tensor, num_skills: int) -> tuple[torch.Tensor, t
     return order, offsets
 
 
-def slot_scale(skill_ids: torch.Tensor, num_skills: int, skill_weights: torch.Tensor | None) -> torch.Tensor:
+def slot_scale(skill_ids: torch.Tensor, num_skills: int, skill_weights: torch.Tensor | None,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """c[t, j]: skill_weights on active slots (0 elsewhere), or 1 / (active slots of t).
 
-    skill_ids: (T, k). Returns float32 (T, k); differentiable w.r.t. skill_weights.
+    skill_ids: (T, k). Returns (T, k) in `dtype` (float32 for the kernels); differentiable
+    w.r.t. skill_weights.
     """
     active = (skill_ids >= 0) & (skill_ids < num_skills)
     if skill_weights is None:
         n = active.sum(-1, keepdim=True).clamp(min=1)
-        return active.float() / n
-    return torch.where(active, skill_weights.float(), 0.0)
+        return active.to(dtype) / n
+    return torch.where(active, skill_weights.to(dtype), 0.0)
 
 
 def skill_ffn_ref(x, skill_ids, scale, w1, w2, b1=None, b2=None, activation="gelu"):
