@@ -1,0 +1,59 @@
+# skillkern developer entry points; CI runs `make test` through .ci/run.
+#
+#   make venv    .venv with CUDA torch + skillkern editable (+ dev extras); builds skillkern._C
+#                when a CUDA toolkit is found (setup.py finds CUDA_HOME and the cuBLAS headers
+#                of torch's nvidia wheels itself). A compile error fails this target.
+#   make test    pytest on tests/ (tests/conftest.py turns on the Triton interpreter without a GPU)
+#   make demo    quick benchmark (benchmarks/bench_skill_ffn.py --quick)
+#   make build   rebuild skillkern._C in place after editing csrc/ (incremental, ninja)
+#   make clean   remove build outputs (keeps .venv)
+#
+# Variables (make VAR=value or environment):
+#   PYTHON=python3                 interpreter that creates the venv
+#   TORCH_SPEC=torch==2.14.1       torch to install; 2.14.1 is the local CUDA 13.0 build
+#   VENV_ARGS=                     e.g. --system-site-packages on an offline machine whose
+#                                  system Python already has torch (then TORCH_SPEC=torch)
+#   TORCH_CUDA_ARCH_LIST=8.0;9.0   archs to compile (SKILLKERN_CUDA_ARCHS overrides it)
+#   MAX_JOBS=2                     parallel nvcc jobs (~3-4 GB RAM each)
+#   SKILLKERN_SKIP_CUDA_BUILD=1    install without the extension
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+PYTHON ?= python3
+TORCH_SPEC ?= torch==2.14.1
+VENV_ARGS ?=
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.stamp
+
+export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
+export MAX_JOBS ?= 2
+
+.PHONY: venv test demo build clean
+
+venv: $(STAMP)
+
+# Rebuilt whenever the build inputs change, so an edit to csrc/ recompiles on the next
+# `make test`. setuptools, wheel and ninja go in first: the editable build runs without build
+# isolation (it must see the venv's CUDA torch) and only then installs the dev extras.
+$(STAMP): setup.py pyproject.toml $(wildcard csrc/*)
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV_ARGS) $(VENV)
+	$(VPY) -m pip install 'setuptools>=64' wheel ninja $(TORCH_SPEC)
+	$(VPY) -m pip install --no-build-isolation -e '.[dev]'
+	touch $@
+
+test: $(STAMP)
+	$(VPY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(VPY) benchmarks/bench_skill_ffn.py --quick
+
+# Order-only: needs an installed venv but does not reinstall it; the stamp is refreshed so
+# the next `make test` does not rebuild what was just built.
+build: | $(STAMP)
+	$(VPY) setup.py build_ext --inplace
+	touch $(STAMP)
+
+clean:
+	rm -rf build skillkern/_C*.so

@@ -1,0 +1,105 @@
+// The torch.ops.skillkern namespace: the one TORCH_LIBRARY block (schemas of the C++ ops),
+// their CPU and Meta kernels, and the Python module init that makes `import skillkern._C`
+// load this library. CUDA kernels register themselves in their .cu files.
+//
+// Python registers skillkern's Triton ops into the same namespace with
+// torch.library.custom_op (library fragments), so no other TORCH_LIBRARY(skillkern, ...)
+// may exist anywhere.
+#include <Python.h>
+
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "skill_route.h"
+
+namespace skillkern {
+namespace {
+
+template <typename id_t>
+void skill_route_cpu_impl(const id_t* ids, int64_t n, int64_t num_skills, int32_t* order,
+                          int32_t* offsets) {
+  const int64_t inactive = num_skills;
+  auto bucket_of = [&](id_t id) -> int64_t {
+    const int64_t v = static_cast<int64_t>(id);
+    return (v >= 0 && v < num_skills) ? v : inactive;
+  };
+  // start[b] = first sorted position of bucket b (exclusive prefix sum of the counts).
+  std::vector<int64_t> start(num_skills + 2, 0);
+  for (int64_t i = 0; i < n; ++i) {
+    ++start[bucket_of(ids[i]) + 1];
+  }
+  for (int64_t b = 0; b <= num_skills; ++b) {
+    start[b + 1] += start[b];
+  }
+  for (int64_t e = 0; e <= num_skills; ++e) {
+    offsets[e] = static_cast<int32_t>(start[e]);
+  }
+  // Visiting slots in increasing i makes the sort stable.
+  for (int64_t i = 0; i < n; ++i) {
+    order[start[bucket_of(ids[i])]++] = static_cast<int32_t>(i);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> skill_route_cpu(const at::Tensor& skill_ids, int64_t num_skills) {
+  check_skill_route_args(skill_ids, num_skills);
+  TORCH_CHECK(skill_ids.device().is_cpu(), "skill_route (CPU): skill_ids must be on the CPU, got ",
+              skill_ids.device());
+  const at::Tensor ids = flat_ids(skill_ids);
+  const int64_t n = ids.numel();
+  check_skill_route_numel(n);
+  const auto opts = ids.options().dtype(at::kInt);
+  at::Tensor order = at::empty({n}, opts);
+  at::Tensor offsets = at::empty({num_skills + 1}, opts);
+  if (ids.scalar_type() == at::kInt) {
+    skill_route_cpu_impl(ids.const_data_ptr<int32_t>(), n, num_skills,
+                         order.mutable_data_ptr<int32_t>(), offsets.mutable_data_ptr<int32_t>());
+  } else {
+    skill_route_cpu_impl(ids.const_data_ptr<int64_t>(), n, num_skills,
+                         order.mutable_data_ptr<int32_t>(), offsets.mutable_data_ptr<int32_t>());
+  }
+  return {order, offsets};
+}
+
+// Shapes only, for FakeTensor / torch.compile / opcheck. sym_numel keeps dynamic shapes
+// symbolic; the N < 2^31 check needs a concrete N and is left to the real kernels.
+std::tuple<at::Tensor, at::Tensor> skill_route_meta(const at::Tensor& skill_ids, int64_t num_skills) {
+  check_skill_route_args(skill_ids, num_skills);
+  const auto opts = skill_ids.options().dtype(at::kInt);
+  const c10::SymInt n = skill_ids.sym_numel();
+  at::Tensor order = at::empty_symint(c10::SymIntArrayRef(n), opts);
+  at::Tensor offsets = at::empty({num_skills + 1}, opts);
+  return {order, offsets};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(skillkern, m) {
+  m.def("skill_route(Tensor skill_ids, int num_skills) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(skillkern, CPU, m) {
+  m.impl("skill_route", &skill_route_cpu);
+}
+
+TORCH_LIBRARY_IMPL(skillkern, Meta, m) {
+  m.impl("skill_route", &skill_route_meta);
+}
+
+}  // namespace skillkern
+
+// `import skillkern._C` only has to dlopen this library (the static initialisers above
+// register the ops); an empty module is enough, and avoids pybind11 in the build.
+extern "C" {
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {
+      PyModuleDef_HEAD_INIT,
+      "_C",
+      "skillkern C++/CUDA ops; they live in torch.ops.skillkern once this module is imported.",
+      -1,
+      nullptr,
+  };
+  return PyModule_Create(&module_def);
+}
+}

@@ -1,0 +1,54 @@
+// skill_route: stable counting sort of token slots by skill (the routing step of the
+// skill-routed FFN). Math: skillkern/skill_ffn/reference.py::route_ref.
+//
+//   skill_ids: any shape, integer; flattened to N slots. Slot i goes to bucket
+//              ids[i] if 0 <= ids[i] < num_skills, else to the "inactive" bucket num_skills.
+//   order:     (N,) int32, order[p] = slot index at sorted position p; stable (slot order
+//              within a bucket), inactive slots last.
+//   offsets:   (num_skills + 1,) int32, skill e owns positions [offsets[e], offsets[e+1]);
+//              offsets[num_skills] = number of active slots.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <cstdint>
+#include <limits>
+#include <tuple>
+
+namespace skillkern {
+
+// The CUDA kernel keeps one histogram row of num_skills + 1 ints per warp in shared memory
+// (8 warps x 1025 x 4 B = 32.8 KB at the limit, under the 48 KB static budget).
+constexpr int64_t kMaxSkills = 1024;
+
+// Checks that hold on every device (CPU, CUDA, Meta). Messages name the argument.
+inline void check_skill_route_args(const at::Tensor& skill_ids, int64_t num_skills) {
+  TORCH_CHECK(
+      c10::isIntegralType(skill_ids.scalar_type(), /*includeBool=*/false),
+      "skill_route: skill_ids must be an integer tensor (int32 or int64), got ",
+      skill_ids.scalar_type());
+  TORCH_CHECK(
+      num_skills >= 1 && num_skills <= kMaxSkills,
+      "skill_route: num_skills must be in [1, ", kMaxSkills, "], got ", num_skills);
+}
+
+// Slot counts are stored as int32 (order values < N, offsets <= N), so N must fit.
+inline void check_skill_route_numel(int64_t n) {
+  TORCH_CHECK(
+      n <= std::numeric_limits<int32_t>::max(),
+      "skill_route: skill_ids has ", n, " elements; at most 2^31 - 1 are supported "
+      "(order/offsets are int32)");
+}
+
+// int32 and int64 ids are read as they are; other integer dtypes (uint8, int16, ...)
+// are widened to int64 first (values kept, so bucketing matches route_ref's .long()).
+inline at::Tensor flat_ids(const at::Tensor& skill_ids) {
+  at::Tensor flat = skill_ids.reshape({-1});
+  if (flat.scalar_type() != at::kInt && flat.scalar_type() != at::kLong) {
+    flat = flat.to(at::kLong);
+  }
+  return flat.contiguous();
+}
+
+}  // namespace skillkern
