@@ -43,23 +43,18 @@ void skill_route_cpu_impl(const id_t* ids, int64_t n, int64_t num_skills, int32_
 }
 
 std::tuple<at::Tensor, at::Tensor> skill_route_cpu(const at::Tensor& skill_ids, int64_t num_skills) {
-  check_skill_route_args(skill_ids, num_skills);
   TORCH_CHECK(skill_ids.device().is_cpu(), "skill_route (CPU): skill_ids must be on the CPU, got ",
               skill_ids.device());
-  const at::Tensor ids = flat_ids(skill_ids);
-  const int64_t n = ids.numel();
-  check_skill_route_numel(n);
-  const auto opts = ids.options().dtype(at::kInt);
-  at::Tensor order = at::empty({n}, opts);
-  at::Tensor offsets = at::empty({num_skills + 1}, opts);
-  if (ids.scalar_type() == at::kInt) {
-    skill_route_cpu_impl(ids.const_data_ptr<int32_t>(), n, num_skills,
-                         order.mutable_data_ptr<int32_t>(), offsets.mutable_data_ptr<int32_t>());
+  RouteBuffers b = prepare_skill_route(skill_ids, num_skills);
+  const int64_t n = b.ids.numel();
+  int32_t* order = b.order.mutable_data_ptr<int32_t>();
+  int32_t* offsets = b.offsets.mutable_data_ptr<int32_t>();
+  if (b.ids.scalar_type() == at::kInt) {
+    skill_route_cpu_impl(b.ids.const_data_ptr<int32_t>(), n, num_skills, order, offsets);
   } else {
-    skill_route_cpu_impl(ids.const_data_ptr<int64_t>(), n, num_skills,
-                         order.mutable_data_ptr<int32_t>(), offsets.mutable_data_ptr<int32_t>());
+    skill_route_cpu_impl(b.ids.const_data_ptr<int64_t>(), n, num_skills, order, offsets);
   }
-  return {order, offsets};
+  return {b.order, b.offsets};
 }
 
 // Shapes only, for FakeTensor / torch.compile / opcheck. sym_numel keeps dynamic shapes

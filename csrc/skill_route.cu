@@ -253,26 +253,18 @@ void launch_skill_route(const at::Tensor& ids, int64_t num_skills, at::Tensor& o
 }
 
 std::tuple<at::Tensor, at::Tensor> skill_route_cuda(const at::Tensor& skill_ids, int64_t num_skills) {
-  check_skill_route_args(skill_ids, num_skills);
   TORCH_CHECK(skill_ids.is_cuda(), "skill_route (CUDA): skill_ids must be a CUDA tensor, got ",
               skill_ids.device());
   const c10::cuda::CUDAGuard device_guard(skill_ids.device());
-  const at::Tensor ids = flat_ids(skill_ids);
-  const int64_t n = ids.numel();
-  check_skill_route_numel(n);
-  const auto opts = ids.options().dtype(at::kInt);
-  at::Tensor order = at::empty({n}, opts);
-  at::Tensor offsets = at::empty({num_skills + 1}, opts);
-  if (n == 0) {
-    offsets.zero_();
-    return {order, offsets};
-  }
-  if (ids.scalar_type() == at::kInt) {
-    launch_skill_route<int32_t>(ids, num_skills, order, offsets);
+  RouteBuffers b = prepare_skill_route(skill_ids, num_skills);
+  if (b.ids.numel() == 0) {
+    b.offsets.zero_();
+  } else if (b.ids.scalar_type() == at::kInt) {
+    launch_skill_route<int32_t>(b.ids, num_skills, b.order, b.offsets);
   } else {
-    launch_skill_route<int64_t>(ids, num_skills, order, offsets);
+    launch_skill_route<int64_t>(b.ids, num_skills, b.order, b.offsets);
   }
-  return {order, offsets};
+  return {b.order, b.offsets};
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
 #include <cstdint>
@@ -49,6 +50,24 @@ inline at::Tensor flat_ids(const at::Tensor& skill_ids) {
     flat = flat.to(at::kLong);
   }
   return flat.contiguous();
+}
+
+// What every device's entry point starts with: checks, flattened ids, uninitialised outputs.
+struct RouteBuffers {
+  at::Tensor ids;      // (N,) contiguous int32 or int64
+  at::Tensor order;    // (N,) int32
+  at::Tensor offsets;  // (num_skills + 1,) int32
+};
+
+inline RouteBuffers prepare_skill_route(const at::Tensor& skill_ids, int64_t num_skills) {
+  check_skill_route_args(skill_ids, num_skills);
+  RouteBuffers buf;
+  buf.ids = flat_ids(skill_ids);
+  check_skill_route_numel(buf.ids.numel());
+  const auto opts = buf.ids.options().dtype(at::kInt);
+  buf.order = at::empty({buf.ids.numel()}, opts);
+  buf.offsets = at::empty({num_skills + 1}, opts);
+  return buf;
 }
 
 }  // namespace skillkern
