@@ -353,6 +353,23 @@ def test_skillffn_module_matches_functional():
         skillkern.nn.SkillFFN.from_dense(torch.nn.Linear(8, 16), torch.nn.Linear(12, 8), 2)
 
 
+def test_autocast_fp32_parameters():
+    layer = skillkern.nn.SkillFFN(16, 32, 3, activation="gelu").to(DEVICE)
+    x = torch.randn(20, 16, device=DEVICE, requires_grad=True)
+    ids = torch.randint(0, 3, (20,), device=DEVICE)
+    for backend in ["torch"] + BACKENDS:
+        layer.backend = backend
+        layer.zero_grad()
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+            y = layer(x, ids)
+        assert y.dtype == torch.bfloat16
+        y.float().sum().backward()
+        assert layer.w1.grad.dtype == torch.float32 and torch.count_nonzero(layer.w1.grad) > 0
+        ref = skillkern.skill_ffn(x.bfloat16(), ids, *(p.bfloat16() for p in (layer.w1, layer.w2, layer.b1, layer.b2)),
+                                  backend="torch")
+        torch.testing.assert_close(y, ref, rtol=2e-2, atol=2e-2)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])

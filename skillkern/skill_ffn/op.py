@@ -209,8 +209,14 @@ def skill_ffn(x: Tensor, skill_ids: Tensor, w1: Tensor, w2: Tensor, b1: Optional
     activation: "gelu" (erf), "gelu_tanh", "relu", "silu", "swiglu" (silu(gate) * up).
     backend: "auto" | "torch" | "triton" | "cuda" (see skillkern._backend).
     Returns (..., d) in x.dtype (fp32 accumulation); differentiable w.r.t. x, w1, w2, b1, b2
-    and skill_weights. Ids are range-checked (a host sync) unless skillkern.set_check_ids(False).
+    and skill_weights. Under torch.autocast, x and the weights are cast to the autocast dtype. Ids are range-checked (a host sync) unless skillkern.set_check_ids(False).
     """
+    if isinstance(x, Tensor) and torch.is_autocast_enabled(x.device.type):
+        # custom ops are invisible to autocast: cast like an autocast matmul would, so
+        # SkillFFN's fp32 parameters work under torch.autocast (grads flow back in fp32)
+        dt = torch.get_autocast_dtype(x.device.type)
+        x, w1, w2, b1, b2 = (t.to(dt) if isinstance(t, Tensor) and t.is_floating_point() else t
+                             for t in (x, w1, w2, b1, b2))
     T, k, E, d, h = _validate(x, skill_ids, w1, w2, b1, b2, skill_weights, activation)
     ids = skill_ids.reshape(T, k)
     scale = slot_scale(ids, E, None if skill_weights is None else skill_weights.reshape(T, k))
