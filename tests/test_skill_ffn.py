@@ -353,6 +353,24 @@ def test_skillffn_module_matches_functional():
         skillkern.nn.SkillFFN.from_dense(torch.nn.Linear(8, 16), torch.nn.Linear(12, 8), 2)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_strided_weights_int32_ids_single_token(backend):
+    """Weights as transposed views (kernels read them through strides), int32 ids, and an
+    x of shape (d,) (no token dimensions) all give the reference's answer."""
+    E, d, h = 3, 24, 40
+    w1 = torch.randn(E, h, d, device=DEVICE).transpose(1, 2)  # (E, d, h), not contiguous
+    w2 = torch.randn(E, d, h, device=DEVICE).transpose(1, 2) / h ** 0.5
+    b1, b2 = torch.randn(E, h, device=DEVICE), torch.randn(E, d, device=DEVICE)
+    x = torch.randn(17, d, device=DEVICE)
+    ids = torch.randint(-1, E, (17, 2), device=DEVICE, dtype=torch.int32)
+    got = skillkern.skill_ffn(x, ids, w1, w2, b1, b2, backend=backend)
+    ref = skillkern.skill_ffn(x, ids.long(), w1.contiguous(), w2.contiguous(), b1, b2, backend="torch")
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    one = skillkern.skill_ffn(x[3], ids[3], w1, w2, b1, b2, backend=backend)
+    assert one.shape == (d,)
+    torch.testing.assert_close(one, ref[3], rtol=1e-5, atol=1e-5)
+
+
 def test_autocast_fp32_parameters():
     layer = skillkern.nn.SkillFFN(16, 32, 3, activation="gelu").to(DEVICE)
     x = torch.randn(20, 16, device=DEVICE, requires_grad=True)
@@ -368,6 +386,24 @@ def test_autocast_fp32_parameters():
         ref = skillkern.skill_ffn(x.bfloat16(), ids, *(p.bfloat16() for p in (layer.w1, layer.w2, layer.b1, layer.b2)),
                                   backend="torch")
         torch.testing.assert_close(y, ref, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="needs a CUDA device")
+def test_gpu_no_host_sync_with_id_check_off():
+    """The fused forward and backward never sync with the host (once autotuning is done)."""
+    layer = skillkern.nn.SkillFFN(256, 512, 6, device=DEVICE, dtype=torch.bfloat16)
+    x = torch.randn(4096, 256, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
+    ids = torch.randint(-1, 6, (4096, 2), device=DEVICE)
+    sw = torch.rand(4096, 2, device=DEVICE, requires_grad=True)
+    layer(x, ids, sw).sum().backward()  # autotune (benchmarks, so it syncs) outside the check
+    try:
+        skillkern.set_check_ids(False)
+        torch.cuda.set_sync_debug_mode("error")
+        layer(x, ids, sw).sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        skillkern.set_check_ids(True)
 
 
 @pytest.mark.gpu
