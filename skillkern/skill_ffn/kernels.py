@@ -114,6 +114,21 @@ def _swizzle(pid, n_m, n_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
+def _row_tile(offsets_ptr, order_ptr, N, E, n_cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              GROUP_M: tl.constexpr):
+    """This program's tile of a row-tiled kernel: skill (-1 = surplus tile: the caller exits),
+    pid_n, sorted positions `rows` + mask, their slot indices (int64), columns + mask."""
+    n_m = tl.cdiv(N, BLOCK_M) + E
+    pid_m, pid_n = _swizzle(tl.program_id(0), n_m, tl.cdiv(n_cols, BLOCK_N), GROUP_M)
+    skill, row0, row_end = _tile_rows(offsets_ptr, pid_m, E, BLOCK_M)
+    rows = row0 + tl.arange(0, BLOCK_M)
+    rmask = rows < row_end  # all False on a surplus tile: the slot load below is a no-op
+    slot = tl.load(order_ptr + rows, mask=rmask, other=0).to(tl.int64)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    return skill, pid_n, rows, rmask, slot, cols, cols < n_cols
+
+
+@triton.jit
 def _tanh(u):
     # tanh through exp: libdevice is unavailable in the interpreter; saturates correctly at +-inf
     return 2.0 / (1.0 + tl.exp(-2.0 * u)) - 1.0
@@ -167,17 +182,11 @@ def _skill_up_fwd_kernel(
     """hid[p, :] = act(x[token(p)] @ w1[e] + b1[e]) for sorted position p of skill e.
     For SWIGLU w1 is (E, d, 2h), gate columns [0, h), up columns [h, 2h): both tiles are
     accumulated side by side so the hidden tile is finished in registers."""
-    n_m = tl.cdiv(N, BLOCK_M) + E
-    n_n = tl.cdiv(h, BLOCK_N)
-    pid_m, pid_n = _swizzle(tl.program_id(0), n_m, n_n, GROUP_M)
-    skill, row0, row_end = _tile_rows(offsets_ptr, pid_m, E, BLOCK_M)
+    skill, pid_n, rows, rmask, slot, cols, cmask = _row_tile(
+        offsets_ptr, order_ptr, N, E, h, BLOCK_M, BLOCK_N, GROUP_M)
     if skill < 0:
         return
-    rows = row0 + tl.arange(0, BLOCK_M)
-    rmask = rows < row_end
-    tok = (tl.load(order_ptr + rows, mask=rmask, other=0) // k).to(tl.int64)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    cmask = cols < h
+    tok = slot // k
     kk = tl.arange(0, BLOCK_K)
     w_base = w1_ptr + skill.to(tl.int64) * stride_we + cols.to(tl.int64)[None, :] * stride_wh
     x_base = x_ptr + tok[:, None] * stride_xt
@@ -224,17 +233,10 @@ def _skill_down_kernel(
     Backward dX:   a = dZ (sorted),     w = w1 read transposed (E, h1, d), no bias, no scale.
     out has one row per slot (T*k rows; for k = 1 that is y itself): the unpermute and the
     weighted combine happen in this epilogue, no permuted output copy is made."""
-    n_m = tl.cdiv(N, BLOCK_M) + E
-    n_n = tl.cdiv(n_out, BLOCK_N)
-    pid_m, pid_n = _swizzle(tl.program_id(0), n_m, n_n, GROUP_M)
-    skill, row0, row_end = _tile_rows(offsets_ptr, pid_m, E, BLOCK_M)
+    skill, pid_n, rows, rmask, slot, cols, cmask = _row_tile(
+        offsets_ptr, order_ptr, N, E, n_out, BLOCK_M, BLOCK_N, GROUP_M)
     if skill < 0:
         return
-    rows = row0 + tl.arange(0, BLOCK_M)
-    rmask = rows < row_end
-    slot = tl.load(order_ptr + rows, mask=rmask, other=0).to(tl.int64)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    cmask = cols < n_out
     kk = tl.arange(0, BLOCK_K)
     a_base = a_ptr + rows.to(tl.int64)[:, None] * stride_ap
     w_base = w_ptr + skill.to(tl.int64) * stride_we + cols.to(tl.int64)[None, :] * stride_wn
@@ -276,19 +278,12 @@ def _skill_up_bwd_kernel(
     Stores H (for dW2) and dZ (for dW1, db1, dX) in sorted order; both K-loops run over d and
     share the x / dy row gathers. With NEED_DC: dc[p, pid_n] = sum_j G * H (+ dy.b2[e] from
     the pid_n == 0 tile); the partials are summed on the host side of the op (deterministic)."""
-    n_m = tl.cdiv(N, BLOCK_M) + E
-    n_n = tl.cdiv(h, BLOCK_N)
-    pid_m, pid_n = _swizzle(tl.program_id(0), n_m, n_n, GROUP_M)
-    skill, row0, row_end = _tile_rows(offsets_ptr, pid_m, E, BLOCK_M)
+    skill, pid_n, rows, rmask, slot, cols, cmask = _row_tile(
+        offsets_ptr, order_ptr, N, E, h, BLOCK_M, BLOCK_N, GROUP_M)
     if skill < 0:
         return
     e64 = skill.to(tl.int64)
-    rows = row0 + tl.arange(0, BLOCK_M)
-    rmask = rows < row_end
-    slot = tl.load(order_ptr + rows, mask=rmask, other=0).to(tl.int64)
     tok = slot // k
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    cmask = cols < h
     cols64 = cols.to(tl.int64)
     kk = tl.arange(0, BLOCK_K)
     x_base = x_ptr + tok[:, None] * stride_xt
