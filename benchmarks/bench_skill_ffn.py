@@ -762,7 +762,9 @@ def main(argv=None) -> int:
     ap.add_argument("--activation", default="gelu", choices=["gelu", "gelu_tanh", "relu", "silu", "swiglu"])
     ap.add_argument("--no-bias", action="store_true", help="b1 = b2 = None (default: bias on)")
     ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    ap.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "skill_ffn.jsonl"))
+    ap.add_argument("--out", default=None,
+                    help="JSON-lines file to append to (default benchmarks/results/skill_ffn.jsonl; "
+                         "CPU runs: skill_ffn.cpu.jsonl, git-ignored: not performance data)")
     ap.add_argument("--warmup", type=int, default=25, help="do_bench warm-up, ms")
     ap.add_argument("--rep", type=int, default=100, help="do_bench measuring time, ms")
     ap.add_argument("--cpu-reps", type=int, default=10, help="timed calls per measurement on CPU")
@@ -801,6 +803,9 @@ def main(argv=None) -> int:
         if "skillkern-triton" not in providers:
             print("      skillkern-triton is skipped on CPU (set TRITON_INTERPRET=1 to run it interpreted);"
                   " torch-compile-ref only with --providers.")
+    if args.out is None:
+        args.out = os.path.join(REPO, "benchmarks", "results",
+                                "skill_ffn.cpu.jsonl" if cpu else "skill_ffn.jsonl")
     out_dir = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(out_dir, exist_ok=True)
 
