@@ -20,12 +20,13 @@ ACT_CODE = {name: K.__dict__[name.upper()].value
             for name in ("gelu", "gelu_tanh", "relu", "silu", "swiglu")}
 
 _ROUTE_BLOCK = 1024  # slots per routing program (one-hot BLOCK x E_PAD in registers)
-_DC_MIN_BLOCK_N = 32  # smallest BLOCK_N of any config: sizes the dc partial-sum buffer
 
 
 def _configs(gpu_configs, interp_config):
     """Autotune configs: the GPU list, or one small config under the interpreter (where
-    autotuning cannot benchmark and each program step costs ~3.5 ms)."""
+    autotuning cannot benchmark and each program step costs ~3.5 ms).
+    Every kernel must give the same result whichever configs ran before it (autotuning runs
+    them all on the real buffers): the kernels only store, never accumulate into outputs."""
     if interpreting():
         return [triton.Config(interp_config, num_warps=4, num_stages=1)]
     return [triton.Config(dict(zip(("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"), c[:4])),
@@ -61,8 +62,12 @@ _up_fwd = triton.autotune(_configs(_ROW_GEMM, _INTERP_ROW),
                           key=["d", "h", "n_bucket", "ACT"])(K._skill_up_fwd_kernel)
 _down = triton.autotune(_configs(_ROW_GEMM, _INTERP_ROW),
                         key=["K", "n_out", "n_bucket", "HAS_SCALE"])(K._skill_down_kernel)
-_up_bwd = triton.autotune(_configs(_ROW_GEMM_2ACC, _INTERP_ROW),
+# reset_to_zero: configs of different BLOCK_N fill different numbers of dc columns, so a
+# column written while benchmarking one config would survive into the chosen config's sum
+_up_bwd = triton.autotune(_configs(_ROW_GEMM_2ACC, _INTERP_ROW), reset_to_zero=["dc_ptr"],
                           key=["d", "h", "n_bucket", "ACT", "NEED_DC"])(K._skill_up_bwd_kernel)
+# the dc partial-sum buffer has one column per BLOCK_N tile of the narrowest config
+_DC_MIN_BLOCK_N = min(c.kwargs["BLOCK_N"] for c in _up_bwd.configs)
 _wgrad = triton.autotune(_wgrad_configs(),
                          key=["P", "Q", "A_BY_TOKEN", "B_BY_TOKEN"])(K._skill_wgrad_kernel)
 
