@@ -371,6 +371,33 @@ def test_strided_weights_int32_ids_single_token(backend):
     torch.testing.assert_close(one, ref[3], rtol=1e-5, atol=1e-5)
 
 
+def test_autotuning_over_several_configs_keeps_grads_right(monkeypatch):
+    """Autotuning runs every config on the real buffers before the chosen one. Simulated here
+    (the interpreter cannot time kernels): a fake benchmark runs each config once and picks
+    the wider BLOCK_N last, the case where stale partial sums from the narrower config would
+    survive into d skill_weights unless the buffer is reset."""
+    import triton
+
+    from skillkern.skill_ffn import kernels as K
+    from skillkern.skill_ffn import triton_impl as TI
+
+    timings = iter([2.0, 1.0])  # first config (BLOCK_N=32) slower: BLOCK_N=64 is chosen
+
+    def fake_bench(kernel_call, quantiles=None, **_):
+        kernel_call()
+        t = next(timings)
+        return [t, t, t] if quantiles else t
+
+    cfgs = [triton.Config(dict(BLOCK_M=32, BLOCK_N=bn, BLOCK_K=32, GROUP_M=4), num_warps=4, num_stages=1)
+            for bn in (32, 64)]
+    tuned = triton.autotune(cfgs, key=["d", "h"], reset_to_zero=TI._up_bwd.reset_to_zero,
+                            do_bench=fake_bench)(K._skill_up_bwd_kernel)
+    monkeypatch.setattr(TI, "_up_bwd", tuned)
+    p, ids = make_problem((30,), 24, 100, 3, 2, "uniform", 0.1, True, "gelu")
+    check_against_reference(p, ids, torch.float32, "gelu")
+    assert tuned.best_config.kwargs["BLOCK_N"] == 64
+
+
 def test_autocast_fp32_parameters():
     layer = skillkern.nn.SkillFFN(16, 32, 3, activation="gelu").to(DEVICE)
     x = torch.randn(20, 16, device=DEVICE, requires_grad=True)
