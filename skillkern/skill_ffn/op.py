@@ -45,7 +45,7 @@ def check_ids_in_range(skill_ids: Tensor, num_skills: int) -> None:
     if bool(bad.any()):
         vals = skill_ids[bad]
         raise ValueError(
-            f"skill_ffn: `skill_ids` must lie in [0, {num_skills}) or be -1 (empty slot); found "
+            f"skillkern: `skill_ids` must lie in [0, {num_skills}) or be -1 (empty slot); found "
             f"{int(bad.sum())} out of range (min {int(vals.min())}, max {int(vals.max())}). "
             "skillkern.set_check_ids(False) skips this check (and its host sync).")
 
