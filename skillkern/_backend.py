@@ -24,6 +24,7 @@ BACKENDS = ("auto", "torch", "triton", "cuda")
 _AUTO_ORDER = {
     "skill_ffn": ("triton", "torch"),
     "skill_route": ("triton", "cuda", "torch"),
+    "token_similarity": ("triton", "torch"),
 }
 
 # Ops the compiled extension implements, by name of the torch.ops.skillkern entry.

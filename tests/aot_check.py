@@ -96,7 +96,36 @@ def skill_ffn_variants(all_configs: bool):
                          PRECISION=prec), c[4], c[5]
 
 
-VARIANTS = {"skill_ffn": skill_ffn_variants}
+def token_similarity_variants(all_configs: bool):
+    from skillkern.token_similarity import kernels as K
+    from skillkern.token_similarity import triton_impl as TI
+
+    # (Ni, Nt): ViT-B/32, after token reduction, ViT-L/14 (+cls), one token, odd sizes
+    shapes = [(50, 32), (12, 32), (257, 32), (1, 5), (70, 77)]
+    for dt in ("bf16", "fp16", "fp32"):
+        P = _PTR[dt]
+        prec = "ieee" if dt == "fp32" else "tf32"
+        for Ni, Nt in (shapes if dt == "bf16" or all_configs else shapes[:1]):
+            t = TI._tiles(Ni, Nt, 256)
+            warps = t.pop("num_warps")
+            idx_r = "*u8" if Nt <= 256 else "*i16"
+            idx_c = "*u8" if Ni <= 256 else "*i16"
+            for has_mask in (True, False):
+                fn = K._filip_fwd_kernel
+                yield f"fwd {dt} Ni={Ni} Nt={Nt} mask={has_mask} {t}", fn, _ints(fn, {
+                    "img_ptr": P, "txt_ptr": P, "imask_ptr": "*u8", "tmask_ptr": "*u8",
+                    "i2t_ptr": "*fp32", "t2i_ptr": "*fp32", "ridx_ptr": idx_r, "cidx_ptr": idx_c}), \
+                    dict(t, HAS_IMASK=has_mask, HAS_TMASK=has_mask, PRECISION=prec), warps, 2
+                fn = K._filip_bwd_kernel
+                for for_img in (True, False):
+                    yield f"bwd {dt} Ni={Ni} Nt={Nt} img={for_img} mask={has_mask}", fn, _ints(fn, {
+                        "gi_ptr": "*fp32", "gt_ptr": "*fp32", "ridx_ptr": idx_r, "cidx_ptr": idx_c,
+                        "imask_ptr": "*u8", "tmask_ptr": "*u8", "src_ptr": P, "out_ptr": P}), \
+                        dict(t, FOR_IMG=for_img, HAS_IMASK=has_mask, HAS_TMASK=has_mask,
+                             PRECISION=prec), warps, 2
+
+
+VARIANTS = {"skill_ffn": skill_ffn_variants, "token_similarity": token_similarity_variants}
 
 
 def main(argv):

@@ -1,0 +1,7 @@
+"""FILIP token-wise similarity (Wukong's late interaction): reference.py (math), kernels.py
+(Triton), triton_impl.py (launchers), op.py (checks, registered ops, token_similarity),
+loss.py (filip_loss, FILIPLoss)."""
+from skillkern.token_similarity.op import token_similarity
+from skillkern.token_similarity.reference import filip_loss_ref, token_similarity_ref
+
+__all__ = ["filip_loss_ref", "token_similarity", "token_similarity_ref"]

@@ -1,0 +1,129 @@
+"""skillkern.token_similarity: argument checks, backend choice, registered ops.
+
+Ops in the skillkern:: namespace (custom_op + register_fake + register_autograd):
+  skillkern::token_similarity_fwd(img, txt, img_mask?, txt_mask?) -> (i2t, t2i, row_idx, col_idx)
+  skillkern::token_similarity_bwd(g_i2t, g_t2i, img, txt, img_mask?, txt_mask?, row_idx, col_idx)
+      -> (d_img, d_txt)
+
+State kept for backward: the arg-max indices, row_idx (Bi, Bt, Ni) = which text token each image
+token matched and col_idx (Bi, Bt, Nt) = which image token each text token matched, as uint8
+when Ni, Nt <= 256 (int16 up to 32768, else int32): 82 bytes per pair at Ni=50, Nt=32 (86 MB at
+Bi = Bt = 1024). They turn the backward into two GEMMs with one-hot coefficient tiles, instead of
+a third GEMM that recomputes the similarities or Bi*Bt*Ni*Nt stored values (3.4 GB there).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from skillkern import _backend
+from skillkern.token_similarity.reference import token_similarity_ref
+
+_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _expect(cond: bool, name: str, msg: str) -> None:
+    if not cond:
+        raise ValueError(f"token_similarity: `{name}` {msg}")
+
+
+def _check(img, txt, img_mask, txt_mask):
+    for name, t in (("img", img), ("txt", txt)):
+        _expect(isinstance(t, Tensor), name, f"must be a Tensor, got {type(t).__name__}")
+        _expect(t.dim() == 3, name, f"must have shape (B, N, D), got {tuple(t.shape)}")
+        _expect(t.dtype in _FLOATS, name, f"must be float32, float16 or bfloat16, got {t.dtype}")
+    _expect(txt.dtype == img.dtype, "txt", f"has dtype {txt.dtype} but img has {img.dtype}")
+    _expect(txt.device == img.device, "txt", f"is on {txt.device} but img is on {img.device}")
+    _expect(txt.shape[2] == img.shape[2], "txt",
+            f"has feature size D={txt.shape[2]} but img has D={img.shape[2]}")
+    for name, m, x in (("img_mask", img_mask, img), ("txt_mask", txt_mask, txt)):
+        if m is None:
+            continue
+        _expect(isinstance(m, Tensor) and m.dtype == torch.bool, name, "must be a bool Tensor (True = real token)")
+        _expect(tuple(m.shape) == tuple(x.shape[:2]), name,
+                f"must have shape {tuple(x.shape[:2])}, got {tuple(m.shape)}")
+        _expect(m.device == x.device, name, f"is on {m.device} but its features are on {x.device}")
+    _expect(img.shape[1] <= 32768 and txt.shape[1] <= 32768, "img" if img.shape[1] > 32768 else "txt",
+            "has more than 32768 tokens per item")
+
+
+def index_dtype(n: int) -> torch.dtype:
+    """Smallest integer dtype that holds token indices 0..n-1."""
+    return torch.uint8 if n <= 256 else torch.int16
+
+
+# ----------------------------------------------------------------------------- registered ops
+
+
+@torch.library.custom_op("skillkern::token_similarity_fwd", mutates_args=())
+def _fwd_op(img: Tensor, txt: Tensor, img_mask: Optional[Tensor], txt_mask: Optional[Tensor]
+            ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from skillkern.token_similarity import triton_impl
+    return triton_impl.token_similarity_fwd(img, txt, img_mask, txt_mask)
+
+
+@_fwd_op.register_fake
+def _(img, txt, img_mask, txt_mask):
+    Bi, Ni, _ = img.shape
+    Bt, Nt, _ = txt.shape
+    return (img.new_empty(Bi, Bt, dtype=torch.float32), img.new_empty(Bi, Bt, dtype=torch.float32),
+            img.new_empty(Bi, Bt, Ni, dtype=index_dtype(Nt)), img.new_empty(Bi, Bt, Nt, dtype=index_dtype(Ni)))
+
+
+@torch.library.custom_op("skillkern::token_similarity_bwd", mutates_args=())
+def _bwd_op(g_i2t: Tensor, g_t2i: Tensor, img: Tensor, txt: Tensor, img_mask: Optional[Tensor],
+            txt_mask: Optional[Tensor], row_idx: Tensor, col_idx: Tensor) -> tuple[Tensor, Tensor]:
+    from skillkern.token_similarity import triton_impl
+    return triton_impl.token_similarity_bwd(g_i2t, g_t2i, img, txt, img_mask, txt_mask, row_idx, col_idx)
+
+
+@_bwd_op.register_fake
+def _(g_i2t, g_t2i, img, txt, img_mask, txt_mask, row_idx, col_idx):
+    return img.new_empty(img.shape), txt.new_empty(txt.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    img, txt, img_mask, txt_mask = inputs
+    _, _, row_idx, col_idx = output
+    ctx.save_for_backward(img, txt, img_mask, txt_mask, row_idx, col_idx)
+
+
+def _backward(ctx, g_i2t, g_t2i, _g_row, _g_col):
+    img, txt, img_mask, txt_mask, row_idx, col_idx = ctx.saved_tensors
+    if g_i2t is None:
+        g_i2t = torch.zeros(row_idx.shape[:2], dtype=torch.float32, device=img.device)
+    if g_t2i is None:
+        g_t2i = torch.zeros(row_idx.shape[:2], dtype=torch.float32, device=img.device)
+    d_img, d_txt = torch.ops.skillkern.token_similarity_bwd(
+        g_i2t, g_t2i, img, txt, img_mask, txt_mask, row_idx, col_idx)
+    return d_img, d_txt, None, None
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def token_similarity(img: Tensor, txt: Tensor, img_mask: Optional[Tensor] = None,
+                     txt_mask: Optional[Tensor] = None, *, backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """FILIP late interaction of every image with every text, both directions in one pass.
+
+        i2t[a, b] = mean over real k of img a of  max over real l of txt b of <img[a,k], txt[b,l]>
+        t2i[a, b] = mean over real l of txt b of  max over real k of img a of <img[a,k], txt[b,l]>
+
+    img: (Bi, Ni, D), txt: (Bt, Nt, D), same float dtype and device (L2-normalise them first
+    for FILIP). img_mask / txt_mask: bool (Bi, Ni) / (Bt, Nt), True = real token; None = all real.
+    Returns (i2t, t2i), float32 (Bi, Bt); a pair where an item has no real token scores 0.
+    Differentiable w.r.t. img and txt: a max's gradient goes to its arg-max token, padding tokens
+    get zero gradient. The fused backends never allocate Bi*Bt*Ni*Nt values.
+    """
+    _check(img, txt, img_mask, txt_mask)
+    which = _backend.resolve("token_similarity", backend, img.device)
+    if which == "torch":
+        i2t, t2i = token_similarity_ref(img, txt, img_mask, txt_mask)
+        return i2t.float(), t2i.float()
+    i2t, t2i, _, _ = torch.ops.skillkern.token_similarity_fwd(img, txt, img_mask, txt_mask)
+    return i2t, t2i
