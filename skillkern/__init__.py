@@ -6,16 +6,20 @@ missing backend raises skillkern.BackendUnavailable saying how to get it.
 from skillkern._backend import BackendUnavailable, available_backends, has_cuda_extension
 from skillkern._config import check_ids_enabled, set_check_ids
 from skillkern.skill_ffn import skill_ffn, skill_route
+from skillkern.token_similarity import token_similarity
+from skillkern.token_similarity.loss import filip_loss
 from skillkern import nn
 
 __all__ = [
     "BackendUnavailable",
     "available_backends",
     "check_ids_enabled",
+    "filip_loss",
     "has_cuda_extension",
     "nn",
     "set_check_ids",
     "skill_ffn",
     "skill_route",
+    "token_similarity",
 ]
 __version__ = "0.1.0"
