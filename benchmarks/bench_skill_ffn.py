@@ -34,13 +34,8 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
-import json
-import math
 import os
-import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -49,7 +44,10 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # _common.py beside this file
+from _common import (CPU_NOTE, DTYPES, REPO, Unavailable, append_rows, default_out, env_info,  # noqa: E402
+                     fmt, now_iso, peak_mem_mb, rel_err, sync, time_ms)
+
 # Run from a plain checkout too (make demo): the package sits at the repo root.
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
@@ -79,7 +77,6 @@ DEFAULT_CPU_PROVIDERS = ("skill-loop", "skillkern-torch", "grouped-mm", "dense-c
 MODES = ("fwd", "bwd", "fwd+bwd")
 # bwd runs two GEMMs per forward GEMM (dX and dW): 2x the forward FLOPs.
 MODE_FLOP_FACTOR = {"fwd": 1, "bwd": 2, "fwd+bwd": 3}
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # Relative error allowed vs the fp32 reference: bf16 operands land near 1e-3..1e-2; fp32 may run
 # as tf32 in Triton dots (~3e-4). Anything above is a wrong kernel, not rounding.
 TOLERANCE = {torch.bfloat16: 5e-2, torch.float16: 5e-2, torch.float32: 1e-2}
@@ -230,10 +227,6 @@ def compiled_loop():
 
 
 # ----------------------------------------------------------------------------- providers
-
-
-class Unavailable(Exception):
-    """The provider cannot run here; the message says why."""
 
 
 @dataclass
@@ -421,12 +414,6 @@ BUILDERS = {
 # ----------------------------------------------------------------------------- measuring
 
 
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    out, ref = out.detach().double(), ref.detach().double()
-    e = ((out - ref).norm() / ref.norm().clamp(min=1e-30)).item()
-    return e if math.isfinite(e) else float("inf")
-
-
 def reference(case: Case):
     """fp32 forward and gradients of the plain loop on upcast copies of the inputs."""
     wide = torch.float64 if case.x.dtype == torch.float64 else torch.float32
@@ -455,60 +442,6 @@ def mode_fn(runner: Runner, mode: str):
     return fwd_bwd
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_ms(fn, device, args) -> tuple[float, float, float]:
-    """(median, p20, p80) in ms."""
-    if device.type == "cuda":
-        try:
-            from triton.testing import do_bench
-        except Exception:
-            do_bench = None
-        if do_bench is not None:
-            # do_bench warms up, flushes L2 before every call (weights of 56-100 MB exceed the
-            # 50 MB L2 anyway) and times with CUDA events; warmup and rep are milliseconds.
-            q = do_bench(fn, warmup=args.warmup, rep=args.rep, quantiles=[0.5, 0.2, 0.8])
-            return float(q[0]), float(q[1]), float(q[2])
-        times = []
-        fn()
-        for _ in range(max(5, args.cpu_reps)):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            torch.cuda.synchronize()
-            times.append(a.elapsed_time(b))
-    else:
-        fn()  # warm-up
-        times = []
-        for _ in range(args.cpu_reps):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
-
-    def q(p):
-        return times[min(len(times) - 1, int(round(p * (len(times) - 1))))]
-
-    return statistics.median(times), q(0.2), q(0.8)
-
-
-def peak_mem_mb(fn, device) -> float | None:
-    if device.type != "cuda":
-        return None
-    sync(device)
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    out = fn()
-    sync(device)
-    peak = torch.cuda.max_memory_allocated() - base
-    del out
-    return peak / 2**20
-
-
 class check_ids:
     """skillkern's id range check syncs with the host every call: on for the correctness
     check, off while timing (set_check_ids(False), as production runs would)."""
@@ -522,61 +455,6 @@ class check_ids:
 
     def __exit__(self, *exc):
         sk.set_check_ids(self.prev)
-
-
-# ----------------------------------------------------------------------------- environment
-
-
-def git_commit() -> str:
-    env = os.environ.get("BENCH_GIT_COMMIT")  # the device machine gets the tree without .git
-    if env:
-        return env
-
-    def git(*a):
-        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, timeout=20)
-
-    try:
-        r = git("rev-parse", "--short", "HEAD")
-        if r.returncode != 0:
-            return "nocommit" if "HEAD" in r.stderr else "unknown (no .git; set BENCH_GIT_COMMIT)"
-        sha = r.stdout.strip()
-        # Results appended under benchmarks/results/ must not mark the tree dirty.
-        d = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results")
-        return sha + ("-dirty" if d.returncode == 0 and d.stdout.strip() else "")
-    except Exception:
-        return "unknown"
-
-
-def device_name(device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    name = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"cpu ({name})" if name else "cpu"
-
-
-def env_info(device) -> dict:
-    try:
-        import triton
-
-        triton_v = triton.__version__
-    except Exception:
-        triton_v = None
-    return {
-        "device": device_name(device),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "triton": triton_v,
-        "python": platform.python_version(),
-        "commit": git_commit(),
-    }
 
 
 # ----------------------------------------------------------------------------- the run
@@ -656,7 +534,7 @@ def run_shape(shape: Shape, providers, modes, args, device, dtype, env) -> tuple
                   f"{rows[-1]['tflops']:8.4g} TFLOP/s" + (f"  peak {mem:8.1f} MB" if mem is not None else ""))
         del runner
     # Ratios need every provider of the shape: % of dense and speedup vs the fastest baseline.
-    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    now = now_iso()
     for mode in modes:
         ok = [r for r in rows if r.get("mode") == mode and r.get("status") == "ok"]
         dense = next((r for r in ok if r["provider"] == "dense-cublas"), None)
@@ -674,14 +552,6 @@ def run_shape(shape: Shape, providers, modes, args, device, dtype, env) -> tuple
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return rows, all_ok
-
-
-def fmt(v, spec, empty="-"):
-    """format(v, spec), or `empty` right-aligned to the width that spec would give."""
-    if v is not None:
-        return format(v, spec)
-    width = spec.split(".")[0].rstrip("<>^")
-    return format(empty, ">" + width) if width.isdigit() else empty
 
 
 def print_table(rows: list[dict], modes, cpu: bool):
@@ -798,14 +668,12 @@ def main(argv=None) -> int:
     print(f"device: {env['device']} | torch {env['torch']} | triton {env['triton']} | commit {env['commit']}")
     print(f"shapes: {len(shapes)} x modes: {len(modes)} x providers: {len(providers)} ({', '.join(providers)})")
     if cpu:
-        print("NOTE: CPU run. Tiny shapes only show that the script works; these numbers are NOT "
-              "performance data (bash benchmarks/gpu_check.sh measures on an H100/H200).")
+        print(CPU_NOTE)
         if "skillkern-triton" not in providers:
             print("      skillkern-triton is skipped on CPU (set TRITON_INTERPRET=1 to run it interpreted);"
                   " torch-compile-ref only with --providers.")
     if args.out is None:
-        args.out = os.path.join(REPO, "benchmarks", "results",
-                                "skill_ffn.cpu.jsonl" if cpu else "skill_ffn.jsonl")
+        args.out = default_out("skill_ffn", cpu)
     out_dir = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(out_dir, exist_ok=True)
 
@@ -821,7 +689,7 @@ def main(argv=None) -> int:
         except Exception as e:  # e.g. out of memory in the fp32 reference: record it, go on
             msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
             print(f"\n!!! {shape.label()}: FAILED before timing: {msg[:300]} !!!")
-            rows, ok = [dict(time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            rows, ok = [dict(time=now_iso(),
                              **env, dtype=args.dtype, **asdict(shape), provider="(all)", mode=None,
                              status="failed", reason=msg[:500])], False
             gc.collect()
@@ -830,9 +698,7 @@ def main(argv=None) -> int:
         all_ok &= ok
         for r in rows:
             r["label"] = shape.label()
-        with open(args.out, "a") as f:  # appended per shape: a run cut short keeps its rows
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
+        append_rows(args.out, rows)  # appended per shape: a run cut short keeps its rows
         all_rows += rows
     print(f"\n{len(all_rows)} rows appended to {args.out} ({time.time() - t0:.1f} s)")
     print_table(all_rows, modes, cpu)

@@ -1,18 +1,30 @@
 #!/usr/bin/env bash
 # One call on a lent H100/H200, run from the repo root: build, test, benchmark. Everything lands
-# in $OUT (the device tool brings back at most 8 files; this writes 5):
-#   env.txt  build.log  pytest.log  bench.log  skill_ffn.jsonl
+# in $OUT (the device tool brings back at most 8 files; this writes 7):
+#   env.txt  build.log  pytest.log  bench.log  skill_ffn.jsonl  toksim.log  token_similarity.jsonl
 #
-#   bash benchmarks/gpu_check.sh                  # full bench: 32 shapes x 3 modes x 5 providers
-#                                                 #   = 480 timings, cut by the time budget
-#   bash benchmarks/gpu_check.sh --quick-bench    # gpu-quick: 5 shapes x 3 modes x 5 providers = 75
-#   bash benchmarks/gpu_check.sh --skip-build --skip-tests -- --modes fwd+bwd   # rest goes to the bench
+#   bash benchmarks/gpu_check.sh                  # skill_ffn bench (32 shapes x 3 modes x 5 providers,
+#                                                 #   cut by its time budget), then the token_similarity
+#                                                 #   bench (8 shapes x 3 modes x 5 providers + matmul peak)
+#   bash benchmarks/gpu_check.sh --quick-bench    # gpu-quick presets: 5 skill_ffn shapes, 4 token_similarity
+#   bash benchmarks/gpu_check.sh --skip-build --skip-tests -- --modes fwd+bwd   # rest goes to the skill_ffn bench
+#   bash benchmarks/gpu_check.sh --skip-tests --bench toksim    # only the token_similarity bench, whole budget
+#   TOKSIM_BENCH_ARGS="--shapes goal --providers lik,skillkern-triton" bash benchmarks/gpu_check.sh --bench toksim
 #
 # Budget: the device tool stops a command at 10 minutes; this script aims at 9 (GPU_CHECK_BUDGET_S,
 # default 540 s). Build and tests take what they take (pytest is capped at PYTEST_TIMEOUT_S, default
-# 240 s); the benchmark gets what is left, starts no new shape after that (the goal shape runs
-# first) and is killed 30 s past it. Estimate for the bench on an H100: ~7 s per shape plus one-time
+# 240 s); the benchmarks share what is left: skill_ffn first, leaving TOKSIM_BENCH_S (default 180 s)
+# to token_similarity. Each starts no new shape after its budget (its goal shape runs first) and is
+# killed 30 s past it. Estimate for the skill_ffn bench on an H100: ~7 s per shape plus one-time
 # torch.compile (~1 min) and Triton autotuning, so ~2-3 min for --quick-bench and 5-7 min for all 32.
+# token_similarity: the fp32 reference, the naive providers (up to ~40 GB of similarities) and the
+# peers' autotuning (~7 configs per kernel and key) make the first shape the slowest, ~1 min.
+#
+# Peers for the token_similarity bench (late-interaction-kernels, flash-maxsim) travel as wheels in
+# the git-ignored .whl/ (name it in the device call's carry); downloaded here with
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux2014_x86_64 -d .whl late-interaction-kernels==0.4.5 flash-maxsim==0.3.0
+# (pure Python + Triton; torch and triton are on the machine). Without them both rows say unavailable.
 #
 # The device machine gets the tree without .git: pass the commit in, e.g.
 #   BENCH_GIT_COMMIT=$(git rev-parse --short HEAD) written literally into the run command.
@@ -23,14 +35,17 @@ set -u  # no -e: a failing build or test must not stop the rest of the check
 QUICK=0
 BUILD=1
 TESTS=1
+BENCH=all
 BENCH_EXTRA=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick-bench) QUICK=1 ;;
         --skip-build) BUILD=0 ;;
         --skip-tests) TESTS=0 ;;
+        --bench) shift; BENCH=${1:-}
+                 case "$BENCH" in all|ffn|toksim) ;; *) echo "--bench takes all, ffn or toksim"; exit 2 ;; esac ;;
         --) shift; BENCH_EXTRA=("$@"); break ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
         *) echo "unknown option $1 (see --help)"; exit 2 ;;
     esac
     shift
@@ -76,16 +91,52 @@ if [ "$TESTS" = 1 ]; then
     echo "   pytest rc=$TEST_RC ($(elapsed) s)"
 fi
 
-# ---- benchmark, in what is left of the budget
-LEFT=$(( BUDGET - $(elapsed) ))
-[ "$LEFT" -lt 60 ] && LEFT=60  # at least the goal shape
-SHAPES=()
-[ "$QUICK" = 1 ] && SHAPES=(--shapes gpu-quick)
-echo "== bench: time budget ${LEFT} s (log: $OUT/bench.log)"
-PYTHONUNBUFFERED=1 timeout $(( LEFT + 30 )) python3 benchmarks/bench_skill_ffn.py \
-    --out "$OUT/skill_ffn.jsonl" --time-budget "$LEFT" "${SHAPES[@]}" "${BENCH_EXTRA[@]}" 2>&1 | tee "$OUT/bench.log"
-BENCH_RC=${PIPESTATUS[0]}
-[ "$BENCH_RC" = 124 ] && echo "!!! bench killed at its time limit; rows of finished shapes are in $OUT/skill_ffn.jsonl !!!"
+# ---- benchmarks, in what is left of the budget: skill_ffn, then token_similarity
+TOKSIM_S=${TOKSIM_BENCH_S:-180}
+BENCH_RC=skipped
+if [ "$BENCH" != toksim ]; then
+    RESERVE=0
+    [ "$BENCH" = all ] && RESERVE=$(( TOKSIM_S + 30 ))  # token_similarity's budget + its kill margin
+    LEFT=$(( BUDGET - $(elapsed) - RESERVE ))
+    [ "$LEFT" -lt 60 ] && LEFT=60  # at least the goal shape
+    SHAPES=()
+    [ "$QUICK" = 1 ] && SHAPES=(--shapes gpu-quick)
+    echo "== bench skill_ffn: time budget ${LEFT} s (log: $OUT/bench.log)"
+    PYTHONUNBUFFERED=1 timeout $(( LEFT + 30 )) python3 benchmarks/bench_skill_ffn.py \
+        --out "$OUT/skill_ffn.jsonl" --time-budget "$LEFT" "${SHAPES[@]}" "${BENCH_EXTRA[@]}" 2>&1 | tee "$OUT/bench.log"
+    BENCH_RC=${PIPESTATUS[0]}
+    [ "$BENCH_RC" = 124 ] && echo "!!! bench killed at its time limit; rows of finished shapes are in $OUT/skill_ffn.jsonl !!!"
+fi
 
-echo "== summary ($(elapsed) s): build rc=$BUILD_RC | pytest rc=$TEST_RC: $(tail -1 "$OUT/pytest.log" 2>/dev/null) | bench rc=$BENCH_RC"
-grep -m1 '^GPU goal' "$OUT/bench.log" || echo "GPU goal: no goal line (bench did not finish)"
+TOKSIM_RC=skipped
+if [ "$BENCH" != ffn ]; then
+    # Peer wheels (see the top): installed into a folder only this bench puts on its path.
+    PEER_SITE=/tmp/skillkern_peers
+    PEERS="none (no .whl/*.whl)"
+    if ls .whl/*.whl > /dev/null 2>&1; then
+        if python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+                --target "$PEER_SITE" .whl/*.whl >> "$OUT/env.txt" 2>&1; then
+            PEERS=$(cd .whl && ls *.whl | tr '\n' ' ')
+        else
+            PEERS="install FAILED (see env.txt)"
+        fi
+    fi
+    echo "   peer wheels: $PEERS" | tee -a "$OUT/env.txt"
+    LEFT=$(( BUDGET - $(elapsed) - 30 ))
+    [ "$LEFT" -lt 60 ] && LEFT=60  # at least the goal shape
+    SHAPES=()
+    [ "$QUICK" = 1 ] && SHAPES=(--shapes gpu-quick)
+    # shellcheck disable=SC2206  # TOKSIM_BENCH_ARGS is split into words on purpose
+    TOKSIM_EXTRA=(${TOKSIM_BENCH_ARGS:-})
+    echo "== bench token_similarity: time budget ${LEFT} s (log: $OUT/toksim.log)"
+    PYTHONPATH="$PEER_SITE${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 timeout $(( LEFT + 30 )) \
+        python3 benchmarks/bench_token_similarity.py --out "$OUT/token_similarity.jsonl" --time-budget "$LEFT" \
+        "${SHAPES[@]}" "${TOKSIM_EXTRA[@]}" 2>&1 | tee "$OUT/toksim.log"
+    TOKSIM_RC=${PIPESTATUS[0]}
+    [ "$TOKSIM_RC" = 124 ] && echo "!!! token_similarity bench killed at its time limit; rows of finished shapes are in $OUT/token_similarity.jsonl !!!"
+fi
+
+echo "== summary ($(elapsed) s): build rc=$BUILD_RC | pytest rc=$TEST_RC: $(tail -1 "$OUT/pytest.log" 2>/dev/null) | bench rc=$BENCH_RC | toksim rc=$TOKSIM_RC"
+[ "$BENCH" != toksim ] && { grep -m1 '^GPU goal' "$OUT/bench.log" || echo "GPU goal (skill_ffn): no goal line (bench did not finish)"; }
+[ "$BENCH" != ffn ] && { grep -m1 '^GPU goal' "$OUT/toksim.log" || echo "GPU goal (token_similarity): no goal line (bench did not finish)"; }
+exit 0
