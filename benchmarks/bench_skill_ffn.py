@@ -42,7 +42,6 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # _common.py beside this file
 from _common import (CPU_NOTE, DTYPES, REPO, Unavailable, append_rows, default_out, env_info,  # noqa: E402
@@ -54,7 +53,7 @@ if REPO not in sys.path:
 
 try:
     import skillkern as sk
-    from skillkern.skill_ffn.reference import activation_ref, skill_ffn_ref, slot_scale
+    from skillkern.ops.skill_ffn.reference import activation_ref, skill_ffn_ref, slot_scale
 
 except Exception as e:  # a broken install: say why instead of a traceback
     print(f"bench_skill_ffn: import skillkern failed ({type(e).__name__}: {e}); run `make demo` "

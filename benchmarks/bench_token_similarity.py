@@ -62,7 +62,6 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
-import importlib.util
 import itertools
 import os
 import sys
@@ -82,7 +81,7 @@ if REPO not in sys.path:
 
 try:
     import skillkern as sk
-    from skillkern.token_similarity.reference import token_similarity_ref
+    from skillkern.ops.token_similarity.reference import token_similarity_ref
 except Exception as e:  # a broken install: say why instead of a traceback
     print(f"bench_token_similarity: import skillkern failed ({type(e).__name__}: {e}); run `make demo` "
           "(it installs the package first).", file=sys.stderr)
@@ -290,8 +289,6 @@ def _sk_runner(case: Case, backend: str) -> Runner:
         if dev.type == "cpu" and not interpreting():
             raise Unavailable("skipped on CPU by default: Triton needs CUDA; set TRITON_INTERPRET=1 "
                               "(tiny shapes, --dtype fp32: the interpreter's bf16 dot is wrong)")
-        if importlib.util.find_spec("skillkern.token_similarity.triton_impl") is None:
-            raise Unavailable("skillkern.token_similarity has no Triton implementation in this tree yet")
         avail = sk.available_backends("token_similarity", dev)
         if backend not in avail:
             raise Unavailable(f"backend {backend!r} not available on {dev} (available: {avail})")

@@ -1,5 +1,5 @@
 // skill_route: stable counting sort of token slots by skill (the routing step of the
-// skill-routed FFN). Math: skillkern/skill_ffn/reference.py::route_ref.
+// skill-routed FFN). Math: skillkern/ops/skill_ffn/reference.py::route_ref.
 //
 //   skill_ids: any shape, integer; flattened to N slots. Slot i goes to bucket
 //              ids[i] if 0 <= ids[i] < num_skills, else to the "inactive" bucket num_skills.

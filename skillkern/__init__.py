@@ -5,9 +5,9 @@ missing backend raises skillkern.BackendUnavailable saying how to get it.
 """
 from skillkern._backend import BackendUnavailable, available_backends, has_cuda_extension
 from skillkern._config import check_ids_enabled, set_check_ids
-from skillkern.skill_ffn import skill_ffn, skill_route
-from skillkern.token_similarity import token_similarity
-from skillkern.token_similarity.loss import filip_loss
+from skillkern.ops.skill_ffn import skill_ffn, skill_route
+from skillkern.ops.token_similarity import token_similarity
+from skillkern.ops.token_similarity.loss import filip_loss
 from skillkern import nn
 
 __all__ = [

@@ -1,5 +1,5 @@
 """Drop-in layers (nn.Modules) built on skillkern's ops."""
-from skillkern.skill_ffn.module import SkillFFN
-from skillkern.token_similarity.loss import FILIPLoss
+from skillkern.ops.skill_ffn.module import SkillFFN
+from skillkern.ops.token_similarity.loss import FILIPLoss
 
 __all__ = ["FILIPLoss", "SkillFFN"]

@@ -41,8 +41,8 @@ def _ints(fn, names_ptr: dict) -> dict:
 
 
 def skill_ffn_variants(all_configs: bool):
-    from skillkern.skill_ffn import kernels as K
-    from skillkern.skill_ffn import triton_impl as TI
+    from skillkern.ops.skill_ffn import kernels as K
+    from skillkern.ops.skill_ffn import triton_impl as TI
 
     yield "route_hist", K._route_hist_kernel, _ints(K._route_hist_kernel, {"ids_ptr": "*i64", "counts_ptr": "*i32"}), \
         {"BLOCK": TI._ROUTE_BLOCK, "E_PAD": 8}, 4, 1
@@ -97,8 +97,8 @@ def skill_ffn_variants(all_configs: bool):
 
 
 def token_similarity_variants(all_configs: bool):
-    from skillkern.token_similarity import kernels as K
-    from skillkern.token_similarity import triton_impl as TI
+    from skillkern.ops.token_similarity import kernels as K
+    from skillkern.ops.token_similarity import triton_impl as TI
 
     # (Ni, Nt): ViT-B/32, after token reduction, ViT-L/14 (+cls), one token, odd sizes
     shapes = [(50, 32), (12, 32), (257, 32), (1, 5), (70, 77)]

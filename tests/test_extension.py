@@ -38,7 +38,7 @@ def _load_extension():
 
 def _load_route_ref():
     try:
-        from skillkern.skill_ffn.reference import route_ref
+        from skillkern.ops.skill_ffn.reference import route_ref
     except Exception:
         spec = importlib.util.spec_from_file_location(
             "_skillkern_reference", os.path.join(REPO, "skillkern", "skill_ffn", "reference.py"))

@@ -9,7 +9,7 @@ import torch
 
 import skillkern
 from skillkern import BackendUnavailable
-from skillkern.skill_ffn.reference import route_ref, skill_ffn_ref, slot_scale
+from skillkern.ops.skill_ffn.reference import route_ref, skill_ffn_ref, slot_scale
 
 from conftest import DEVICE
 
@@ -378,8 +378,8 @@ def test_autotuning_over_several_configs_keeps_grads_right(monkeypatch):
     survive into d skill_weights unless the buffer is reset."""
     import triton
 
-    from skillkern.skill_ffn import kernels as K
-    from skillkern.skill_ffn import triton_impl as TI
+    from skillkern.ops.skill_ffn import kernels as K
+    from skillkern.ops.skill_ffn import triton_impl as TI
 
     timings = iter([2.0, 1.0])  # first config (BLOCK_N=32) slower: BLOCK_N=64 is chosen
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import skillkern
-from skillkern.token_similarity.reference import token_similarity_ref
+from skillkern.ops.token_similarity.reference import token_similarity_ref
 
 from conftest import DEVICE
 

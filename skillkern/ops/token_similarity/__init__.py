@@ -1,8 +1,8 @@
 """FILIP token-wise similarity (Wukong's late interaction): reference.py (math), kernels.py
 (Triton), triton_impl.py (launchers), op.py (checks, registered ops, token_similarity),
 loss.py (filip_loss, FILIPLoss)."""
-from skillkern.token_similarity.loss import FILIPLoss, filip_loss
-from skillkern.token_similarity.op import token_similarity
-from skillkern.token_similarity.reference import filip_loss_ref, token_similarity_ref
+from skillkern.ops.token_similarity.loss import FILIPLoss, filip_loss
+from skillkern.ops.token_similarity.op import token_similarity
+from skillkern.ops.token_similarity.reference import filip_loss_ref, token_similarity_ref
 
 __all__ = ["FILIPLoss", "filip_loss", "filip_loss_ref", "token_similarity", "token_similarity_ref"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import triton
 
-from skillkern.token_similarity import kernels as K
+from skillkern.ops.token_similarity import kernels as K
 
 _MAX_PAIR_TILE = 32768  # NI_PAD * NT_PAD: one pair's similarity tile must fit a program (fp32 regs)
 
@@ -43,7 +43,7 @@ def _mask_arg(mask, like):
 
 def token_similarity_fwd(img, txt, img_mask, txt_mask):
     """Returns i2t, t2i (Bi, Bt) fp32 and row_idx (Bi, Bt, Ni), col_idx (Bi, Bt, Nt)."""
-    from skillkern.token_similarity.op import index_dtype
+    from skillkern.ops.token_similarity.op import index_dtype
 
     img, txt = img.contiguous(), txt.contiguous()
     Bi, Ni, D = img.shape

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from skillkern import _backend
-from skillkern.token_similarity.reference import token_similarity_ref
+from skillkern.ops.token_similarity.reference import token_similarity_ref
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -60,7 +60,7 @@ def index_dtype(n: int) -> torch.dtype:
 @torch.library.custom_op("skillkern::token_similarity_fwd", mutates_args=())
 def _fwd_op(img: Tensor, txt: Tensor, img_mask: Optional[Tensor], txt_mask: Optional[Tensor]
             ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    from skillkern.token_similarity import triton_impl
+    from skillkern.ops.token_similarity import triton_impl
     return triton_impl.token_similarity_fwd(img, txt, img_mask, txt_mask)
 
 
@@ -75,7 +75,7 @@ def _(img, txt, img_mask, txt_mask):
 @torch.library.custom_op("skillkern::token_similarity_bwd", mutates_args=())
 def _bwd_op(g_i2t: Tensor, g_t2i: Tensor, img: Tensor, txt: Tensor, img_mask: Optional[Tensor],
             txt_mask: Optional[Tensor], row_idx: Tensor, col_idx: Tensor) -> tuple[Tensor, Tensor]:
-    from skillkern.token_similarity import triton_impl
+    from skillkern.ops.token_similarity import triton_impl
     return triton_impl.token_similarity_bwd(g_i2t, g_t2i, img, txt, img_mask, txt_mask, row_idx, col_idx)
 
 

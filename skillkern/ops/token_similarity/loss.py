@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from skillkern.token_similarity.op import token_similarity
+from skillkern.ops.token_similarity.op import token_similarity
 
 
 def _fail(name: str, msg: str):

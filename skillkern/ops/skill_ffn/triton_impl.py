@@ -14,7 +14,7 @@ import torch
 import triton
 
 from skillkern._backend import interpreting
-from skillkern.skill_ffn import kernels as K
+from skillkern.ops.skill_ffn import kernels as K
 
 ACT_CODE = {name: K.__dict__[name.upper()].value
             for name in ("gelu", "gelu_tanh", "relu", "silu", "swiglu")}

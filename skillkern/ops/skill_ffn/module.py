@@ -6,8 +6,8 @@ import math
 import torch
 from torch import nn
 
-from skillkern.skill_ffn.op import skill_ffn
-from skillkern.skill_ffn.reference import ACTIVATIONS
+from skillkern.ops.skill_ffn.op import skill_ffn
+from skillkern.ops.skill_ffn.reference import ACTIVATIONS
 
 
 class SkillFFN(nn.Module):

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from skillkern import _backend, _config
-from skillkern.skill_ffn.reference import ACTIVATIONS, route_ref, skill_ffn_ref, slot_scale
+from skillkern.ops.skill_ffn.reference import ACTIVATIONS, route_ref, skill_ffn_ref, slot_scale
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -100,7 +100,7 @@ def _validate(x, skill_ids, w1, w2, b1, b2, skill_weights, activation):
 
 @torch.library.custom_op("skillkern::skill_route_triton", mutates_args=())
 def _route_triton_op(skill_ids: Tensor, num_skills: int) -> tuple[Tensor, Tensor]:
-    from skillkern.skill_ffn import triton_impl
+    from skillkern.ops.skill_ffn import triton_impl
     return triton_impl.route(skill_ids.reshape(-1).contiguous(), num_skills)
 
 
@@ -114,7 +114,7 @@ def _(skill_ids, num_skills):
 def _skill_ffn_fwd_op(x: Tensor, skill_ids: Tensor, scale: Tensor, w1: Tensor, w2: Tensor,
                       b1: Optional[Tensor], b2: Optional[Tensor], activation: str
                       ) -> tuple[Tensor, Tensor, Tensor]:
-    from skillkern.skill_ffn import triton_impl
+    from skillkern.ops.skill_ffn import triton_impl
     check_ids_in_range(skill_ids, w1.shape[0])  # inside the opaque op: no graph break
     return triton_impl.skill_ffn_fwd(
         x.contiguous(), skill_ids.contiguous(), scale.contiguous(), w1, w2,
@@ -133,7 +133,7 @@ def _skill_ffn_bwd_op(dy: Tensor, x: Tensor, scale: Tensor, w1: Tensor, w2: Tens
                       b1: Optional[Tensor], b2: Optional[Tensor], order: Tensor, offsets: Tensor,
                       activation: str, need_dscale: bool) -> list[Tensor]:
     """Returns [dx, dw1, dw2, db1, db2, dscale]; absent ones are empty (0-element) tensors."""
-    from skillkern.skill_ffn import triton_impl
+    from skillkern.ops.skill_ffn import triton_impl
     grads = triton_impl.skill_ffn_bwd(
         dy.contiguous(), x.contiguous(), scale.contiguous(), w1, w2,
         None if b1 is None else b1.contiguous(), None if b2 is None else b2.contiguous(),
