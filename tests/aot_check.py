@@ -101,7 +101,7 @@ def token_similarity_variants(all_configs: bool):
     from skillkern.ops.token_similarity import triton_impl as TI
 
     # (Ni, Nt): ViT-B/32, after token reduction, ViT-L/14 (+cls), one token, odd sizes
-    shapes = [(50, 32), (12, 32), (257, 32), (1, 5), (70, 77)]
+    shapes = [(50, 32), (12, 32), (257, 32), (1, 5), (257, 77), (3000, 300)]
     for dt in ("bf16", "fp16", "fp32"):
         P = _PTR[dt]
         prec = "ieee" if dt == "fp32" else "tf32"
@@ -114,13 +114,14 @@ def token_similarity_variants(all_configs: bool):
                 fn = K._filip_fwd_kernel
                 yield f"fwd {dt} Ni={Ni} Nt={Nt} mask={has_mask} {t}", fn, _ints(fn, {
                     "img_ptr": P, "txt_ptr": P, "imask_ptr": "*u8", "tmask_ptr": "*u8",
-                    "i2t_ptr": "*fp32", "t2i_ptr": "*fp32", "ridx_ptr": idx_r, "cidx_ptr": idx_c}), \
+                    "nimg_ptr": "*fp32", "ntxt_ptr": "*fp32", "i2t_ptr": "*fp32", "t2i_ptr": "*fp32", "ridx_ptr": idx_r, "cidx_ptr": idx_c}), \
                     dict(t, HAS_IMASK=has_mask, HAS_TMASK=has_mask, PRECISION=prec), warps, 2
                 fn = K._filip_bwd_kernel
                 for for_img in (True, False):
                     yield f"bwd {dt} Ni={Ni} Nt={Nt} img={for_img} mask={has_mask}", fn, _ints(fn, {
                         "gi_ptr": "*fp32", "gt_ptr": "*fp32", "ridx_ptr": idx_r, "cidx_ptr": idx_c,
-                        "imask_ptr": "*u8", "tmask_ptr": "*u8", "src_ptr": P, "out_ptr": P}), \
+                        "imask_ptr": "*u8", "tmask_ptr": "*u8", "nimg_ptr": "*fp32", "ntxt_ptr": "*fp32",
+                        "src_ptr": P, "out_ptr": P}), \
                         dict(t, FOR_IMG=for_img, HAS_IMASK=has_mask, HAS_TMASK=has_mask,
                              PRECISION=prec), warps, 2
 

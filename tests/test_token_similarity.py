@@ -83,6 +83,8 @@ SHAPES = [
     ("long Ni = 73, odd D", 2, 3, 73, 9, 19, True),
     ("Nt odd, no masks", 4, 3, 12, 13, 32, False),
     ("one image, many texts", 1, 9, 5, 6, 8, True),
+    ("Ni = 150: several image-token chunks", 2, 3, 150, 20, 16, True),
+    ("Nt = 300: long texts, Ni = 40", 3, 2, 40, 300, 8, True),
 ]
 
 
@@ -103,6 +105,17 @@ def test_all_padding_item_scores_zero_without_nan(which):
             assert torch.count_nonzero(i2t[2]) == 0 and torch.count_nonzero(t2i[2]) == 0
         if which != "image":
             assert torch.count_nonzero(i2t[:, -1]) == 0 and torch.count_nonzero(t2i[:, -1]) == 0
+
+
+def test_texts_longer_than_the_kernel_holds_say_what_to_do():
+    img, txt, _, _ = make_inputs(2, 2, 4, 600, 8, False)
+    with pytest.raises(ValueError, match="txt.*Swap the roles"):
+        skillkern.token_similarity(img.float(), txt.float(), backend="triton")
+    # the advertised swap gives the same numbers
+    i2t, t2i = skillkern.token_similarity(img.float(), txt.float(), backend="torch")
+    s_i2t, s_t2i = skillkern.token_similarity(txt.float(), img.float(), backend="triton")
+    torch.testing.assert_close(s_i2t.t(), t2i, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(s_t2i.t(), i2t, rtol=1e-5, atol=1e-6)
 
 
 def test_fp16():

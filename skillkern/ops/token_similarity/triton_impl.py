@@ -6,7 +6,8 @@ import triton
 
 from skillkern.ops.token_similarity import kernels as K
 
-_MAX_PAIR_TILE = 32768  # NI_PAD * NT_PAD: one pair's similarity tile must fit a program (fp32 regs)
+_MAX_NT_PAD = 512  # a program holds all (padded) tokens of its texts; image tokens are chunked
+_TILE = 8192  # fp32 elements of the similarity tile (BLOCK_I*NI_CHUNK x BLOCK_T*NT_PAD) per program
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -17,20 +18,31 @@ def _precision(dtype: torch.dtype) -> str:
 
 
 def _tiles(Ni: int, Nt: int, D: int) -> dict:
-    """Items per program and padded token counts. The tile S is (BLOCK_I*NI_PAD, BLOCK_T*NT_PAD):
-    tl.dot needs both >= 16; ~64 x 128 keeps the fp32 tile and its 4-d reductions in registers
-    (Ni=50, Nt=32: 1 image x 4 texts; Ni=12: 4 x 4)."""
-    ni_pad, nt_pad = triton.next_power_of_2(Ni), triton.next_power_of_2(Nt)
-    if ni_pad * nt_pad > _MAX_PAIR_TILE:
+    """Items per program, image-token chunk and padded text length. The tile S is
+    (BLOCK_I*NI_CHUNK, BLOCK_T*NT_PAD): tl.dot needs both >= 16; ~64 x 128 keeps the fp32 tile
+    and its 4-d reductions in registers (Ni=50, Nt=32: 1 image x 4 texts, one chunk of 64;
+    Ni=12: 4 x 4; Ni=257: 1 x 4 in 5 chunks of 64)."""
+    nt_pad = triton.next_power_of_2(Nt)
+    if nt_pad > _MAX_NT_PAD:
         raise ValueError(
-            f"token_similarity (triton): Ni={Ni}, Nt={Nt} pad to a {ni_pad} x {nt_pad} tile per pair, "
-            f"over the {_MAX_PAIR_TILE} a program holds; use backend='torch' for such long items")
-    block_i = max(64 // ni_pad, 16 // ni_pad, 1)
-    block_t = max(min(128 // nt_pad, 8192 // (block_i * ni_pad * nt_pad)), 16 // nt_pad, 1)
+            f"token_similarity (triton): `txt` has Nt={Nt} tokens per item; the kernels take up to "
+            f"{_MAX_NT_PAD} text tokens (image tokens: any number). Swap the roles - "
+            "token_similarity(txt, img, txt_mask, img_mask) returns (t2i.T, i2t.T) - or use backend='torch'")
+    block_t = max(128 // nt_pad, 16 // nt_pad, 1)
+    n = block_t * nt_pad
+    m_budget = max(16, min(64, _TILE // n))
+    ni_chunk = min(triton.next_power_of_2(Ni), m_budget)
+    block_i = max(m_budget // ni_chunk, 1)
     block_d = max(16, min(64, triton.next_power_of_2(D)))
-    m, n = block_i * ni_pad, block_t * nt_pad
-    return dict(BLOCK_I=block_i, NI_PAD=ni_pad, BLOCK_T=block_t, NT_PAD=nt_pad, BLOCK_D=block_d,
-                num_warps=8 if m * n > 8192 else 4)
+    return dict(BLOCK_I=block_i, NI_CHUNK=ni_chunk, BLOCK_T=block_t, NT_PAD=nt_pad, BLOCK_D=block_d,
+                num_warps=8 if block_i * ni_chunk * n > 8192 else 4)
+
+
+def _counts(mask, B: int, N: int, device) -> torch.Tensor:
+    """Real tokens per item, fp32 (B,)."""
+    if mask is None:
+        return torch.full((B,), float(N), dtype=torch.float32, device=device)
+    return mask.sum(1, dtype=torch.float32)
 
 
 def _mask_arg(mask, like):
@@ -58,9 +70,10 @@ def token_similarity_fwd(img, txt, img_mask, txt_mask):
     t = _tiles(Ni, Nt, D)
     im, s_im, has_im = _mask_arg(img_mask, img)
     tm, s_tm, has_tm = _mask_arg(txt_mask, txt)
+    n_img, n_txt = _counts(img_mask, Bi, Ni, dev), _counts(txt_mask, Bt, Nt, dev)
     grid = (triton.cdiv(Bi, t["BLOCK_I"]), triton.cdiv(Bt, t["BLOCK_T"]))
     K._filip_fwd_kernel[grid](
-        img, txt, im, tm, i2t, t2i, row_idx, col_idx, Bi, Bt, Ni, Nt, D,
+        img, txt, im, tm, n_img, n_txt, i2t, t2i, row_idx, col_idx, Bi, Bt, Ni, Nt, D,
         img.stride(0), img.stride(1), txt.stride(0), txt.stride(1), s_im, s_tm,
         HAS_IMASK=has_im, HAS_TMASK=has_tm, PRECISION=_precision(img.dtype), num_stages=2, **t)
     return i2t, t2i, row_idx, col_idx
@@ -79,11 +92,13 @@ def token_similarity_bwd(g_i2t, g_t2i, img, txt, img_mask, txt_mask, row_idx, co
     t = _tiles(Ni, Nt, D)
     im, s_im, has_im = _mask_arg(img_mask, img)
     tm, s_tm, has_tm = _mask_arg(txt_mask, txt)
+    n_img, n_txt = _counts(img_mask, Bi, Ni, img.device), _counts(txt_mask, Bt, Nt, img.device)
     n_d = triton.cdiv(D, t["BLOCK_D"])
-    for for_img, src, out, n_items, block in ((True, txt, d_img, Bi, t["BLOCK_I"]),
-                                               (False, img, d_txt, Bt, t["BLOCK_T"])):
-        K._filip_bwd_kernel[(triton.cdiv(n_items, block), n_d)](
-            g_i2t, g_t2i, row_idx, col_idx, im, tm, src, out, Bi, Bt, Ni, Nt, D,
+    img_programs = triton.cdiv(Bi, t["BLOCK_I"]) * triton.cdiv(Ni, t["NI_CHUNK"])
+    for for_img, src, out, n_programs in ((True, txt, d_img, img_programs),
+                                          (False, img, d_txt, triton.cdiv(Bt, t["BLOCK_T"]))):
+        K._filip_bwd_kernel[(n_programs, n_d)](
+            g_i2t, g_t2i, row_idx, col_idx, im, tm, n_img, n_txt, src, out, Bi, Bt, Ni, Nt, D,
             src.stride(0), src.stride(1), out.stride(0), out.stride(1), s_im, s_tm,
             FOR_IMG=for_img, HAS_IMASK=has_im, HAS_TMASK=has_tm, PRECISION=_precision(img.dtype),
             num_stages=2, **t)
