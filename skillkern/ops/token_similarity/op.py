@@ -45,13 +45,11 @@ def _check(img, txt, img_mask, txt_mask):
         _expect(tuple(m.shape) == tuple(x.shape[:2]), name,
                 f"must have shape {tuple(x.shape[:2])}, got {tuple(m.shape)}")
         _expect(m.device == x.device, name, f"is on {m.device} but its features are on {x.device}")
-    _expect(img.shape[1] <= 32768 and txt.shape[1] <= 32768, "img" if img.shape[1] > 32768 else "txt",
-            "has more than 32768 tokens per item")
 
 
 def index_dtype(n: int) -> torch.dtype:
     """Smallest integer dtype that holds token indices 0..n-1."""
-    return torch.uint8 if n <= 256 else torch.int16
+    return torch.uint8 if n <= 256 else torch.int16 if n <= 32768 else torch.int32
 
 
 # ----------------------------------------------------------------------------- registered ops
@@ -118,7 +116,8 @@ def token_similarity(img: Tensor, txt: Tensor, img_mask: Optional[Tensor] = None
     for FILIP). img_mask / txt_mask: bool (Bi, Ni) / (Bt, Nt), True = real token; None = all real.
     Returns (i2t, t2i), float32 (Bi, Bt); a pair where an item has no real token scores 0.
     Differentiable w.r.t. img and txt: a max's gradient goes to its arg-max token, padding tokens
-    get zero gradient. The fused backends never allocate Bi*Bt*Ni*Nt values.
+    get zero gradient. The fused backends never allocate Bi*Bt*Ni*Nt values. The Triton kernels
+    take any Ni and up to 512 text tokens per item (pass the longer side as img).
     """
     _check(img, txt, img_mask, txt_mask)
     which = _backend.resolve("token_similarity", backend, img.device)
