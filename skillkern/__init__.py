@@ -6,6 +6,7 @@ missing backend raises skillkern.BackendUnavailable saying how to get it.
 from skillkern._backend import BackendUnavailable, available_backends, has_cuda_extension
 from skillkern._config import check_ids_enabled, set_check_ids
 from skillkern.ops.skill_ffn import skill_ffn, skill_route
+from skillkern.ops.token_reduce import token_pool, token_reduce
 from skillkern.ops.token_similarity import token_similarity
 from skillkern.ops.token_similarity.loss import filip_loss
 from skillkern import nn
@@ -20,6 +21,8 @@ __all__ = [
     "set_check_ids",
     "skill_ffn",
     "skill_route",
+    "token_pool",
+    "token_reduce",
     "token_similarity",
 ]
 __version__ = "0.1.0"

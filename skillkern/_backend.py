@@ -25,6 +25,8 @@ _AUTO_ORDER = {
     "skill_ffn": ("triton", "torch"),
     "skill_route": ("triton", "cuda", "torch"),
     "token_similarity": ("triton", "torch"),
+    "token_reduce": ("triton", "torch"),
+    "token_pool": ("triton", "torch"),
 }
 
 # Ops the compiled extension implements, by name of the torch.ops.skillkern entry.

@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("op", ["skill_ffn", "token_similarity"])
+@pytest.mark.parametrize("op", ["skill_ffn", "token_similarity", "token_reduce"])
 def test_every_kernel_compiles_for_sm90(op):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])

@@ -1,0 +1,45 @@
+"""Reference (pure PyTorch) token reduction: the math every backend must match.
+
+    u = layer_norm(x) over D (weight ln_weight, bias ln_bias) if ln_weight is given, else x
+    A[b, :, s] = softmax over the real positions n of (u[b] @ w_score)[:, s]
+    out[b, s, :] = sum_n A[b, n, s] * u[b, n, :]
+
+A row (batch item) with no real position gives zeros. token_pool is the pooling alone, with
+precomputed scores (B, N, S) in place of u @ w_score, pooling x itself.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _masked_softmax_pool(scores, values, mask):
+    """scores: (B, N, S); values: (B, N, D); mask: (B, N) bool or None -> (B, S, D)."""
+    acc = torch.float64 if values.dtype == torch.float64 else torch.float32
+    scores = scores.to(acc)
+    if mask is not None:
+        scores = scores.masked_fill(~mask[:, :, None], float("-inf"))
+        empty = ~mask.any(dim=1)  # (B,)
+        # an all-masked row would be softmax(-inf, ...) = NaN: give it finite scores, zero it below
+        scores = scores.masked_fill(empty[:, None, None], 0.0)
+    weights = torch.softmax(scores, dim=1)  # over positions
+    out = torch.einsum("bns,bnd->bsd", weights, values.to(acc))
+    if mask is not None:
+        out = out.masked_fill(empty[:, None, None], 0.0)
+    return out
+
+
+def token_reduce_ref(x, w_score, ln_weight=None, ln_bias=None, mask=None, eps=1e-5):
+    """x: (B, N, D); w_score: (D, S); ln_weight/ln_bias: (D,) or None; mask: (B, N) bool.
+    Returns (B, S, D) in x.dtype (computed in fp32, fp64 for fp64 inputs)."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    u = x.to(acc)
+    if ln_weight is not None:
+        u = F.layer_norm(u, (x.shape[-1],), ln_weight.to(acc),
+                         None if ln_bias is None else ln_bias.to(acc), eps)
+    return _masked_softmax_pool(u @ w_score.to(acc), u, mask).to(x.dtype)
+
+
+def token_pool_ref(x, scores, mask=None):
+    """x: (B, N, D); scores: (B, N, S); mask: (B, N) bool -> (B, S, D) in x.dtype."""
+    return _masked_softmax_pool(scores, x, mask).to(x.dtype)

@@ -1,0 +1,179 @@
+"""token_reduce / token_pool: every reachable backend against a float64 reference, gradients
+included. Reference on the inputs as rounded to the test dtype; tolerance 2x PyTorch's own error
+at that precision plus a floor (the torch path computes in fp32, so the floor carries bf16)."""
+import pytest
+import torch
+
+import skillkern
+from skillkern.ops.token_reduce.reference import token_pool_ref, token_reduce_ref
+
+from conftest import DEVICE
+
+BACKENDS = ["triton"]
+FLOOR = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
+
+
+def rel_err(a, ref):
+    a, ref = a.detach().double(), ref.detach().double()
+    return ((a - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def make(B, N, D, S, ln, ln_bias, masked, empty_row, pool=False):
+    t = {"x": torch.randn(B, N, D, dtype=torch.float64) * 1.5 + 0.3}
+    if pool:
+        t["scores"] = torch.randn(B, N, S, dtype=torch.float64) * 2
+    else:
+        t["w_score"] = torch.randn(D, S, dtype=torch.float64) / D ** 0.5 * 3
+    if ln:
+        t["ln_weight"] = torch.rand(D, dtype=torch.float64) + 0.5
+        if ln_bias:
+            t["ln_bias"] = torch.randn(D, dtype=torch.float64) * 0.2
+    mask = None
+    if masked or empty_row:
+        lengths = torch.randint(1, N + 1, (B,))
+        mask = torch.arange(N)[None, :] < lengths[:, None]
+        mask = mask[:, torch.randperm(N)]  # real positions anywhere, not only a prefix
+        if empty_row:
+            mask[B // 2] = False
+    return {k: v.to(DEVICE) for k, v in t.items()}, None if mask is None else mask.to(DEVICE)
+
+
+def call(t, mask, backend):
+    if "scores" in t:
+        if backend == "ref":
+            return token_pool_ref(t["x"], t["scores"], mask)
+        return skillkern.token_pool(t["x"], t["scores"], mask, backend=backend)
+    args = (t["x"], t["w_score"], t.get("ln_weight"), t.get("ln_bias"), mask)
+    if backend == "ref":
+        return token_reduce_ref(*args)
+    return skillkern.token_reduce(*args, backend=backend)
+
+
+def check(t, mask, dtype):
+    names = list(t)
+    leaves = {"ref": {n: v.to(dtype).double().requires_grad_() for n, v in t.items()}}
+    for be in ["torch"] + BACKENDS:
+        leaves[be] = {n: v.to(dtype).clone().requires_grad_() for n, v in t.items()}
+    outs = {be: call(lv, mask, be) for be, lv in leaves.items()}
+    g = torch.randn_like(outs["ref"]).to(dtype)
+    grads = {be: torch.autograd.grad(o, [leaves[be][n] for n in names], g.to(o.dtype)) for be, o in outs.items()}
+    for be in BACKENDS:
+        assert outs[be].dtype == dtype and outs[be].shape == outs["ref"].shape
+        for what, got, base, ref in zip(["out"] + names, [outs[be], *grads[be]], [outs["torch"], *grads["torch"]],
+                                        [outs["ref"], *grads["ref"]]):
+            assert torch.isfinite(got).all(), f"{be}: non-finite {what}"
+            err, err_torch = rel_err(got, ref), rel_err(base, ref)
+            assert err <= 2 * err_torch + FLOOR[dtype], f"{be} {what}: {err:.3g} vs torch {err_torch:.3g}"
+        if mask is not None:  # masked positions: no influence, exactly zero gradient
+            x_grad = grads[be][0]
+            assert torch.count_nonzero(x_grad[~mask]) == 0
+            empty = ~mask.any(1)
+            assert torch.count_nonzero(outs[be][empty]) == 0
+
+
+# (label, B, N, D, S, ln, ln_bias, masked, empty_row)
+SHAPES = [
+    ("ViT-B/32: N=49 -> S=12, LN", 3, 49, 32, 12, True, True, False, False),
+    ("N=256 (ViT-L/14) with masks", 2, 256, 16, 8, True, True, True, False),
+    ("odd N and D, LN weight only", 3, 37, 33, 5, True, False, True, False),
+    ("S=1, no LN", 4, 20, 24, 1, False, False, True, False),
+    ("an all-masked row", 4, 19, 24, 3, True, True, True, True),
+    ("D > one feature slice", 2, 30, 200, 6, True, True, False, False),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", SHAPES, ids=[s[0] for s in SHAPES])
+def test_token_reduce_matches_reference(shape, dtype):
+    _, B, N, D, S, ln, lnb, masked, empty = shape
+    check(*make(B, N, D, S, ln, lnb, masked, empty), dtype)
+
+
+POOL_SHAPES = [
+    ("N=49, S=12", 3, 49, 40, 12, False, False),
+    ("odd N and D, masks", 2, 37, 33, 5, True, False),
+    ("S=1, an all-masked row", 4, 21, 16, 1, True, True),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", POOL_SHAPES, ids=[s[0] for s in POOL_SHAPES])
+def test_token_pool_matches_reference(shape, dtype):
+    _, B, N, D, S, masked, empty = shape
+    check(*make(B, N, D, S, False, False, masked, empty, pool=True), dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_deterministic(backend):
+    t, mask = make(6, 40, 48, 6, True, True, True, False)
+    leaves = {n: v.float().requires_grad_() for n, v in t.items()}
+    runs = []
+    for _ in range(2):
+        out = call(leaves, mask, backend)
+        runs.append([out, *torch.autograd.grad(out.square().sum(), list(leaves.values()))])
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def _bad_args():
+    def base():
+        return dict(x=torch.randn(2, 5, 8), w_score=torch.randn(8, 3), ln_weight=torch.ones(8),
+                    ln_bias=torch.zeros(8), mask=None)
+
+    cases = [
+        ("x 2-d", "x", lambda a: a.update(x=torch.randn(5, 8))),
+        ("x int", "x", lambda a: a.update(x=torch.ones(2, 5, 8, dtype=torch.long))),
+        ("w_score wrong D", "w_score", lambda a: a.update(w_score=torch.randn(9, 3))),
+        ("w_score device", "w_score", lambda a: a.update(w_score=a["w_score"].to("meta"))),
+        ("ln_weight shape", "ln_weight", lambda a: a.update(ln_weight=torch.ones(7))),
+        ("ln_bias without weight", "ln_bias", lambda a: a.update(ln_weight=None)),
+        ("mask shape", "mask", lambda a: a.update(mask=torch.ones(2, 6, dtype=torch.bool))),
+        ("mask dtype", "mask", lambda a: a.update(mask=torch.ones(2, 5))),
+    ]
+    for label, name, mutate in cases:
+        yield pytest.param(base, name, mutate, id=label)
+
+
+@pytest.mark.parametrize("base,name,mutate", list(_bad_args()))
+def test_bad_input_names_the_argument(base, name, mutate):
+    kwargs = base()
+    mutate(kwargs)
+    with pytest.raises(ValueError, match=name):
+        skillkern.token_reduce(**kwargs)
+
+
+def test_token_pool_bad_scores_names_them():
+    with pytest.raises(ValueError, match="scores"):
+        skillkern.token_pool(torch.randn(2, 5, 8), torch.randn(2, 4, 3))
+
+
+@pytest.mark.parametrize("pool", [False, True], ids=["reduce", "pool"])
+def test_opcheck(pool):
+    t, mask = make(3, 18, 20, 4, not pool, not pool, True, True, pool=pool)
+    f = {n: v.float().requires_grad_() for n, v in t.items()}
+    args = (f["x"], f.get("w_score"), f.get("scores"), f.get("ln_weight"), f.get("ln_bias"), mask, 1e-5)
+    torch.library.opcheck(torch.ops.skillkern.token_reduce_fwd.default, args)
+
+
+def test_torch_compile_fullgraph_forward_backward():
+    t, mask = make(3, 21, 24, 4, True, True, True, False)
+    f = {n: v.float().requires_grad_() for n, v in t.items()}
+
+    def step(x, w, lw, lb):
+        return skillkern.token_reduce(x * 2, w, lw, lb, mask, backend="triton").square().mean()
+
+    args = [f["x"], f["w_score"], f["ln_weight"], f["ln_bias"]]
+    loss_c = torch.compile(step, fullgraph=True)(*args)
+    grads_c = torch.autograd.grad(loss_c, args)
+    loss_e = step(*args)
+    grads_e = torch.autograd.grad(loss_e, args)
+    torch.testing.assert_close(loss_c, loss_e, rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads_c, grads_e):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="needs a CUDA device")
+@pytest.mark.parametrize("N,D,S", [(49, 256, 12), (256, 256, 24), (256, 768, 24)])
+def test_gpu_wukong_shapes(N, D, S):
+    check(*make(64, N, D, S, True, True, True, True), torch.bfloat16)
