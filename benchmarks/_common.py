@@ -1,8 +1,9 @@
 """Pieces every skillkern benchmark script shares: the environment of a row (device, versions,
 git commit), timing, peak memory, relative error and writing JSON-lines rows.
 
-Imported by the scripts beside it (bench_skill_ffn.py, bench_token_similarity.py), which put
-this folder on sys.path; nothing here imports skillkern or touches CUDA at import time.
+Imported by the scripts beside it (bench_skill_ffn.py, bench_token_similarity.py,
+bench_token_reduce.py), which put this folder on sys.path; nothing here imports skillkern or
+touches CUDA at import time.
 """
 from __future__ import annotations
 
@@ -97,6 +98,19 @@ def time_ms(fn, device, args) -> tuple[float, float, float]:
         return times[min(len(times) - 1, int(round(p * (len(times) - 1))))]
 
     return statistics.median(times), q(0.2), q(0.8)
+
+
+def copy_bandwidth(nbytes: int, device, args, seed: int = 0) -> tuple[float, float, float, float]:
+    """Device copy of one nbytes buffer of random bf16 values into another (dst.copy_(src)), timed
+    like everything else (time_ms). Returns (median, p20, p80 ms, GB/s) with GB/s counting the
+    bytes read plus the bytes written, 2 * nbytes: the ceiling a memory-bound kernel is held to."""
+    n = max(1, int(nbytes) // 2)
+    g = torch.Generator(device=device).manual_seed(seed)
+    src = torch.randn(n, generator=g, device=device, dtype=torch.float32).to(torch.bfloat16)  # not zeros
+    dst = torch.empty_like(src)
+    med, p20, p80 = time_ms(lambda: dst.copy_(src), device, args)
+    gbps = 2.0 * src.numel() * src.element_size() / (med * 1e-3) / 1e9
+    return med, p20, p80, gbps  # the buffers go with this frame
 
 
 def peak_mem_mb(fn, device) -> float | None:

@@ -1,24 +1,33 @@
 #!/usr/bin/env bash
 # One call on a lent H100/H200, run from the repo root: build, test, benchmark. Everything lands
-# in $OUT (the device tool brings back at most 8 files; this writes 7):
-#   env.txt  build.log  pytest.log  bench.log  skill_ffn.jsonl  toksim.log  token_similarity.jsonl
+# in $OUT (the device tool brings back at most 8 files; this writes 8, the build log inside env.txt):
+#   env.txt  pytest.log  bench.log  skill_ffn.jsonl  toksim.log  token_similarity.jsonl
+#   tokred.log  token_reduce.jsonl
 #
 #   bash benchmarks/gpu_check.sh                  # skill_ffn bench (32 shapes x 3 modes x 5 providers,
 #                                                 #   cut by its time budget), then the token_similarity
-#                                                 #   bench (8 shapes x 3 modes x 5 providers + matmul peak)
-#   bash benchmarks/gpu_check.sh --quick-bench    # gpu-quick presets: 5 skill_ffn shapes, 4 token_similarity
+#                                                 #   bench (8 shapes x 3 modes x 5 providers + matmul peak),
+#                                                 #   then the token_reduce bench (5 shapes x 3 modes x
+#                                                 #   4 providers + a 1 GiB copy)
+#   bash benchmarks/gpu_check.sh --quick-bench    # gpu-quick presets: 5 skill_ffn shapes, 4 token_similarity,
+#                                                 #   2 token_reduce
 #   bash benchmarks/gpu_check.sh --skip-build --skip-tests -- --modes fwd+bwd   # rest goes to the skill_ffn bench
 #   bash benchmarks/gpu_check.sh --skip-tests --bench toksim    # only the token_similarity bench, whole budget
+#   bash benchmarks/gpu_check.sh --skip-tests --bench tokred    # only the token_reduce bench, whole budget
 #   TOKSIM_BENCH_ARGS="--shapes goal --providers lik,skillkern-triton" bash benchmarks/gpu_check.sh --bench toksim
+#   TOKRED_BENCH_ARGS="--shapes goal --modes fwd+bwd" bash benchmarks/gpu_check.sh --bench tokred
 #
 # Budget: the device tool stops a command at 10 minutes; this script aims at 9 (GPU_CHECK_BUDGET_S,
 # default 540 s). Build and tests take what they take (pytest is capped at PYTEST_TIMEOUT_S, default
 # 240 s); the benchmarks share what is left: skill_ffn first, leaving TOKSIM_BENCH_S (default 180 s)
-# to token_similarity. Each starts no new shape after its budget (its goal shape runs first) and is
-# killed 30 s past it. Estimate for the skill_ffn bench on an H100: ~7 s per shape plus one-time
-# torch.compile (~1 min) and Triton autotuning, so ~2-3 min for --quick-bench and 5-7 min for all 32.
+# to token_similarity and TOKRED_BENCH_S (default 150 s) to token_reduce, which runs last. Each
+# starts no new shape after its budget (its goal shapes run first) and is killed 30 s past it.
+# Estimate for the skill_ffn bench on an H100: ~7 s per shape plus one-time torch.compile (~1 min)
+# and Triton autotuning, so ~2-3 min for --quick-bench and 5-7 min for all 32.
 # token_similarity: the fp32 reference, the naive providers (up to ~40 GB of similarities) and the
 # peers' autotuning (~7 configs per kernel and key) make the first shape the slowest, ~1 min.
+# token_reduce: torch.compile of the eager module (fwd + bwd, static shapes) costs ~15-30 s per
+# shape; the rest (fp32 reference, 12 timings) a few seconds, so the 3 goal shapes fit in ~150 s.
 #
 # Peers for the token_similarity bench (late-interaction-kernels, flash-maxsim) travel as wheels in
 # the git-ignored .whl/ (name it in the device call's carry); downloaded here with
@@ -43,9 +52,9 @@ while [ $# -gt 0 ]; do
         --skip-build) BUILD=0 ;;
         --skip-tests) TESTS=0 ;;
         --bench) shift; BENCH=${1:-}
-                 case "$BENCH" in all|ffn|toksim) ;; *) echo "--bench takes all, ffn or toksim"; exit 2 ;; esac ;;
+                 case "$BENCH" in all|ffn|toksim|tokred) ;; *) echo "--bench takes all, ffn, toksim or tokred"; exit 2 ;; esac ;;
         --) shift; BENCH_EXTRA=("$@"); break ;;
-        -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,41p' "$0"; exit 0 ;;
         *) echo "unknown option $1 (see --help)"; exit 2 ;;
     esac
     shift
@@ -70,13 +79,16 @@ elapsed() { echo $(( $(date +%s) - START )); }
 } > "$OUT/env.txt" 2>&1
 echo "== env: $(grep -m1 '^device' "$OUT/env.txt")"
 
-# ---- build (csrc with nvcc for sm_90)
+# ---- build (csrc with nvcc for sm_90); its log is appended to env.txt (8 files come back at most)
 BUILD_RC=skipped
 if [ "$BUILD" = 1 ]; then
-    echo "== build (log: $OUT/build.log)"
-    TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 python3 -m pip install --no-deps --no-build-isolation -e . > "$OUT/build.log" 2>&1
+    echo "== build (log: end of $OUT/env.txt)"
+    BUILD_LOG=$(mktemp)
+    TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 python3 -m pip install --no-deps --no-build-isolation -e . > "$BUILD_LOG" 2>&1
     BUILD_RC=$?
-    [ "$BUILD_RC" = 0 ] || tail -30 "$OUT/build.log"
+    [ "$BUILD_RC" = 0 ] || tail -30 "$BUILD_LOG"
+    { echo; echo "==== build log (rc=$BUILD_RC)"; cat "$BUILD_LOG"; } >> "$OUT/env.txt"
+    rm -f "$BUILD_LOG"
     echo "   build rc=$BUILD_RC ($(elapsed) s)"
 fi
 python3 -c "import skillkern as s; print('skillkern', s.__version__, '| skill_ffn backends on cuda:', s.available_backends('skill_ffn', 'cuda'), '| _C:', s.has_cuda_extension())" 2>&1 | tee -a "$OUT/env.txt"
@@ -91,12 +103,14 @@ if [ "$TESTS" = 1 ]; then
     echo "   pytest rc=$TEST_RC ($(elapsed) s)"
 fi
 
-# ---- benchmarks, in what is left of the budget: skill_ffn, then token_similarity
+# ---- benchmarks, in what is left of the budget: skill_ffn, then token_similarity, then token_reduce
 TOKSIM_S=${TOKSIM_BENCH_S:-180}
+TOKRED_S=${TOKRED_BENCH_S:-150}
 BENCH_RC=skipped
-if [ "$BENCH" != toksim ]; then
+if [ "$BENCH" = all ] || [ "$BENCH" = ffn ]; then
     RESERVE=0
-    [ "$BENCH" = all ] && RESERVE=$(( TOKSIM_S + 30 ))  # token_similarity's budget + its kill margin
+    # the later benches' budgets + their kill margins
+    [ "$BENCH" = all ] && RESERVE=$(( TOKSIM_S + 30 + TOKRED_S + 30 ))
     LEFT=$(( BUDGET - $(elapsed) - RESERVE ))
     [ "$LEFT" -lt 60 ] && LEFT=60  # at least the goal shape
     SHAPES=()
@@ -109,7 +123,7 @@ if [ "$BENCH" != toksim ]; then
 fi
 
 TOKSIM_RC=skipped
-if [ "$BENCH" != ffn ]; then
+if [ "$BENCH" = all ] || [ "$BENCH" = toksim ]; then
     # Peer wheels (see the top): installed into a folder only this bench puts on its path.
     PEER_SITE=/tmp/skillkern_peers
     PEERS="none (no .whl/*.whl)"
@@ -122,7 +136,9 @@ if [ "$BENCH" != ffn ]; then
         fi
     fi
     echo "   peer wheels: $PEERS" | tee -a "$OUT/env.txt"
-    LEFT=$(( BUDGET - $(elapsed) - 30 ))
+    RESERVE=0
+    [ "$BENCH" = all ] && RESERVE=$(( TOKRED_S + 30 ))  # token_reduce's budget + its kill margin
+    LEFT=$(( BUDGET - $(elapsed) - 30 - RESERVE ))
     [ "$LEFT" -lt 60 ] && LEFT=60  # at least the goal shape
     SHAPES=()
     [ "$QUICK" = 1 ] && SHAPES=(--shapes gpu-quick)
@@ -136,7 +152,25 @@ if [ "$BENCH" != ffn ]; then
     [ "$TOKSIM_RC" = 124 ] && echo "!!! token_similarity bench killed at its time limit; rows of finished shapes are in $OUT/token_similarity.jsonl !!!"
 fi
 
-echo "== summary ($(elapsed) s): build rc=$BUILD_RC | pytest rc=$TEST_RC: $(tail -1 "$OUT/pytest.log" 2>/dev/null) | bench rc=$BENCH_RC | toksim rc=$TOKSIM_RC"
-[ "$BENCH" != toksim ] && { grep -m1 '^GPU goal' "$OUT/bench.log" || echo "GPU goal (skill_ffn): no goal line (bench did not finish)"; }
-[ "$BENCH" != ffn ] && { grep -m1 '^GPU goal' "$OUT/toksim.log" || echo "GPU goal (token_similarity): no goal line (bench did not finish)"; }
+TOKRED_RC=skipped
+if [ "$BENCH" = all ] || [ "$BENCH" = tokred ]; then
+    LEFT=$(( BUDGET - $(elapsed) - 30 ))
+    [ "$LEFT" -lt 60 ] && LEFT=60  # at least the first goal shape
+    SHAPES=()
+    [ "$QUICK" = 1 ] && SHAPES=(--shapes gpu-quick)
+    # shellcheck disable=SC2206  # TOKRED_BENCH_ARGS is split into words on purpose
+    TOKRED_EXTRA=(${TOKRED_BENCH_ARGS:-})
+    echo "== bench token_reduce: time budget ${LEFT} s (log: $OUT/tokred.log)"
+    PYTHONUNBUFFERED=1 timeout $(( LEFT + 30 )) \
+        python3 benchmarks/bench_token_reduce.py --out "$OUT/token_reduce.jsonl" --time-budget "$LEFT" \
+        "${SHAPES[@]}" "${TOKRED_EXTRA[@]}" 2>&1 | tee "$OUT/tokred.log"
+    TOKRED_RC=${PIPESTATUS[0]}
+    [ "$TOKRED_RC" = 124 ] && echo "!!! token_reduce bench killed at its time limit; rows of finished shapes are in $OUT/token_reduce.jsonl !!!"
+fi
+
+echo "== summary ($(elapsed) s): build rc=$BUILD_RC | pytest rc=$TEST_RC: $(tail -1 "$OUT/pytest.log" 2>/dev/null) | bench rc=$BENCH_RC | toksim rc=$TOKSIM_RC | tokred rc=$TOKRED_RC"
+case "$BENCH" in all|ffn) grep -m1 '^GPU goal' "$OUT/bench.log" || echo "GPU goal (skill_ffn): no goal line (bench did not finish)" ;; esac
+case "$BENCH" in all|toksim) grep -m1 '^GPU goal' "$OUT/toksim.log" || echo "GPU goal (token_similarity): no goal line (bench did not finish)" ;; esac
+# token_reduce: one line per goal shape, then the verdict
+case "$BENCH" in all|tokred) grep '^GPU goal' "$OUT/tokred.log" || echo "GPU goal (token_reduce): no goal line (bench did not finish)" ;; esac
 exit 0

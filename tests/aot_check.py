@@ -137,14 +137,16 @@ def token_reduce_variants(all_configs: bool):
         for N, D, S in (shapes if dt == "bf16" or all_configs else shapes[:1]):
             blk = TI._blocks(N, D, S)
             warps = blk.pop("num_warps")
-            for ln, given in ((True, False), (False, False), (False, True)):
-                flags = dict(HAS_LN=ln, HAS_LN_BIAS=ln, SCORES_GIVEN=given, HAS_MASK=True, PRECISION=prec)
+            for ln, pool_ln, given in ((True, True, False), (True, False, False), (False, False, False),
+                                       (False, False, True)):
+                flags = dict(HAS_LN=ln, HAS_LN_BIAS=ln, POOL_LN=pool_ln, POOL_LN_BIAS=pool_ln,
+                             SCORES_GIVEN=given, HAS_MASK=True, PRECISION=prec)
                 ptrs = {"x_ptr": P, "w_ptr": P, "sc_ptr": P, "lnw_ptr": P, "lnb_ptr": P, "mask_ptr": "*u8"}
                 fn = K._token_reduce_fwd_kernel
-                yield f"fwd {dt} N={N} D={D} S={S} ln={ln} scores={given}", fn, _ints(fn, dict(
+                yield f"fwd {dt} N={N} D={D} S={S} ln={ln} pool_ln={pool_ln} scores={given}", fn, _ints(fn, dict(
                     ptrs, out_ptr=P, lse_ptr="*fp32", eps="fp32")), dict(blk, **flags), warps, 2
                 fn = K._token_reduce_bwd_kernel
-                yield f"bwd {dt} N={N} D={D} S={S} ln={ln} scores={given}", fn, _ints(fn, dict(
+                yield f"bwd {dt} N={N} D={D} S={S} ln={ln} pool_ln={pool_ln} scores={given}", fn, _ints(fn, dict(
                     ptrs, dout_ptr=P, delta_ptr="*fp32", lse_ptr="*fp32", dx_ptr=P, dsc_ptr=P,
                     dw_part_ptr="*fp32", dlnw_part_ptr="*fp32", dlnb_part_ptr="*fp32", eps="fp32")), \
                     dict(blk, **flags), warps, 2

@@ -116,9 +116,10 @@ def ref_ops(monkeypatch):
     the backend each call was given."""
     seen = []
 
-    def reduce(x, w_score, ln_weight=None, ln_bias=None, mask=None, *, eps=1e-5, backend="auto"):
+    def reduce(x, w_score, ln_weight=None, ln_bias=None, mask=None, *, eps=1e-5, pool_input=False,
+               backend="auto"):
         seen.append(backend)
-        return token_reduce_ref(x, w_score, ln_weight, ln_bias, mask, eps)
+        return token_reduce_ref(x, w_score, ln_weight, ln_bias, mask, eps, pool_input)
 
     def pool(x, scores, mask=None, *, backend="auto"):
         seen.append(backend)

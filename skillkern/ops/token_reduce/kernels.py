@@ -7,9 +7,10 @@ of the output features, and walks the positions in BLOCK_N tiles:
   - an online softmax over positions (running max / sum per output token s, flash-style)
     rescales the pooled accumulator (S, BLOCK_D), so x is read from HBM once; the other D
     slices' programs re-read it from L2 for their scores.
+The pooled values v are u (POOL_LN) or x itself (Wukong's released layer scores LN(x) but pools x).
 Backward, with delta[s] = <d_out[s], out[s]> (the softmax-backward row term, from the saved out):
-    dA = u @ d_out^T,  dZ = A * (dA - delta),  du = A @ d_out + dZ @ w_score^T,
-    LayerNorm backward from row sums of du * gamma over the full D;
+    dA = v @ d_out^T,  dZ = A * (dA - delta),  dv = A @ d_out,  du_scores = dZ @ w_score^T,
+    LayerNorm backward (row sums of du * gamma over the full D) of du_scores (+ dv when POOL_LN);
 dw_score, d_ln_weight, d_ln_bias are per-program partial sums (summed on the host side of the
 op in a fixed order: deterministic, no atomics). All arithmetic is fp32; dots take fp32 operands
 (TF32 tensor cores unless fp32 inputs ask for torch's "highest" precision).
@@ -91,14 +92,18 @@ def _token_reduce_fwd_kernel(
     x_ptr, w_ptr, sc_ptr, lnw_ptr, lnb_ptr, mask_ptr, out_ptr, lse_ptr,
     N, D, S, eps,
     s_xb, s_xn, s_wd, s_sb, s_sn, s_mb, s_ob, s_os, s_lb,
-    HAS_LN: tl.constexpr, HAS_LN_BIAS: tl.constexpr, SCORES_GIVEN: tl.constexpr,
-    HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_LN: tl.constexpr, HAS_LN_BIAS: tl.constexpr, POOL_LN: tl.constexpr, POOL_LN_BIAS: tl.constexpr,
+    SCORES_GIVEN: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr, S_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """out[b, :, d-slice] (S, BLOCK_D) and lse[b, :] (from the d-slice 0 program).
-    Grid: (B, cdiv(D, BLOCK_D))."""
-    b = tl.program_id(0).to(tl.int64)
-    d0 = tl.program_id(1) * BLOCK_D
+    HAS_LN*: LayerNorm before the scores; POOL_LN*: the pooled values are LayerNorm-ed too.
+    Grid: (cdiv(D, BLOCK_D) * B,), slice-fastest: an item's slices run together and share x in L2
+    (1-d: grid axis 1 would cap B at 65535)."""
+    n_slices = tl.cdiv(D, BLOCK_D)
+    b = (tl.program_id(0) // n_slices).to(tl.int64)
+    d_slice = tl.program_id(0) % n_slices
+    d0 = d_slice * BLOCK_D
     ss = tl.arange(0, S_PAD)
     run_max = tl.full([S_PAD], float("-inf"), dtype=tl.float32)
     run_sum = tl.zeros([S_PAD], dtype=tl.float32)
@@ -118,15 +123,15 @@ def _token_reduce_fwd_kernel(
         p = tl.exp(z - safe_max[None, :])  # (BLOCK_N, S_PAD); 0 at masked positions
         alpha = tl.exp(run_max - safe_max)
         run_sum = run_sum * alpha + tl.sum(p, axis=0)
-        u, _ = _u_chunk(x_rows, valid, d0, D, mean, rstd, lnw_ptr, lnb_ptr, HAS_LN, HAS_LN_BIAS, BLOCK_D)
-        acc = tl.dot(tl.trans(p), u, acc * alpha[:, None], input_precision=PRECISION)
+        v, _ = _u_chunk(x_rows, valid, d0, D, mean, rstd, lnw_ptr, lnb_ptr, POOL_LN, POOL_LN_BIAS, BLOCK_D)
+        acc = tl.dot(tl.trans(p), v, acc * alpha[:, None], input_precision=PRECISION)
         run_max = new_max
     has = run_sum > 0  # an output token of an item with no real position: zeros, lse = +inf
     out = tl.where(has[:, None], acc / tl.where(has, run_sum, 1.0)[:, None], 0.0)
     dd = d0 + tl.arange(0, BLOCK_D)
     o_ptrs = out_ptr + b * s_ob + ss[:, None].to(tl.int64) * s_os + dd[None, :]
     tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=(ss < S)[:, None] & (dd < D)[None, :])
-    if tl.program_id(1) == 0:
+    if d_slice == 0:
         lse = tl.where(has, tl.where(run_max == float("-inf"), 0.0, run_max) + tl.log(tl.where(has, run_sum, 1.0)),
                        float("inf"))
         tl.store(lse_ptr + b * s_lb + ss, lse, mask=ss < S)
@@ -138,15 +143,18 @@ def _token_reduce_bwd_kernel(
     dx_ptr, dsc_ptr, dw_part_ptr, dlnw_part_ptr, dlnb_part_ptr,
     B, N, D, S, eps, items_per_prog,
     s_xb, s_xn, s_wd, s_sb, s_sn, s_mb, s_ob, s_os, s_lb,
-    HAS_LN: tl.constexpr, HAS_LN_BIAS: tl.constexpr, SCORES_GIVEN: tl.constexpr,
-    HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_LN: tl.constexpr, HAS_LN_BIAS: tl.constexpr, POOL_LN: tl.constexpr, POOL_LN_BIAS: tl.constexpr,
+    SCORES_GIVEN: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr, S_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """dx[b, :, d-slice] for the program's items; d_scores (d-slice 0 programs); partial sums of
     dw_score[d-slice, :], d_ln_weight[d-slice], d_ln_bias[d-slice] per program.
-    Grid: (cdiv(B, items_per_prog), cdiv(D, BLOCK_D)). dx, d_out share x's / out's strides."""
-    g = tl.program_id(0)
-    d0 = tl.program_id(1) * BLOCK_D
+    Grid: (cdiv(D, BLOCK_D) * cdiv(B, items_per_prog),), slice-fastest as in the forward.
+    dx, d_out share x's / out's strides."""
+    n_slices = tl.cdiv(D, BLOCK_D)
+    g = tl.program_id(0) // n_slices
+    d_slice = tl.program_id(0) % n_slices
+    d0 = d_slice * BLOCK_D
     ss = tl.arange(0, S_PAD)
     sm = ss < S
     dd = tl.arange(0, BLOCK_D)
@@ -180,13 +188,13 @@ def _token_reduce_bwd_kernel(
             a = tl.exp(z - lse[None, :])  # softmax weights (BLOCK_N, S_PAD); 0 where masked
             d_a = tl.zeros([BLOCK_N, S_PAD], dtype=tl.float32)
             for k0 in range(0, D, BLOCK_D):
-                u, _ = _u_chunk(x_rows, valid, k0, D, mean, rstd, lnw_ptr, lnb_ptr, HAS_LN, HAS_LN_BIAS, BLOCK_D)
+                v, _ = _u_chunk(x_rows, valid, k0, D, mean, rstd, lnw_ptr, lnb_ptr, POOL_LN, POOL_LN_BIAS, BLOCK_D)
                 do = tl.load(do_rows[:, None] + (k0 + dd)[None, :], mask=sm[:, None] & ((k0 + dd) < D)[None, :],
                              other=0.0).to(tl.float32)  # (S_PAD, BLOCK_D)
-                d_a = tl.dot(u, tl.trans(do), d_a, input_precision=PRECISION)
+                d_a = tl.dot(v, tl.trans(do), d_a, input_precision=PRECISION)
             dz = a * (d_a - delta[None, :])  # softmax backward over positions
             if SCORES_GIVEN:
-                if tl.program_id(1) == 0:
+                if d_slice == 0:
                     tl.store(dsc_ptr + sc_off[:, None] + ss[None, :], dz.to(dsc_ptr.dtype.element_ty),
                              mask=rmask[:, None] & sm[None, :])
             if HAS_LN:  # row sums of dxhat = du * gamma and dxhat * xhat over the full D
@@ -194,13 +202,13 @@ def _token_reduce_bwd_kernel(
                 s2 = tl.zeros([BLOCK_N], dtype=tl.float32)
                 for k0 in range(0, D, BLOCK_D):
                     km = (k0 + dd) < D
-                    do = tl.load(do_rows[:, None] + (k0 + dd)[None, :], mask=sm[:, None] & km[None, :],
-                                 other=0.0).to(tl.float32)
-                    du = tl.dot(a, do, input_precision=PRECISION)
-                    if not SCORES_GIVEN:
-                        wk = tl.load(w_ptr + (k0 + dd).to(tl.int64)[:, None] * s_wd + ss[None, :],
-                                     mask=km[:, None] & sm[None, :], other=0.0).to(tl.float32)
-                        du = tl.dot(dz, tl.trans(wk), du, input_precision=PRECISION)
+                    wk = tl.load(w_ptr + (k0 + dd).to(tl.int64)[:, None] * s_wd + ss[None, :],
+                                 mask=km[:, None] & sm[None, :], other=0.0).to(tl.float32)
+                    du = tl.dot(dz, tl.trans(wk), input_precision=PRECISION)  # through the scores
+                    if POOL_LN:  # and through the pooled values
+                        do = tl.load(do_rows[:, None] + (k0 + dd)[None, :], mask=sm[:, None] & km[None, :],
+                                     other=0.0).to(tl.float32)
+                        du = tl.dot(a, do, du, input_precision=PRECISION)
                     _, xhat = _u_chunk(x_rows, rmask, k0, D, mean, rstd, lnw_ptr, lnb_ptr, HAS_LN,
                                        HAS_LN_BIAS, BLOCK_D)
                     gk = du * tl.load(lnw_ptr + k0 + dd, mask=km, other=0.0).to(tl.float32)[None, :]
@@ -208,20 +216,26 @@ def _token_reduce_bwd_kernel(
                     s2 += tl.sum(gk * xhat, axis=1)
             # this program's feature slice
             do = tl.load(do_rows[:, None] + dblk[None, :], mask=sm[:, None] & dbm[None, :], other=0.0).to(tl.float32)
-            du = tl.dot(a, do, input_precision=PRECISION)
+            dv = tl.dot(a, do, input_precision=PRECISION)  # gradient of the pooled values
             u, xhat = _u_chunk(x_rows, rmask, d0, D, mean, rstd, lnw_ptr, lnb_ptr, HAS_LN, HAS_LN_BIAS, BLOCK_D)
-            if not SCORES_GIVEN:
+            if SCORES_GIVEN:
+                dx = dv
+            else:
                 wb = tl.load(w_ptr + dblk.to(tl.int64)[:, None] * s_wd + ss[None, :],
                              mask=dbm[:, None] & sm[None, :], other=0.0).to(tl.float32)
-                du = tl.dot(dz, tl.trans(wb), du, input_precision=PRECISION)
+                du = tl.dot(dz, tl.trans(wb), input_precision=PRECISION)  # gradient of the score input u
                 u = tl.where(valid[:, None], u, 0.0)
                 dw_acc = tl.dot(tl.trans(u), dz, dw_acc, input_precision=PRECISION)
-            if HAS_LN:
-                dx = rstd[:, None] * (du * lnw_blk[None, :] - (s1 / D)[:, None] - xhat * (s2 / D)[:, None])
-                dlnw_acc += tl.sum(du * xhat, axis=0)
-                dlnb_acc += tl.sum(du, axis=0)
-            else:
-                dx = du
+                if HAS_LN:
+                    if POOL_LN:
+                        du += dv
+                    dx = rstd[:, None] * (du * lnw_blk[None, :] - (s1 / D)[:, None] - xhat * (s2 / D)[:, None])
+                    if not POOL_LN:
+                        dx += dv
+                    dlnw_acc += tl.sum(du * xhat, axis=0)
+                    dlnb_acc += tl.sum(du, axis=0)
+                else:
+                    dx = du + dv
             dx_ptrs = dx_ptr + x_off[:, None] + dblk[None, :]
             tl.store(dx_ptrs, dx.to(dx_ptr.dtype.element_ty), mask=rmask[:, None] & dbm[None, :])
     g64 = g.to(tl.int64)

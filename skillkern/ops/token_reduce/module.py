@@ -56,9 +56,9 @@ class TokenReduction(nn.Module):
       score_conv2  weight (S, C, 1) (+ bias (S,) if bias=True: kept for checkpoints, no effect)
       value_conv   weight (C, C/groups, 1), grouped, no bias
 
-    values="input" (Wukong's code) pools x itself: scores LN(x) @ W_eff are formed first (one
-    GEMM, torch) and skillkern.token_pool pools x. values="norm" pools LN(x), the variant whose
-    LayerNorm, score GEMM, softmax and pooling all run in skillkern.token_reduce, reading x once.
+    values="input" (Wukong's code) pools x itself, values="norm" pools LN(x); both run as one
+    skillkern.token_reduce call (pool_input=True for "input"): LayerNorm statistics, the score
+    GEMM, the softmax over positions and the pooling in one pass over x.
     With values="input", norm.bias only shifts every position's scores by beta @ W_eff, the
     same per-token constant, so (as in Wukong's layer) it has no effect and a zero gradient.
     `backend` ("auto", "torch", "triton") is passed to the op; set it after construction.
@@ -115,15 +115,10 @@ class TokenReduction(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         w_eff = self._score_matrix()
-        if self.values == "norm":
-            pooled = token_reduce(x, w_eff, self.norm.weight, self.norm.bias, mask,
-                                  eps=self.norm.eps, backend=self.backend)
-        else:
-            # scores from LN(x) in fp32 (fp64 for fp64 x), as the fused op computes them
-            acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-            u = F.layer_norm(x.to(acc), (self.dim,), self.norm.weight.to(acc),
-                             self.norm.bias.to(acc), self.norm.eps)
-            pooled = token_pool(x, u @ w_eff.to(acc), mask, backend=self.backend)
+        # one fused op either way: LN statistics, scores, softmax over positions and pooling
+        # in one pass over x; pool_input pools x itself (Wukong's code) instead of LN(x)
+        pooled = token_reduce(x, w_eff, self.norm.weight, self.norm.bias, mask, eps=self.norm.eps,
+                              pool_input=self.values == "input", backend=self.backend)
         # pool first, project after: the weights of an output token sum to 1 (0 for an item
         # with no real position, where both orders give 0)
         return self.dropout(self._project_values(pooled))

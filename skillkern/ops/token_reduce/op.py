@@ -1,10 +1,10 @@
 """skillkern.token_reduce / token_pool: argument checks, backend choice, registered ops.
 
 Ops in the skillkern:: namespace (custom_op + register_fake + register_autograd):
-  skillkern::token_reduce_fwd(x, w_score?, scores?, ln_weight?, ln_bias?, mask?, eps)
+  skillkern::token_reduce_fwd(x, w_score?, scores?, ln_weight?, ln_bias?, mask?, eps, pool_input)
       -> (out, lse)
-  skillkern::token_reduce_bwd(d_out, out, x, w_score?, scores?, ln_weight?, ln_bias?, mask?, lse, eps)
-      -> (dx, d_w_score, d_scores, d_ln_weight, d_ln_bias)
+  skillkern::token_reduce_bwd(d_out, out, x, w_score?, scores?, ln_weight?, ln_bias?, mask?, lse, eps,
+                              pool_input) -> (dx, d_w_score, d_scores, d_ln_weight, d_ln_bias)
 One op pair serves both public functions: token_reduce passes w_score (scores = LN(x) @ w_score,
 computed in-kernel), token_pool passes precomputed scores. State kept for backward besides the
 inputs: lse (B, S) fp32, the log-sum-exp of each softmax column (the kernels recompute LN
@@ -52,13 +52,14 @@ def _check_param(op, t, name, x, shape):
 
 @torch.library.custom_op("skillkern::token_reduce_fwd", mutates_args=())
 def _fwd_op(x: Tensor, w_score: Optional[Tensor], scores: Optional[Tensor], ln_weight: Optional[Tensor],
-            ln_bias: Optional[Tensor], mask: Optional[Tensor], eps: float) -> tuple[Tensor, Tensor]:
+            ln_bias: Optional[Tensor], mask: Optional[Tensor], eps: float, pool_input: bool
+            ) -> tuple[Tensor, Tensor]:
     from skillkern.ops.token_reduce import triton_impl
-    return triton_impl.token_reduce_fwd(x, w_score, scores, ln_weight, ln_bias, mask, eps)
+    return triton_impl.token_reduce_fwd(x, w_score, scores, ln_weight, ln_bias, mask, eps, pool_input)
 
 
 @_fwd_op.register_fake
-def _(x, w_score, scores, ln_weight, ln_bias, mask, eps):
+def _(x, w_score, scores, ln_weight, ln_bias, mask, eps, pool_input):
     S = w_score.shape[1] if w_score is not None else scores.shape[2]
     B, _, D = x.shape
     return x.new_empty(B, S, D), x.new_empty(B, S, dtype=torch.float32)
@@ -67,34 +68,35 @@ def _(x, w_score, scores, ln_weight, ln_bias, mask, eps):
 @torch.library.custom_op("skillkern::token_reduce_bwd", mutates_args=())
 def _bwd_op(d_out: Tensor, out: Tensor, x: Tensor, w_score: Optional[Tensor], scores: Optional[Tensor],
             ln_weight: Optional[Tensor], ln_bias: Optional[Tensor], mask: Optional[Tensor], lse: Tensor,
-            eps: float) -> list[Tensor]:
+            eps: float, pool_input: bool) -> list[Tensor]:
     """[dx, d_w_score, d_scores, d_ln_weight, d_ln_bias]; absent ones are 0-element tensors."""
     from skillkern.ops.token_reduce import triton_impl
-    grads = triton_impl.token_reduce_bwd(d_out, out, x, w_score, scores, ln_weight, ln_bias, mask, lse, eps)
+    grads = triton_impl.token_reduce_bwd(d_out, out, x, w_score, scores, ln_weight, ln_bias, mask, lse, eps,
+                                         pool_input)
     return [g if g is not None else x.new_empty(0) for g in grads]
 
 
 @_bwd_op.register_fake
-def _(d_out, out, x, w_score, scores, ln_weight, ln_bias, mask, lse, eps):
+def _(d_out, out, x, w_score, scores, ln_weight, ln_bias, mask, lse, eps, pool_input):
     like = lambda t: t.new_empty(t.shape) if t is not None else x.new_empty(0)  # noqa: E731
     return [x.new_empty(x.shape), like(w_score), like(scores), like(ln_weight),
             like(ln_bias) if ln_weight is not None else x.new_empty(0)]
 
 
 def _setup_context(ctx, inputs, output):
-    x, w_score, scores, ln_weight, ln_bias, mask, eps = inputs
+    x, w_score, scores, ln_weight, ln_bias, mask, eps, pool_input = inputs
     out, lse = output
     ctx.save_for_backward(out, x, w_score, scores, ln_weight, ln_bias, mask, lse)
-    ctx.eps = eps
+    ctx.eps, ctx.pool_input = eps, pool_input
 
 
 def _backward(ctx, d_out, _d_lse):
     out, x, w_score, scores, ln_weight, ln_bias, mask, lse = ctx.saved_tensors
     dx, dw, ds, dlw, dlb = torch.ops.skillkern.token_reduce_bwd(
-        d_out, out, x, w_score, scores, ln_weight, ln_bias, mask, lse, ctx.eps)
+        d_out, out, x, w_score, scores, ln_weight, ln_bias, mask, lse, ctx.eps, ctx.pool_input)
     some = lambda g, t: g if t is not None else None  # noqa: E731
     return (dx, some(dw, w_score), some(ds, scores), some(dlw, ln_weight),
-            some(dlb, ln_bias) if ln_weight is not None else None, None, None)
+            some(dlb, ln_bias) if ln_weight is not None else None, None, None, None)
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -105,7 +107,7 @@ _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 def token_reduce(x: Tensor, w_score: Tensor, ln_weight: Optional[Tensor] = None,
                  ln_bias: Optional[Tensor] = None, mask: Optional[Tensor] = None, *,
-                 eps: float = 1e-5, backend: str = "auto") -> Tensor:
+                 eps: float = 1e-5, pool_input: bool = False, backend: str = "auto") -> Tensor:
     """Wukong-style token reduction: LayerNorm, linear scores, softmax over positions, pooling.
 
         u = layer_norm(x) over D (ln_weight, ln_bias) if ln_weight is given, else x
@@ -114,8 +116,9 @@ def token_reduce(x: Tensor, w_score: Tensor, ln_weight: Optional[Tensor] = None,
 
     x: (B, N, D) float32/float16/bfloat16; w_score: (D, S); ln_weight, ln_bias: (D,) (ln_bias
     may be None when ln_weight is given; both None = no LayerNorm); mask: bool (B, N), True =
-    real position. Returns (B, S, D) in x.dtype (fp32 statistics and accumulation); a row with
-    no real position gives zeros. Differentiable w.r.t. x, w_score, ln_weight, ln_bias.
+    real position. pool_input=True pools x itself instead of u (scores still from u): Wukong's
+    released layer does that. Returns (B, S, D) in x.dtype (fp32 statistics and accumulation);
+    a row with no real position gives zeros. Differentiable w.r.t. x, w_score, ln_weight, ln_bias.
     The Triton path reads x once in the forward (LN statistics, scores, online softmax over
     position tiles and pooling fused) and once in the backward.
     """
@@ -135,8 +138,9 @@ def token_reduce(x: Tensor, w_score: Tensor, ln_weight: Optional[Tensor] = None,
     _expect(float(eps) > 0, op, "eps", f"must be > 0, got {eps!r}")
     which = _backend.resolve("token_reduce", backend, x.device)
     if which == "torch":
-        return token_reduce_ref(x, w_score, ln_weight, ln_bias, mask, eps)
-    return torch.ops.skillkern.token_reduce_fwd(x, w_score, None, ln_weight, ln_bias, mask, float(eps))[0]
+        return token_reduce_ref(x, w_score, ln_weight, ln_bias, mask, eps, bool(pool_input))
+    return torch.ops.skillkern.token_reduce_fwd(x, w_score, None, ln_weight, ln_bias, mask, float(eps),
+                                                bool(pool_input))[0]
 
 
 def token_pool(x: Tensor, scores: Tensor, mask: Optional[Tensor] = None, *, backend: str = "auto") -> Tensor:
@@ -158,4 +162,4 @@ def token_pool(x: Tensor, scores: Tensor, mask: Optional[Tensor] = None, *, back
     which = _backend.resolve("token_pool", backend, x.device)
     if which == "torch":
         return token_pool_ref(x, scores, mask)
-    return torch.ops.skillkern.token_reduce_fwd(x, None, scores, None, None, mask, 1e-5)[0]
+    return torch.ops.skillkern.token_reduce_fwd(x, None, scores, None, None, mask, 1e-5, True)[0]

@@ -2,7 +2,7 @@
 
     u = layer_norm(x) over D (weight ln_weight, bias ln_bias) if ln_weight is given, else x
     A[b, :, s] = softmax over the real positions n of (u[b] @ w_score)[:, s]
-    out[b, s, :] = sum_n A[b, n, s] * u[b, n, :]
+    out[b, s, :] = sum_n A[b, n, s] * u[b, n, :]      (x[b, n, :] with pool_input=True)
 
 A row (batch item) with no real position gives zeros. token_pool is the pooling alone, with
 precomputed scores (B, N, S) in place of u @ w_score, pooling x itself.
@@ -29,15 +29,16 @@ def _masked_softmax_pool(scores, values, mask):
     return out
 
 
-def token_reduce_ref(x, w_score, ln_weight=None, ln_bias=None, mask=None, eps=1e-5):
+def token_reduce_ref(x, w_score, ln_weight=None, ln_bias=None, mask=None, eps=1e-5, pool_input=False):
     """x: (B, N, D); w_score: (D, S); ln_weight/ln_bias: (D,) or None; mask: (B, N) bool.
-    Returns (B, S, D) in x.dtype (computed in fp32, fp64 for fp64 inputs)."""
+    pool_input: pool x itself instead of u (scores still from u). Returns (B, S, D) in x.dtype
+    (computed in fp32, fp64 for fp64 inputs)."""
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     u = x.to(acc)
     if ln_weight is not None:
         u = F.layer_norm(u, (x.shape[-1],), ln_weight.to(acc),
                          None if ln_bias is None else ln_bias.to(acc), eps)
-    return _masked_softmax_pool(u @ w_score.to(acc), u, mask).to(x.dtype)
+    return _masked_softmax_pool(u @ w_score.to(acc), x.to(acc) if pool_input else u, mask).to(x.dtype)
 
 
 def token_pool_ref(x, scores, mask=None):
