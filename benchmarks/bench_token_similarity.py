@@ -476,7 +476,6 @@ def measure_peak(n: int, dtype, device, args, env) -> dict:
         return dict(row, status="failed", reason=msg[:500])
     tflops = 2.0 * n ** 3 / (med * 1e-3) / 1e12
     print(f"  matmul-peak        {n}^3 {args.dtype}: {med:9.3f} ms  [{p20:.3f}, {p80:.3f}]  {tflops:8.4g} TFLOP/s")
-    del a, b
     return dict(row, status="ok", ms=med, ms_p20=p20, ms_p80=p80, tflops=tflops)
 
 
