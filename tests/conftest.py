@@ -57,6 +57,26 @@ if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
     _patch_interpreter_bf16()
 
 
+def rel_err(a, ref):
+    """Relative error of a whole tensor: ||a - ref|| / ||ref|| in float64 (0 when both are 0)."""
+    a, ref = a.detach().double().cpu(), ref.detach().double().cpu()
+    return ((a - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+
+
+def bad_arg_params(base, cases):
+    """pytest params for argument-check tests: cases are (label, argument the error must name,
+    mutation of the valid kwargs that base() returns)."""
+    return [pytest.param(base, name, mutate, id=label) for label, name, mutate in cases]
+
+
+def assert_error_names(fn, base, name, mutate):
+    """fn(**kwargs) with one bad argument raises a ValueError whose message names it."""
+    kwargs = base()
+    mutate(kwargs)
+    with pytest.raises(ValueError, match=name):
+        fn(**kwargs)
+
+
 @pytest.fixture
 def device():
     return DEVICE

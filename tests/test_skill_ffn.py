@@ -11,15 +11,11 @@ import skillkern
 from skillkern import BackendUnavailable
 from skillkern.ops.skill_ffn.reference import route_ref, skill_ffn_ref, slot_scale
 
-from conftest import DEVICE
+from conftest import DEVICE, assert_error_names, bad_arg_params, rel_err
 
 BACKENDS = ["triton"]  # "torch" is the baseline every comparison is made against
 FLOOR = {torch.float32: 1e-5, torch.bfloat16: 5e-3, torch.float16: 2e-3}
 
-
-def rel_err(a, ref):
-    a, ref = a.detach().double(), ref.detach().double()
-    return ((a - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
 def make_ids(lead, k, E, routing, hole_frac, gen=None):
@@ -250,16 +246,12 @@ def _bad_args():
                                                         b1=None)),
         ("bad backend", "backend", lambda a: a.update(backend="cublas")),
     ]
-    for label, name, mutate in cases:
-        yield pytest.param(base, name, mutate, id=label)
+    return bad_arg_params(base, cases)
 
 
-@pytest.mark.parametrize("base,name,mutate", list(_bad_args()))
+@pytest.mark.parametrize("base,name,mutate", _bad_args())
 def test_bad_input_names_the_argument(base, name, mutate):
-    kwargs = base()
-    mutate(kwargs)
-    with pytest.raises(ValueError, match=name):
-        skillkern.skill_ffn(**kwargs)
+    assert_error_names(skillkern.skill_ffn, base, name, mutate)
 
 
 def test_missing_backend_says_how_to_get_it():

@@ -7,15 +7,11 @@ import torch
 import skillkern
 from skillkern.ops.token_reduce.reference import token_pool_ref, token_reduce_ref
 
-from conftest import DEVICE
+from conftest import DEVICE, assert_error_names, bad_arg_params, rel_err
 
 BACKENDS = ["triton"]
 FLOOR = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 
-
-def rel_err(a, ref):
-    a, ref = a.detach().double(), ref.detach().double()
-    return ((a - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
 def make(B, N, D, S, ln, ln_bias, masked, empty_row, pool=False):
@@ -144,16 +140,12 @@ def _bad_args():
         ("mask shape", "mask", lambda a: a.update(mask=torch.ones(2, 6, dtype=torch.bool))),
         ("mask dtype", "mask", lambda a: a.update(mask=torch.ones(2, 5))),
     ]
-    for label, name, mutate in cases:
-        yield pytest.param(base, name, mutate, id=label)
+    return bad_arg_params(base, cases)
 
 
-@pytest.mark.parametrize("base,name,mutate", list(_bad_args()))
+@pytest.mark.parametrize("base,name,mutate", _bad_args())
 def test_bad_input_names_the_argument(base, name, mutate):
-    kwargs = base()
-    mutate(kwargs)
-    with pytest.raises(ValueError, match=name):
-        skillkern.token_reduce(**kwargs)
+    assert_error_names(skillkern.token_reduce, base, name, mutate)
 
 
 def test_token_pool_bad_scores_names_them():

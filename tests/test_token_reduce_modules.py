@@ -23,7 +23,7 @@ from skillkern import BackendUnavailable
 from skillkern.ops.token_reduce.module import TokenLearner, TokenReduction, TokenReductionRef
 from skillkern.ops.token_reduce.reference import token_pool_ref, token_reduce_ref
 
-from conftest import DEVICE
+from conftest import DEVICE, rel_err
 
 TOL64 = 1e-10  # only rounding differs: conv-by-conv vs folded (W_eff) and pool-then-project
 TOL32 = 5e-6   # fp32 module vs fp64 reference, see the module docstring
@@ -40,10 +40,6 @@ CASES = [
 CASE_IDS = ["wukong-b32", "n50", "odd-g3", "odd-g9", "depthwise-s>n", "dense-g1"]
 ERRORS = (BackendUnavailable, NotImplementedError, ImportError, AttributeError)
 
-
-def rel_err(a, ref):
-    a, ref = a.detach().double().cpu(), ref.detach().double().cpu()
-    return ((a - ref).norm() / ref.norm().clamp_min(1e-300)).item()
 
 
 def make_mask(B, N):

@@ -11,15 +11,11 @@ import torch.nn.functional as F
 import skillkern
 from skillkern.ops.token_similarity.reference import token_similarity_ref
 
-from conftest import DEVICE
+from conftest import DEVICE, assert_error_names, bad_arg_params, rel_err
 
 BACKENDS = ["triton"]
 FLOOR = {torch.float32: 1e-5, torch.bfloat16: 5e-3, torch.float16: 2e-3}
 
-
-def rel_err(a, ref):
-    a, ref = a.detach().double(), ref.detach().double()
-    return ((a - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
 def random_mask(B, N, lo):
@@ -151,16 +147,12 @@ def _bad_args():
         ("txt_mask dtype", "txt_mask", lambda a: a.update(txt_mask=torch.ones(4, 5))),
         ("txt_mask device", "txt_mask", lambda a: a.update(txt_mask=torch.ones(4, 5, dtype=torch.bool, device="meta"))),
     ]
-    for label, name, mutate in cases:
-        yield pytest.param(base, name, mutate, id=label)
+    return bad_arg_params(base, cases)
 
 
-@pytest.mark.parametrize("base,name,mutate", list(_bad_args()))
+@pytest.mark.parametrize("base,name,mutate", _bad_args())
 def test_bad_input_names_the_argument(base, name, mutate):
-    kwargs = base()
-    mutate(kwargs)
-    with pytest.raises(ValueError, match=name):
-        skillkern.token_similarity(**kwargs)
+    assert_error_names(skillkern.token_similarity, base, name, mutate)
 
 
 @pytest.mark.parametrize("masked", [False, True])
