@@ -33,8 +33,6 @@ Examples:
 """
 from __future__ import annotations
 
-import argparse
-import gc
 import os
 import subprocess
 import sys
@@ -43,22 +41,20 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # _common.py beside this file
-from _common import (CPU_NOTE, DTYPES, REPO, Unavailable, append_rows, default_out, env_info,  # noqa: E402
-                     fmt, now_iso, peak_mem_mb, rel_err, sync, time_ms)
-
-# Run from a plain checkout too (make demo): the package sits at the repo root.
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+# _common.py beside this file; importing it puts the repo root (the package) on sys.path too.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import (CPU_NOTE, DTYPES, FAILED_NOTE, MODE_FLOP_FACTOR, Unavailable, add_run_args,  # noqa: E402
+                     by_shape, check_errors, default_out, env_info, fmt, free_memory, goal_line,
+                     interpreting, last_mode, met, mode_fn, new_parser, no_skillkern, parse_modes,
+                     parse_providers, pick_device, pick_shapes, print_header, rel_err, run_shapes,
+                     setup_failed, speedup, stamp_rows, sync, table_head, table_line, time_modes)
 
 try:
     import skillkern as sk
     from skillkern.ops.skill_ffn.reference import activation_ref, skill_ffn_ref, slot_scale
 
 except Exception as e:  # a broken install: say why instead of a traceback
-    print(f"bench_skill_ffn: import skillkern failed ({type(e).__name__}: {e}); run `make demo` "
-          "(it installs the package first).", file=sys.stderr)
-    raise SystemExit(2)
+    no_skillkern("bench_skill_ffn", e)
 
 PROVIDERS = (
     "skillkern-triton",
@@ -73,9 +69,7 @@ BASELINES = ("skill-loop", "skillkern-torch", "grouped-mm", "torch-compile-ref")
 # baselines are already on record.
 DEFAULT_GPU_PROVIDERS = ("skill-loop", "grouped-mm", "torch-compile-ref", "dense-cublas", "skillkern-triton")
 DEFAULT_CPU_PROVIDERS = ("skill-loop", "skillkern-torch", "grouped-mm", "dense-cublas")
-MODES = ("fwd", "bwd", "fwd+bwd")
-# bwd runs two GEMMs per forward GEMM (dX and dW): 2x the forward FLOPs.
-MODE_FLOP_FACTOR = {"fwd": 1, "bwd": 2, "fwd+bwd": 3}
+# Modes and their FLOP factors are _common's: bwd runs two GEMMs per forward GEMM (dX and dW).
 # Relative error allowed vs the fp32 reference: bf16 operands land near 1e-3..1e-2; fp32 may run
 # as tf32 in Triton dots (~3e-4). Anything above is a wrong kernel, not rounding.
 TOLERANCE = {torch.bfloat16: 5e-2, torch.float16: 5e-2, torch.float32: 1e-2}
@@ -133,30 +127,20 @@ PRESETS = {
 }
 
 
-def parse_shapes(specs: list[str]) -> list[Shape]:
-    """Preset names, or specs like T=32768:d=1024:h=4096:E=6:routing=skewed:k=1 (missing keys
-    default to d=1024, h=4096, E=6, routing=uniform, k=1, T=4096)."""
-    out: list[Shape] = []
-    for spec in specs:
-        for item in spec.split(","):
-            item = item.strip()
-            if not item:
-                continue
-            if item in PRESETS:
-                out.extend(PRESETS[item]())
-                continue
-            fields = {"T": 4096, "d": 1024, "h": 4096, "E": 6, "routing": "uniform", "k": 1}
-            for kv in item.split(":"):
-                key, sep, val = kv.partition("=")
-                if not sep or key not in fields:
-                    raise SystemExit(f"bad shape spec {item!r}: want e.g. T=4096:d=768:h=3072:routing=skewed:k=2 or a preset {sorted(PRESETS)}")
-                fields[key] = val if key == "routing" else int(val)
-            if fields["routing"] not in ("uniform", "skewed"):
-                raise SystemExit(f"routing must be uniform or skewed, got {fields['routing']!r}")
-            if not 1 <= fields["k"] <= fields["E"]:
-                raise SystemExit(f"need 1 <= k <= E, got k={fields['k']} E={fields['E']}")
-            out.append(Shape(**fields))
-    return out
+def parse_shape(item: str) -> Shape:
+    """A spec like T=32768:d=1024:h=4096:E=6:routing=skewed:k=1 (missing keys default to d=1024,
+    h=4096, E=6, routing=uniform, k=1, T=4096)."""
+    fields = {"T": 4096, "d": 1024, "h": 4096, "E": 6, "routing": "uniform", "k": 1}
+    for kv in item.split(":"):
+        key, sep, val = kv.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"bad shape spec {item!r}: want e.g. T=4096:d=768:h=3072:routing=skewed:k=2 or a preset {sorted(PRESETS)}")
+        fields[key] = val if key == "routing" else int(val)
+    if fields["routing"] not in ("uniform", "skewed"):
+        raise SystemExit(f"routing must be uniform or skewed, got {fields['routing']!r}")
+    if not 1 <= fields["k"] <= fields["E"]:
+        raise SystemExit(f"need 1 <= k <= E, got k={fields['k']} E={fields['E']}")
+    return Shape(**fields)
 
 
 # ----------------------------------------------------------------------------- the baselines
@@ -261,6 +245,9 @@ class Runner:
     dy: torch.Tensor
     checked: bool = True  # False: a different function (dense ceiling), not compared
 
+    def timed(self, mode: str):  # the callable that mode times
+        return mode_fn(mode, self.forward, self.inputs, self.dy)
+
 
 def make_case(shape: Shape, dtype, device, activation: str, bias: bool, seed: int) -> Case:
     g = torch.Generator(device=device).manual_seed(seed)
@@ -295,10 +282,8 @@ def make_case(shape: Shape, dtype, device, activation: str, bias: bool, seed: in
 
 def _sk_runner(case: Case, backend: str) -> Runner:
     dev = case.x.device
-    if backend == "triton" and dev.type == "cpu":
-        interp = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-        if not interp:
-            raise Unavailable("skipped on CPU by default: Triton needs CUDA; set TRITON_INTERPRET=1 (tiny shapes only)")
+    if backend == "triton" and dev.type == "cpu" and not interpreting():
+        raise Unavailable("skipped on CPU by default: Triton needs CUDA; set TRITON_INTERPRET=1 (tiny shapes only)")
     if hasattr(sk, "available_backends"):
         avail = sk.available_backends("skill_ffn", dev)
         if backend not in avail:
@@ -424,23 +409,6 @@ def reference(case: Case):
     return y.detach(), grads
 
 
-def mode_fn(runner: Runner, mode: str):
-    if mode == "fwd":
-        return runner.forward
-    if mode == "bwd":
-        y = runner.forward()  # built once; each timed call walks the retained graph
-
-        def bwd():
-            return torch.autograd.grad(y, runner.inputs, runner.dy, retain_graph=True, allow_unused=True)
-
-        return bwd
-
-    def fwd_bwd():
-        return torch.autograd.grad(runner.forward(), runner.inputs, runner.dy, allow_unused=True)
-
-    return fwd_bwd
-
-
 class check_ids:
     """skillkern's id range check syncs with the host every call: on for the correctness
     check, off while timing (set_check_ids(False), as production runs would)."""
@@ -467,14 +435,19 @@ def run_shape(shape: Shape, providers, modes, args, device, dtype, env) -> tuple
     with check_ids(True):
         ref_y, ref_grads = reference(case)
     tol = TOLERANCE.get(dtype, 5e-2)
+    fwd_flops = case.fwd_flops()
     base = {
         "time": None, **env, "dtype": args.dtype, "activation": args.activation, "bias": not args.no_bias,
-        **asdict(shape), "n_active": case.n_active, "fwd_flops": case.fwd_flops(),
+        **asdict(shape), "n_active": case.n_active, "fwd_flops": fwd_flops,
     }
+
+    def rates(mode, ms):
+        tflops = fwd_flops * MODE_FLOP_FACTOR[mode] / (ms * 1e-3) / 1e12
+        return {"tflops": tflops}, f"{tflops:8.4g} TFLOP/s"
+
     rows, all_ok = [], True
     for prov in providers:
         row0 = dict(base, provider=prov)
-        ok_modes = list(modes)
         try:
             runner = BUILDERS[prov](case)
             with check_ids(True):
@@ -483,57 +456,28 @@ def run_shape(shape: Shape, providers, modes, args, device, dtype, env) -> tuple
                 grads = torch.autograd.grad(y, runner.inputs, runner.dy, allow_unused=True)
                 sync(device)
         except Exception as e:
-            unavailable = isinstance(e, Unavailable) or isinstance(e, sk.BackendUnavailable)
-            status = "unavailable" if unavailable else "failed"
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            if not unavailable:
-                msg = f"{type(e).__name__}: {msg}"
-                all_ok = False
-            print(f"  {prov:18s} {'UNAVAILABLE' if unavailable else '!!! FAILED !!!'}: {msg[:300]}")
-            rows.append(dict(row0, status=status, reason=msg[:500]))
+            rows.append(setup_failed(prov, row0, e, isinstance(e, (Unavailable, sk.BackendUnavailable))))
+            all_ok &= rows[-1]["status"] != "failed"
             continue
+        ok_modes = list(modes)
         if runner.checked:
             e_fwd = rel_err(y, ref_y)
             e_grad = max((rel_err(g, r) if g is not None else (0.0 if r is None else float("inf"))
                           for g, r in zip(grads, ref_grads)), default=0.0)
             row0.update(rel_err_fwd=e_fwd, rel_err_grad=e_grad)
             print(f"  {prov:18s} rel err vs fp32 loop: fwd {e_fwd:.2e}  grads(max) {e_grad:.2e}  (limit {tol:g})")
-            if not e_fwd <= tol:
-                print(f"  !!! {prov}: FORWARD WRONG (rel err {e_fwd:.3e} > {tol:g}); provider skipped !!!")
-                rows.append(dict(row0, status="wrong", reason=f"forward rel err {e_fwd:.3e} > {tol:g}"))
-                all_ok = False
-                continue
-            if not e_grad <= tol:
-                print(f"  !!! {prov}: GRADIENTS WRONG (rel err {e_grad:.3e} > {tol:g}); bwd modes skipped !!!")
-                rows += [dict(row0, mode=m, status="wrong", reason=f"grad rel err {e_grad:.3e} > {tol:g}")
-                         for m in modes if m != "fwd"]
-                ok_modes = [m for m in modes if m == "fwd"]
-                all_ok = False
+            wrong, ok_modes = check_errors(prov, row0, modes, e_fwd, tol, e_grad, tol)
+            rows += wrong
+            all_ok &= not wrong
         else:
             print(f"  {prov:18s} (ceiling: same FLOPs, a different function; not compared)")
         del y, grads
-        for mode in ok_modes:
-            with check_ids(False):
-                try:
-                    fn = mode_fn(runner, mode)
-                    med, p20, p80 = time_ms(fn, device, args)
-                    mem = peak_mem_mb(fn, device)
-                except Exception as e:
-                    msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-                    print(f"  !!! {prov} {mode}: FAILED while timing: {msg[:300]} !!!")
-                    rows.append(dict(row0, mode=mode, status="failed", reason=msg[:500]))
-                    all_ok = False
-                    continue
-                finally:
-                    fn = None  # drops the retained graph of the bwd mode
-            flops = case.fwd_flops() * MODE_FLOP_FACTOR[mode]
-            rows.append(dict(row0, mode=mode, status="ok", ms=med, ms_p20=p20, ms_p80=p80,
-                             tflops=flops / (med * 1e-3) / 1e12, peak_mem_mb=mem))
-            print(f"  {prov:18s} {mode:8s} {med:9.3f} ms  [{p20:.3f}, {p80:.3f}]  "
-                  f"{rows[-1]['tflops']:8.4g} TFLOP/s" + (f"  peak {mem:8.1f} MB" if mem is not None else ""))
+        with check_ids(False):
+            timed, ok = time_modes(prov, row0, ok_modes, runner.timed, device, args, rates)
+        rows += timed
+        all_ok &= ok
         del runner
     # Ratios need every provider of the shape: % of dense and speedup vs the fastest baseline.
-    now = now_iso()
     for mode in modes:
         ok = [r for r in rows if r.get("mode") == mode and r.get("status") == "ok"]
         dense = next((r for r in ok if r["provider"] == "dense-cublas"), None)
@@ -543,72 +487,36 @@ def run_shape(shape: Shape, providers, modes, args, device, dtype, env) -> tuple
             r["pct_dense"] = 100.0 * r["tflops"] / dense["tflops"] if dense else None
             r["best_baseline"] = best["provider"] if best else None
             r["speedup_vs_best_baseline"] = best["ms"] / r["ms"] if best else None
-    for r in rows:
-        r["time"] = now
-        r.setdefault("mode", None)
+    stamp_rows(rows)
     del case, ref_y, ref_grads
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    free_memory(device)
     return rows, all_ok
 
 
 def print_table(rows: list[dict], modes, cpu: bool):
-    print("\n" + "=" * 100)
-    if cpu:
-        print("CPU run: tiny shapes to show the script works. These numbers are NOT performance data.")
-    last = "fwd+bwd" if "fwd+bwd" in modes else modes[-1]
-    head = "  ".join(f"{m + ' ms':>10s} {'%dn':>5s}" for m in modes)
-    print(f"{'provider':18s}  {head}  {last + ' TF/s':>13s}  {'x best':>6s}  {'peak MB':>8s}")
-    shapes = []
-    for r in rows:
-        if r["label"] not in shapes:
-            shapes.append(r["label"])
-    for label in shapes:
+    last = last_mode(modes)
+    table_head(100, cpu, modes, "%dn", f"{last + ' TF/s':>13s}  {'x best':>6s}  {'peak MB':>8s}")
+
+    def tail(r):  # the last mode's row
+        return (f"{fmt(r.get('tflops'), '13.4g'):>13s}  {speedup(r.get('speedup_vs_best_baseline')):>6s}  "
+                f"{fmt(r.get('peak_mem_mb'), '8.0f'):>8s}")
+
+    for label, provs in by_shape(rows).items():
         print(f"-- {label}")
-        srows = [r for r in rows if r["label"] == label]
-        provs = []
-        for r in srows:
-            if r["provider"] not in provs:
-                provs.append(r["provider"])
-        for p in provs:
-            prow = {r.get("mode"): r for r in srows if r["provider"] == p}
-            if None in prow:  # unavailable / failed before timing
-                print(f"{p:18s}  {prow[None]['status']}: {prow[None].get('reason', '')[:70]}")
-                continue
-            cells = []
-            for m in modes:
-                r = prow.get(m, {})
-                if r.get("status") == "ok":
-                    cells.append(f"{r['ms']:10.3f} {fmt(r['pct_dense'], '5.0f')}")
-                else:
-                    cells.append(f"{r.get('status', '-'):>16s}")
-            r = prow.get(last, {})
-            ok = r.get("status") == "ok"
-            sp = r.get("speedup_vs_best_baseline") if ok else None
-            xbest = f"{sp:.2f}x" if sp is not None else "-"
-            print(f"{p:18s}  {'  '.join(cells)}  {fmt(r.get('tflops') if ok else None, '13.4g'):>13s}  "
-                  f"{xbest:>6s}  "
-                  f"{fmt(r.get('peak_mem_mb') if ok else None, '8.0f'):>8s}")
+        for p, prow in provs.items():
+            print(table_line(p, prow, modes, ("pct_dense", "5.0f"), tail, reason=70))
     print("(%dn = % of dense-cublas TFLOP/s for the same shape and mode; x best = speedup of the "
           f"{last} time vs the fastest baseline)")
 
 
-def goal_line(rows: list[dict], cpu: bool) -> str:
-    label = GOAL.label()
-    r = next((r for r in rows if r["label"] == label and r["provider"] == "skillkern-triton"
-              and r.get("mode") == "fwd+bwd" and r.get("status") == "ok"), None)
-    prefix = f"GPU goal ({label}, fwd+bwd, skillkern-triton):"
-    if cpu:
-        return f"{prefix} n/a on CPU (the goal shape is measured on an H100/H200: bash benchmarks/gpu_check.sh)"
-    if r is None:
-        return f"{prefix} not measured in this run (needs that shape, provider and mode)"
+def goal_verdicts(r: dict) -> str:
+    """The goal line's verdicts on the goal shape's skillkern-triton fwd+bwd row."""
     sp, pct = r.get("speedup_vs_best_baseline"), r.get("pct_dense")
     sp_s = (f"{sp:.2f}x vs best baseline {r['best_baseline']} (goal >= {GOAL_SPEEDUP}x: "
-            f"{'MET' if sp >= GOAL_SPEEDUP else 'MISSED'})") if sp is not None else "no baseline measured"
+            f"{met(sp >= GOAL_SPEEDUP)})") if sp is not None else "no baseline measured"
     pct_s = (f"{pct:.1f}% of dense cuBLAS (goal >= {GOAL_PCT_DENSE:.0f}%: "
-             f"{'MET' if pct >= GOAL_PCT_DENSE else 'MISSED'})") if pct is not None else "dense not measured"
-    return f"{prefix} {r['ms']:.3f} ms = {sp_s}; {pct_s}"
+             f"{met(pct >= GOAL_PCT_DENSE)})") if pct is not None else "dense not measured"
+    return f"{sp_s}; {pct_s}"
 
 
 HEADER = """\
@@ -619,53 +527,25 @@ dense cuBLAS FFN doing the same FLOPs (the ceiling), and the speedup over the fa
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog=__doc__.split("Examples:")[1] if "Examples:" in __doc__ else None)
-    ap.add_argument("--quick", action="store_true", help="one shape: T=256,d=64,h=128 on CPU; the goal shape on a GPU")
-    ap.add_argument("--shapes", nargs="+", default=None,
-                    help=f"presets {sorted(PRESETS)} or specs T=..:d=..:h=..:E=..:routing=uniform|skewed:k=.. "
-                         "(default: gpu on CUDA, cpu on CPU)")
-    ap.add_argument("--providers", default=None, help=f"comma list of {','.join(PROVIDERS)}")
-    ap.add_argument("--modes", default=",".join(MODES), help="comma list of fwd,bwd,fwd+bwd")
-    ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    ap = new_parser(__doc__, "one shape: T=256,d=64,h=128 on CPU; the goal shape on a GPU",
+                    "T=..:d=..:h=..:E=..:routing=uniform|skewed:k=..", PRESETS, PROVIDERS)
     ap.add_argument("--activation", default="gelu", choices=["gelu", "gelu_tanh", "relu", "silu", "swiglu"])
     ap.add_argument("--no-bias", action="store_true", help="b1 = b2 = None (default: bias on)")
-    ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    ap.add_argument("--out", default=None,
-                    help="JSON-lines file to append to (default benchmarks/results/skill_ffn.jsonl; "
-                         "CPU runs: skill_ffn.cpu.jsonl, git-ignored: not performance data)")
-    ap.add_argument("--warmup", type=int, default=25, help="do_bench warm-up, ms")
-    ap.add_argument("--rep", type=int, default=100, help="do_bench measuring time, ms")
-    ap.add_argument("--cpu-reps", type=int, default=10, help="timed calls per measurement on CPU")
-    ap.add_argument("--time-budget", type=float, default=0.0,
-                    help="seconds; start no new shape after this (0 = no limit). The goal shape runs first.")
-    ap.add_argument("--seed", type=int, default=0)
+    add_run_args(ap, "skill_ffn", "The goal shape runs first.")
     args = ap.parse_args(argv)
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device)
     cpu = device.type != "cuda"
     dtype = DTYPES[args.dtype]
-    if args.quick:
-        shapes = PRESETS["cpu-quick" if cpu else "goal"]()
-    else:
-        shapes = parse_shapes(args.shapes or ["cpu" if cpu else "gpu"])
-    if args.providers:
-        providers = [p.strip() for p in args.providers.split(",") if p.strip()]
-        bad = [p for p in providers if p not in PROVIDERS]
-        if bad:
-            raise SystemExit(f"unknown providers {bad}; choose from {PROVIDERS}")
-    else:
-        providers = list(DEFAULT_CPU_PROVIDERS if cpu else DEFAULT_GPU_PROVIDERS)
-        if cpu and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-            providers.insert(0, "skillkern-triton")
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    if any(m not in MODES for m in modes):
-        raise SystemExit(f"modes must be among {MODES}, got {modes}")
+    shapes = pick_shapes(args, cpu, PRESETS, parse_shape)
+    default = DEFAULT_GPU_PROVIDERS
+    if cpu:  # the interpreted Triton kernel runs first: it takes longest
+        default = (("skillkern-triton",) if interpreting() else ()) + DEFAULT_CPU_PROVIDERS
+    providers = parse_providers(args.providers, PROVIDERS, default)
+    modes = parse_modes(args.modes)
 
     env = env_info(device)
-    print(HEADER)
-    print(f"device: {env['device']} | torch {env['torch']} | triton {env['triton']} | commit {env['commit']}")
-    print(f"shapes: {len(shapes)} x modes: {len(modes)} x providers: {len(providers)} ({', '.join(providers)})")
+    print_header(HEADER, env, shapes, modes, providers)
     if cpu:
         print(CPU_NOTE)
         if "skillkern-triton" not in providers:
@@ -673,37 +553,14 @@ def main(argv=None) -> int:
                   " torch-compile-ref only with --providers.")
     if args.out is None:
         args.out = default_out("skill_ffn", cpu)
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    os.makedirs(out_dir, exist_ok=True)
 
-    t0 = time.time()
-    all_rows, all_ok = [], True
-    for i, shape in enumerate(shapes):
-        if args.time_budget and time.time() - t0 > args.time_budget:
-            print(f"\n!!! time budget of {args.time_budget:g} s spent: skipping {len(shapes) - i} "
-                  f"shape(s): {', '.join(s.label() for s in shapes[i:])} !!!")
-            break
-        try:
-            rows, ok = run_shape(shape, providers, modes, args, device, dtype, env)
-        except Exception as e:  # e.g. out of memory in the fp32 reference: record it, go on
-            msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-            print(f"\n!!! {shape.label()}: FAILED before timing: {msg[:300]} !!!")
-            rows, ok = [dict(time=now_iso(),
-                             **env, dtype=args.dtype, **asdict(shape), provider="(all)", mode=None,
-                             status="failed", reason=msg[:500])], False
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        all_ok &= ok
-        for r in rows:
-            r["label"] = shape.label()
-        append_rows(args.out, rows)  # appended per shape: a run cut short keeps its rows
-        all_rows += rows
-    print(f"\n{len(all_rows)} rows appended to {args.out} ({time.time() - t0:.1f} s)")
+    all_rows = []
+    all_ok = run_shapes(shapes, lambda s: run_shape(s, providers, modes, args, device, dtype, env),
+                        args, device, env, all_rows, time.time())
     print_table(all_rows, modes, cpu)
-    print(goal_line(all_rows, cpu))
+    print(goal_line(all_rows, GOAL.label(), cpu, goal_verdicts))
     if not all_ok:
-        print("!!! some providers failed or were wrong: see the messages above !!!")
+        print(FAILED_NOTE)
     return 0 if all_ok else 1
 
 

@@ -72,9 +72,7 @@ Examples:
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
-import gc
 import math
 import os
 import sys
@@ -85,21 +83,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # _common.py beside this file
-from _common import (CPU_NOTE, DTYPES, REPO, Unavailable, append_rows, copy_bandwidth,  # noqa: E402
-                     default_out, env_info, first_line, fmt, interpreting, now_iso, peak_mem_mb,
-                     rel_err, sync, time_ms)
-
-# Run from a plain checkout too: the package sits at the repo root.
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+# _common.py beside this file; importing it puts the repo root (the package) on sys.path too.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import (CPU_NOTE, DTYPES, FAILED_NOTE, MODES, MODE_FLOP_FACTOR, Unavailable,  # noqa: E402
+                     add_run_args, add_speedups, append_rows, by_shape, check_errors,
+                     copy_bandwidth, default_out, env_info, first_line, fmt, free_memory, goal_row,
+                     interpreting, last_mode, met, mode_fn, new_parser, no_skillkern, now_iso,
+                     parse_modes, parse_providers, pick_device, pick_shapes, print_header, rel_err,
+                     run_shapes, setup_failed, speedup, stamp_rows, sync, table_head, table_line,
+                     time_modes)
 
 try:
     import skillkern as sk
 except Exception as e:  # a broken install: say why instead of a traceback
-    print(f"bench_token_reduce: import skillkern failed ({type(e).__name__}: {e}); run `make demo` "
-          "(it installs the package first).", file=sys.stderr)
-    raise SystemExit(2)
+    no_skillkern("bench_token_reduce", e)
 
 PROVIDERS = ("skillkern-triton", "skillkern-torch", "eager-wukong", "compiled-wukong")
 # skillkern-triton last: should a kernel fault (a CUDA error ends the process), the shape's
@@ -107,8 +104,6 @@ PROVIDERS = ("skillkern-triton", "skillkern-torch", "eager-wukong", "compiled-wu
 DEFAULT_GPU_PROVIDERS = ("eager-wukong", "compiled-wukong", "skillkern-torch", "skillkern-triton")
 DEFAULT_CPU_PROVIDERS = ("eager-wukong", "skillkern-torch")
 SKILLKERN = ("skillkern-triton", "skillkern-torch")
-MODES = ("fwd", "bwd", "fwd+bwd")
-MODE_FLOP_FACTOR = {"fwd": 1, "bwd": 2, "fwd+bwd": 3}
 # Floor of the allowed relative error; the check allows max(floor, 2 x torch's own error).
 TOLERANCE = {torch.bfloat16: 2e-2, torch.float16: 2e-2, torch.float32: 5e-3}
 PARAMS = ("norm.weight", "norm.bias", "score_conv1.weight", "score_conv2.weight", "value_conv.weight")
@@ -166,30 +161,20 @@ PRESETS = {
 }
 
 
-def parse_shapes(specs: list[str]) -> list[Shape]:
-    """Preset names, or specs like B=1024:N=256:D=768:S=24 (also G=, lmin=, values=norm|input;
-    missing keys default to B=1024, N=256, D=256, S=24, G=8, lmin=0, values=norm)."""
-    out: list[Shape] = []
-    for spec in specs:
-        for item in spec.split(","):
-            item = item.strip()
-            if not item:
-                continue
-            if item in PRESETS:
-                out.extend(PRESETS[item]())
-                continue
-            f = {"B": 1024, "N": 256, "D": 256, "S": 24, "G": 8, "lmin": 0, "values": "norm"}
-            for kv in item.split(":"):
-                key, sep, val = kv.partition("=")
-                ok = sep and key in f and (val in ("norm", "input") if key == "values" else val.isdigit())
-                if not ok:
-                    raise SystemExit(f"bad shape spec {item!r}: want e.g. B=1024:N=256:D=768:S=24 "
-                                     f"(keys B, N, D, S, G, lmin, values=norm|input) or a preset {sorted(PRESETS)}")
-                f[key] = val if key == "values" else int(val)
-            if min(f["B"], f["N"], f["D"], f["S"], f["G"]) < 1 or f["D"] % f["G"] or f["lmin"] > f["N"]:
-                raise SystemExit(f"bad shape spec {item!r}: sizes must be >= 1, D divisible by G, lmin <= N")
-            out.append(Shape(**f))
-    return out
+def parse_shape(item: str) -> Shape:
+    """A spec like B=1024:N=256:D=768:S=24 (also G=, lmin=, values=norm|input; missing keys
+    default to B=1024, N=256, D=256, S=24, G=8, lmin=0, values=norm)."""
+    f = {"B": 1024, "N": 256, "D": 256, "S": 24, "G": 8, "lmin": 0, "values": "norm"}
+    for kv in item.split(":"):
+        key, sep, val = kv.partition("=")
+        ok = sep and key in f and (val in ("norm", "input") if key == "values" else val.isdigit())
+        if not ok:
+            raise SystemExit(f"bad shape spec {item!r}: want e.g. B=1024:N=256:D=768:S=24 "
+                             f"(keys B, N, D, S, G, lmin, values=norm|input) or a preset {sorted(PRESETS)}")
+        f[key] = val if key == "values" else int(val)
+    if min(f["B"], f["N"], f["D"], f["S"], f["G"]) < 1 or f["D"] % f["G"] or f["lmin"] > f["N"]:
+        raise SystemExit(f"bad shape spec {item!r}: sizes must be >= 1, D divisible by G, lmin <= N")
+    return Shape(**f)
 
 
 # ----------------------------------------------------------------------------- the eager module
@@ -258,6 +243,9 @@ class Runner:
     names: tuple  # "x" and the parameter names, in the order of inputs
     grad: torch.Tensor  # upstream gradient
     impl: str | None = None  # which module / code runs
+
+    def timed(self, mode: str):  # the callable that mode times
+        return mode_fn(mode, self.forward, self.inputs, self.grad)
 
 
 def make_case(shape: Shape, dtype, device, seed: int, eps: float) -> Case:
@@ -477,23 +465,6 @@ def check_output(out, shape: Shape, dtype) -> str | None:
     return None
 
 
-def mode_fn(runner: Runner, mode: str):
-    if mode == "fwd":
-        return runner.forward
-    if mode == "bwd":
-        out = runner.forward()  # built once; each timed call walks the retained graph
-
-        def bwd():
-            return torch.autograd.grad(out, runner.inputs, runner.grad, retain_graph=True)
-
-        return bwd
-
-    def fwd_bwd():
-        return torch.autograd.grad(runner.forward(), runner.inputs, runner.grad)
-
-    return fwd_bwd
-
-
 def measure_copy(gb: float, device, args, env) -> dict:
     """One large device copy: the bandwidth ceiling that % copy refers to."""
     nbytes = int(gb * 2**30)
@@ -544,6 +515,14 @@ def run_shape(shape: Shape, providers, modes, args, device, dtype, env, copy_gbp
         "torch_err_grad": t_grad, "tol_fwd": tol_fwd, "tol_grad": tol_grad,
     }
     build = builders(args)
+
+    def rates(mode, ms):
+        gbps = mb[mode] / (ms * 1e-3) / 1e9
+        pct = 100.0 * gbps / copy_gbps if copy_gbps else None
+        tflops = shape.fwd_flops() * MODE_FLOP_FACTOR[mode] / (ms * 1e-3) / 1e12
+        return ({"min_bytes": mb[mode], "gbps": gbps, "pct_copy": pct, "copy_same_gbps": same.get(mode),
+                 "tflops": tflops}, f"{gbps:8.1f} GB/s" + (f"  {pct:5.1f}% copy" if pct is not None else ""))
+
     rows, all_ok = [], True
     for prov in providers:
         row0 = dict(base, provider=prov)
@@ -555,12 +534,9 @@ def run_shape(shape: Shape, providers, modes, args, device, dtype, env, copy_gbp
             sync(device)
         except Exception as e:
             # skillkern's kernels are work in progress: a raising first call is reported, not fatal
-            unavailable = isinstance(e, (Unavailable, sk.BackendUnavailable)) or prov in SKILLKERN
-            msg = first_line(e, with_type=not isinstance(e, (Unavailable, sk.BackendUnavailable)))
-            if not unavailable:
-                all_ok = False
-            print(f"  {prov:18s} {'UNAVAILABLE' if unavailable else '!!! FAILED !!!'}: {msg[:300]}")
-            rows.append(dict(row0, status="unavailable" if unavailable else "failed", reason=msg[:500]))
+            expected = isinstance(e, (Unavailable, sk.BackendUnavailable))
+            rows.append(setup_failed(prov, row0, e, expected, soft=prov in SKILLKERN))
+            all_ok &= rows[-1]["status"] != "failed"
             continue
         if isinstance(out, (tuple, list)) and out:
             out = out[0]  # a module that also returns its weights
@@ -588,106 +564,41 @@ def run_shape(shape: Shape, providers, modes, args, device, dtype, env, copy_gbp
         print(f"  {prov:18s} rel err vs {wide}: fwd {e_fwd:.2e}  grads(max) {fmt(e_grad, '.2e')} ({worst})"
               f"  (limits {tol_fwd:.3g}, {tol_grad:.3g})" + (f"  |dx| on padding {pad:.1e}" if pad else "")
               + f"  [{runner.impl}]")
-        if not e_fwd <= tol_fwd:
-            print(f"  !!! {prov}: FORWARD WRONG (rel err {e_fwd:.3e} > {tol_fwd:.3g}); provider skipped !!!")
-            rows.append(dict(row0, status="wrong", reason=f"forward rel err {e_fwd:.3e} > {tol_fwd:.3g}"))
-            all_ok = False
-            continue
-        if e_grad is not None and not e_grad <= tol_grad:
-            print(f"  !!! {prov}: GRADIENTS WRONG (rel err {e_grad:.3e} > {tol_grad:.3g}, {worst}); bwd modes skipped !!!")
-            rows += [dict(row0, mode=m, status="wrong", reason=f"grad rel err {e_grad:.3e} > {tol_grad:.3g} ({worst})")
-                     for m in modes if m != "fwd"]
-            ok_modes = [m for m in modes if m == "fwd"]
-            all_ok = False
+        wrong, ok_modes = check_errors(prov, row0, ok_modes, e_fwd, tol_fwd, e_grad, tol_grad, worst)
+        rows += wrong
+        all_ok &= not wrong
         del out, grads
-        for mode in ok_modes:
-            try:
-                fn = mode_fn(runner, mode)
-                med, p20, p80 = time_ms(fn, device, args)
-                mem = peak_mem_mb(fn, device)
-            except Exception as e:
-                msg = first_line(e)
-                print(f"  !!! {prov} {mode}: FAILED while timing: {msg[:300]} !!!")
-                rows.append(dict(row0, mode=mode, status="failed", reason=msg[:500]))
-                all_ok = False
-                continue
-            finally:
-                fn = None  # drops the retained graph of the bwd mode
-            gbps = mb[mode] / (med * 1e-3) / 1e9
-            pct = 100.0 * gbps / copy_gbps if copy_gbps else None
-            tflops = shape.fwd_flops() * MODE_FLOP_FACTOR[mode] / (med * 1e-3) / 1e12
-            rows.append(dict(row0, mode=mode, status="ok", ms=med, ms_p20=p20, ms_p80=p80, min_bytes=mb[mode],
-                             gbps=gbps, pct_copy=pct, copy_same_gbps=same.get(mode), tflops=tflops,
-                             peak_mem_mb=mem))
-            print(f"  {prov:18s} {mode:8s} {med:9.3f} ms  [{p20:.3f}, {p80:.3f}]  {gbps:8.1f} GB/s"
-                  + (f"  {pct:5.1f}% copy" if pct is not None else "")
-                  + (f"  peak {mem:8.1f} MB" if mem is not None else ""))
+        timed, ok = time_modes(prov, row0, ok_modes, runner.timed, device, args, rates)
+        rows += timed
+        all_ok &= ok
         del runner
-        gc.collect()  # free this provider's memory before the next one's peak is measured
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        free_memory(device)  # free this provider's memory before the next one's peak is measured
     # Ratios need every provider of the shape.
-    now = now_iso()
-    for mode in modes:
-        ok = {r["provider"]: r for r in rows if r.get("mode") == mode and r.get("status") == "ok"}
-        for r in ok.values():
-            for other, key in (("eager-wukong", "speedup_vs_eager"), ("compiled-wukong", "speedup_vs_compiled")):
-                r[key] = ok[other]["ms"] / r["ms"] if other in ok else None
-    for r in rows:
-        r["time"] = now
-        r.setdefault("mode", None)
+    add_speedups(rows, modes, (("eager-wukong", "speedup_vs_eager"), ("compiled-wukong", "speedup_vs_compiled")))
+    stamp_rows(rows)
     del case, ref
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    free_memory(device)
     return rows, all_ok
 
 
 def print_table(rows: list[dict], modes, cpu: bool):
-    print("\n" + "=" * 110)
-    if cpu:
-        print("CPU run: tiny shapes to show the script works. These numbers are NOT performance data.")
-    last = "fwd+bwd" if "fwd+bwd" in modes else modes[-1]
-    head = "  ".join(f"{m + ' ms':>10s} {'%cp':>5s}" for m in modes)
-    print(f"{'provider':18s}  {head}  {last + ' GB/s':>13s}  {'x eager':>7s}  {'x compiled':>10s}  {'peak MB':>8s}")
+    last = last_mode(modes)
+    table_head(110, cpu, modes, "%cp", f"{last + ' GB/s':>13s}  {'x eager':>7s}  {'x compiled':>10s}  {'peak MB':>8s}")
     for r in rows:
         if r["provider"] == "copy":
             print(f"-- {r['label']}: " + (f"{r['ms']:.3f} ms = {r['gbps']:.1f} GB/s read + write (the 100% of %cp)"
                                            if r.get("status") == "ok" else f"{r['status']}: {r.get('reason', '')}"))
-    labels = []
-    for r in rows:
-        if r["provider"] != "copy" and r["label"] not in labels:
-            labels.append(r["label"])
-    for label in labels:
+
+    def tail(r):  # the last mode's row
+        return (f"{fmt(r.get('gbps'), '13.1f'):>13s}  {speedup(r.get('speedup_vs_eager')):>7s}  "
+                f"{speedup(r.get('speedup_vs_compiled')):>10s}  {fmt(r.get('peak_mem_mb'), '8.0f'):>8s}")
+
+    for label, provs in by_shape(rows, skip="copy").items():
         srows = [r for r in rows if r["label"] == label]
         same = next((r.get("copy_same_gbps") for r in srows if r.get("mode") == last and r.get("copy_same_gbps")), None)
         print(f"-- {label}" + (f"  (a copy of the {last} minimum bytes runs at {same:.0f} GB/s)" if same else ""))
-        provs = []
-        for r in srows:
-            if r["provider"] not in provs:
-                provs.append(r["provider"])
-        for p in provs:
-            prow = {r.get("mode"): r for r in srows if r["provider"] == p}
-            if None in prow:  # unavailable / failed before timing
-                print(f"{p:18s}  {prow[None]['status']}: {prow[None].get('reason', '')[:80]}")
-                continue
-            cells = []
-            for m in modes:
-                r = prow.get(m, {})
-                if r.get("status") == "ok":
-                    cells.append(f"{r['ms']:10.3f} {fmt(r['pct_copy'], '5.1f')}")
-                else:
-                    cells.append(f"{r.get('status', '-'):>16s}")
-            r = prow.get(last, {})
-            ok = r.get("status") == "ok"
-
-            def x(key):
-                v = r.get(key) if ok else None
-                return f"{v:.2f}x" if v is not None else "-"
-
-            print(f"{p:18s}  {'  '.join(cells)}  {fmt(r.get('gbps') if ok else None, '13.1f'):>13s}  "
-                  f"{x('speedup_vs_eager'):>7s}  {x('speedup_vs_compiled'):>10s}  "
-                  f"{fmt(r.get('peak_mem_mb') if ok else None, '8.0f'):>8s}")
+        for p, prow in provs.items():
+            print(table_line(p, prow, modes, ("pct_copy", "5.1f"), tail))
     print(f"(%cp = % of the copy row's GB/s, on the minimum bytes of each mode; x eager / x compiled = "
           f"speedup of the {last} time)")
 
@@ -698,11 +609,10 @@ def goal_lines(rows: list[dict], cpu: bool) -> list[str]:
     if cpu:
         return [f"{head}): n/a on CPU (the goal shapes are measured on an H100/H200: "
                 "bash benchmarks/gpu_check.sh --bench tokred)"]
-    lines, met, measured = [], 0, 0
+    lines, n_met, measured = [], 0, 0
     for shape in GOAL_SHAPES:
         label = shape.label()
-        r = next((r for r in rows if r.get("label") == label and r["provider"] == "skillkern-triton"
-                  and r.get("mode") == "fwd+bwd" and r.get("status") == "ok"), None)
+        r = goal_row(rows, label)
         if r is None:
             lines.append(f"{head}, {label}): not measured in this run")
             continue
@@ -710,15 +620,15 @@ def goal_lines(rows: list[dict], cpu: bool) -> list[str]:
         pct, xe, xc = r.get("pct_copy"), r.get("speedup_vs_eager"), r.get("speedup_vs_compiled")
         ok_pct = pct is not None and pct >= GOAL_PCT_COPY
         ok_x = xe is not None and xe >= GOAL_X_EAGER
-        met += ok_pct and ok_x
-        parts = [f"{pct:.1f}% of copy (goal >= {GOAL_PCT_COPY:g}%: {'MET' if ok_pct else 'MISSED'})"
+        n_met += ok_pct and ok_x
+        parts = [f"{pct:.1f}% of copy (goal >= {GOAL_PCT_COPY:g}%: {met(ok_pct)})"
                  if pct is not None else "copy not measured",
-                 f"{xe:.2f}x eager-wukong (goal >= {GOAL_X_EAGER:g}x: {'MET' if ok_x else 'MISSED'})"
+                 f"{xe:.2f}x eager-wukong (goal >= {GOAL_X_EAGER:g}x: {met(ok_x)})"
                  if xe is not None else "eager-wukong not measured",
                  f"{xc:.2f}x compiled-wukong" if xc is not None else "compiled-wukong not measured"]
         lines.append(f"{head}, {label}): {r['ms']:.3f} ms = {r['gbps']:.0f} GB/s = " + "; ".join(parts))
-    verdict = "MET" if measured == len(GOAL_SHAPES) and met == measured else "MISSED" if measured else "not measured"
-    lines.append(f"{head}): {verdict} - both parts met at {met} of {len(GOAL_SHAPES)} goal shapes "
+    verdict = met(n_met == measured == len(GOAL_SHAPES)) if measured else "not measured"
+    lines.append(f"{head}): {verdict} - both parts met at {n_met} of {len(GOAL_SHAPES)} goal shapes "
                  f"({measured} measured)")
     return lines
 
@@ -732,62 +642,33 @@ same run, peak extra memory, and the speedup over the eager and the compiled mod
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog=__doc__.split("Examples:")[1] if "Examples:" in __doc__ else None)
-    ap.add_argument("--quick", action="store_true",
-                    help="two tiny shapes (B=4, N=9, D=16, S=3; one masked) on CPU; the 3 goal shapes on a GPU")
-    ap.add_argument("--shapes", nargs="+", default=None,
-                    help=f"presets {sorted(PRESETS)} or specs B=..:N=..:D=..:S=..[:G=..:lmin=..:values=norm|input] "
-                         "(default: gpu on CUDA, cpu on CPU)")
-    ap.add_argument("--providers", default=None, help=f"comma list of {','.join(PROVIDERS)}")
-    ap.add_argument("--modes", default=",".join(MODES), help="comma list of fwd,bwd,fwd+bwd")
-    ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    ap = new_parser(__doc__, "two tiny shapes (B=4, N=9, D=16, S=3; one masked) on CPU; the 3 goal shapes on a GPU",
+                    "B=..:N=..:D=..:S=..[:G=..:lmin=..:values=norm|input]", PRESETS, PROVIDERS)
     ap.add_argument("--eps", type=float, default=1e-5, help="LayerNorm epsilon")
     ap.add_argument("--impl", default="auto", choices=("auto", "skillkern", "bench"),
                     help="modules: skillkern's TokenReduction / TokenReductionRef (auto: when they import "
                          "and load), or this file's WukongLiteral and token_reduce + value projection (bench)")
     ap.add_argument("--copy-gb", type=float, default=None,
                     help="GiB of the copy row's buffer (default 1 on a GPU, 0.0625 on CPU; 0 = skip)")
-    ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    ap.add_argument("--out", default=None,
-                    help="JSON-lines file to append to (default benchmarks/results/token_reduce.jsonl; "
-                         "CPU runs: token_reduce.cpu.jsonl, git-ignored: not performance data)")
-    ap.add_argument("--warmup", type=int, default=25, help="do_bench warm-up, ms")
-    ap.add_argument("--rep", type=int, default=100, help="do_bench measuring time, ms")
-    ap.add_argument("--cpu-reps", type=int, default=10, help="timed calls per measurement on CPU")
-    ap.add_argument("--time-budget", type=float, default=0.0,
-                    help="seconds; start no new shape after this (0 = no limit). The goal shapes run first.")
-    ap.add_argument("--seed", type=int, default=0)
+    add_run_args(ap, "token_reduce", "The goal shapes run first.")
     args = ap.parse_args(argv)
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device)
     cpu = device.type != "cuda"
     dtype = DTYPES[args.dtype]
     if args.copy_gb is None:
         args.copy_gb = 0.0625 if cpu else 1.0
     if not args.eps > 0:
         raise SystemExit("--eps must be > 0")
-    if args.quick:
-        shapes = PRESETS["cpu-quick" if cpu else "goal"]()
-    else:
-        shapes = parse_shapes(args.shapes or ["cpu" if cpu else "gpu"])
-    if args.providers:
-        providers = [p.strip() for p in args.providers.split(",") if p.strip()]
-        bad = [p for p in providers if p not in PROVIDERS]
-        if bad:
-            raise SystemExit(f"unknown providers {bad}; choose from {PROVIDERS} (copy: --copy-gb)")
-    else:
-        providers = list(DEFAULT_CPU_PROVIDERS if cpu else DEFAULT_GPU_PROVIDERS)
-        if cpu and interpreting():
-            providers.append("skillkern-triton")
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    if not modes or any(m not in MODES for m in modes):
-        raise SystemExit(f"modes must be among {MODES}, got {modes}")
+    shapes = pick_shapes(args, cpu, PRESETS, parse_shape)
+    default = DEFAULT_GPU_PROVIDERS
+    if cpu:
+        default = DEFAULT_CPU_PROVIDERS + (("skillkern-triton",) if interpreting() else ())
+    providers = parse_providers(args.providers, PROVIDERS, default, " (copy: --copy-gb)")
+    modes = parse_modes(args.modes)
 
     env = env_info(device)
-    print(HEADER)
-    print(f"device: {env['device']} | torch {env['torch']} | triton {env['triton']} | commit {env['commit']}")
-    print(f"shapes: {len(shapes)} x modes: {len(modes)} x providers: {len(providers)} ({', '.join(providers)})")
+    print_header(HEADER, env, shapes, modes, providers)
     TokenReduction, Ref = skillkern_modules()
     print(f"modules (--impl {args.impl}): skillkern.nn.TokenReduction {'imports' if TokenReduction else 'MISSING'}, "
           f"TokenReductionRef {'imports' if Ref else 'MISSING'} (each row's impl says what ran)")
@@ -800,37 +681,18 @@ def main(argv=None) -> int:
         args.out = default_out("token_reduce", cpu)
 
     t0 = time.time()
-    all_rows, all_ok, copy_gbps = [], True, None
+    all_rows, copy_gbps = [], None
     if args.copy_gb > 0:
         row = measure_copy(args.copy_gb, device, args, env)
         if row["status"] == "ok":
             copy_gbps = row["gbps"]
         append_rows(args.out, [row])
         all_rows.append(row)
-    for i, shape in enumerate(shapes):
-        if args.time_budget and time.time() - t0 > args.time_budget:
-            print(f"\n!!! time budget of {args.time_budget:g} s spent: skipping {len(shapes) - i} "
-                  f"shape(s): {', '.join(s.label() for s in shapes[i:])} !!!")
-            break
-        try:
-            rows, ok = run_shape(shape, providers, modes, args, device, dtype, env, copy_gbps)
-        except Exception as e:  # e.g. out of memory in the reference: record it, go on
-            msg = first_line(e)
-            print(f"\n!!! {shape.label()}: FAILED before timing: {msg[:300]} !!!")
-            rows, ok = [dict(time=now_iso(), **env, dtype=args.dtype, **asdict(shape), provider="(all)",
-                             mode=None, status="failed", reason=msg[:500])], False
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        all_ok &= ok
-        for r in rows:
-            r["label"] = shape.label()
-        append_rows(args.out, rows)  # appended per shape: a run cut short keeps its rows
-        all_rows += rows
-    print(f"\n{len(all_rows)} rows appended to {args.out} ({time.time() - t0:.1f} s)")
+    all_ok = run_shapes(shapes, lambda s: run_shape(s, providers, modes, args, device, dtype, env, copy_gbps),
+                        args, device, env, all_rows, t0)
     print_table(all_rows, modes, cpu)
     if not all_ok:
-        print("!!! some providers failed or were wrong: see the messages above !!!")
+        print(FAILED_NOTE)
     for line in goal_lines(all_rows, cpu):
         print(line)
     return 0 if all_ok else 1

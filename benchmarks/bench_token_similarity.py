@@ -59,8 +59,6 @@ Examples:
 """
 from __future__ import annotations
 
-import argparse
-import gc
 import importlib
 import itertools
 import os
@@ -71,21 +69,20 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # _common.py beside this file
-from _common import (CPU_NOTE, DTYPES, REPO, Unavailable, append_rows, default_out, env_info,  # noqa: E402
-                     first_line, fmt, interpreting, now_iso, peak_mem_mb, rel_err, sync, time_ms)
-
-# Run from a plain checkout too: the package sits at the repo root.
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+# _common.py beside this file; importing it puts the repo root (the package) on sys.path too.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import (CPU_NOTE, DTYPES, FAILED_NOTE, MODE_FLOP_FACTOR, Unavailable, add_run_args,  # noqa: E402
+                     add_speedups, append_rows, by_shape, check_errors, default_out, env_info,
+                     first_line, fmt, free_memory, goal_line, interpreting, last_mode, met, mode_fn,
+                     new_parser, no_skillkern, now_iso, parse_modes, parse_providers, pick_device,
+                     pick_shapes, print_header, rel_err, run_shapes, setup_failed, speedup,
+                     stamp_rows, sync, table_head, table_line, time_modes, time_ms)
 
 try:
     import skillkern as sk
     from skillkern.ops.token_similarity.reference import token_similarity_ref
 except Exception as e:  # a broken install: say why instead of a traceback
-    print(f"bench_token_similarity: import skillkern failed ({type(e).__name__}: {e}); run `make demo` "
-          "(it installs the package first).", file=sys.stderr)
-    raise SystemExit(2)
+    no_skillkern("bench_token_similarity", e)
 
 PROVIDERS = ("skillkern-triton", "skillkern-torch", "naive", "chunked-naive", "lik", "flash-maxsim")
 PEERS = {"lik": "late_interaction_kernels", "flash-maxsim": "flash_maxsim"}  # provider -> module
@@ -94,9 +91,8 @@ NAIVE = ("naive", "chunked-naive")
 # baselines are already on record.
 DEFAULT_GPU_PROVIDERS = ("naive", "chunked-naive", "lik", "flash-maxsim", "skillkern-triton")
 DEFAULT_CPU_PROVIDERS = ("naive", "chunked-naive", "skillkern-torch")
-MODES = ("fwd", "bwd", "fwd+bwd")
-# bwd is two GEMM-shaped products per forward one (d_img from txt, d_txt from img): 2x.
-MODE_FLOP_FACTOR = {"fwd": 1, "bwd": 2, "fwd+bwd": 3}
+# Modes and their FLOP factors are _common's: bwd is two GEMM-shaped products per forward one
+# (d_img from txt, d_txt from img).
 # Floor of the allowed relative error; the check allows max(floor, 2 x torch's own error).
 TOLERANCE = {torch.bfloat16: 5e-2, torch.float16: 5e-2, torch.float32: 1e-2}
 # Skip a naive provider whose estimated peak exceeds this share of the GPU's memory: an OOM
@@ -151,32 +147,22 @@ PRESETS = {
 }
 
 
-def parse_shapes(specs: list[str]) -> list[Shape]:
-    """Preset names, or specs like B=1024:Ni=50:Nt=32:D=256 (B sets Bi and Bt; Bi=, Bt=, tmin=,
-    imin= also work; missing keys default to B=1024, Ni=50, Nt=32, D=256, tmin=8, imin=0)."""
-    out: list[Shape] = []
-    for spec in specs:
-        for item in spec.split(","):
-            item = item.strip()
-            if not item:
-                continue
-            if item in PRESETS:
-                out.extend(PRESETS[item]())
-                continue
-            f = {"Bi": 1024, "Bt": 1024, "Ni": 50, "Nt": 32, "D": 256, "tmin": 8, "imin": 0}
-            for kv in item.split(":"):
-                key, sep, val = kv.partition("=")
-                if not sep or key not in (*f, "B") or not val.isdigit():
-                    raise SystemExit(f"bad shape spec {item!r}: want e.g. B=1024:Ni=50:Nt=32:D=256 "
-                                     f"(keys B, Bi, Bt, Ni, Nt, D, tmin, imin) or a preset {sorted(PRESETS)}")
-                if key == "B":
-                    f["Bi"] = f["Bt"] = int(val)
-                else:
-                    f[key] = int(val)
-            if min(f["Bi"], f["Bt"], f["Ni"], f["Nt"], f["D"], f["tmin"]) < 1 or f["imin"] > f["Ni"]:
-                raise SystemExit(f"bad shape spec {item!r}: sizes and tmin must be >= 1, imin <= Ni")
-            out.append(Shape(**f))
-    return out
+def parse_shape(item: str) -> Shape:
+    """A spec like B=1024:Ni=50:Nt=32:D=256 (B sets Bi and Bt; Bi=, Bt=, tmin=, imin= also work;
+    missing keys default to B=1024, Ni=50, Nt=32, D=256, tmin=8, imin=0)."""
+    f = {"Bi": 1024, "Bt": 1024, "Ni": 50, "Nt": 32, "D": 256, "tmin": 8, "imin": 0}
+    for kv in item.split(":"):
+        key, sep, val = kv.partition("=")
+        if not sep or key not in (*f, "B") or not val.isdigit():
+            raise SystemExit(f"bad shape spec {item!r}: want e.g. B=1024:Ni=50:Nt=32:D=256 "
+                             f"(keys B, Bi, Bt, Ni, Nt, D, tmin, imin) or a preset {sorted(PRESETS)}")
+        if key == "B":
+            f["Bi"] = f["Bt"] = int(val)
+        else:
+            f[key] = int(val)
+    if min(f["Bi"], f["Bt"], f["Ni"], f["Nt"], f["D"], f["tmin"]) < 1 or f["imin"] > f["Ni"]:
+        raise SystemExit(f"bad shape spec {item!r}: sizes and tmin must be >= 1, imin <= Ni")
+    return Shape(**f)
 
 
 # ----------------------------------------------------------------------------- the baselines
@@ -247,6 +233,9 @@ class Runner:
     inputs: tuple  # tensors the gradients are taken for
     grads: tuple  # upstream gradients of (i2t, t2i)
     version: str | None = None  # a peer's package version
+
+    def timed(self, mode: str):  # the callable that mode times
+        return mode_fn(mode, self.forward, self.inputs, self.grads)
 
 
 def make_case(shape: Shape, dtype, device, seed: int) -> Case:
@@ -444,23 +433,6 @@ def check_outputs(outs, shape: Shape) -> str | None:
     return None
 
 
-def mode_fn(runner: Runner, mode: str):
-    if mode == "fwd":
-        return runner.forward
-    if mode == "bwd":
-        outs = runner.forward()  # built once; each timed call walks the retained graph
-
-        def bwd():
-            return torch.autograd.grad(outs, runner.inputs, runner.grads, retain_graph=True)
-
-        return bwd
-
-    def fwd_bwd():
-        return torch.autograd.grad(runner.forward(), runner.inputs, runner.grads)
-
-    return fwd_bwd
-
-
 def measure_peak(n: int, dtype, device, args, env) -> dict:
     """Dense (n x n) @ (n x n) in the run's dtype: the ceiling that % peak refers to."""
     g = torch.Generator(device=device).manual_seed(args.seed + 1)
@@ -506,6 +478,13 @@ def run_shape(shape: Shape, providers, modes, args, device, dtype, env, peak_tfl
         "tol_fwd": tol_fwd, "tol_grad": tol_grad,
     }
     total_mem = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+
+    def rates(mode, ms):
+        tflops = shape.fwd_flops() * MODE_FLOP_FACTOR[mode] / (ms * 1e-3) / 1e12
+        pct = 100.0 * tflops / peak_tflops if peak_tflops else None
+        return ({"tflops": tflops, "pct_peak": pct},
+                f"{tflops:8.4g} TFLOP/s" + (f"  {pct:5.1f}% peak" if pct is not None else ""))
+
     build = builders(args)
     rows, all_ok = [], True
     for prov in providers:
@@ -526,12 +505,8 @@ def run_shape(shape: Shape, providers, modes, args, device, dtype, env, peak_tfl
             outs = runner.forward()  # the first call compiles / autotunes; it is also the check
             sync(device)
         except Exception as e:
-            unavailable = isinstance(e, (Unavailable, sk.BackendUnavailable))
-            msg = first_line(e, with_type=not unavailable)
-            if not unavailable:
-                all_ok = False
-            print(f"  {prov:18s} {'UNAVAILABLE' if unavailable else '!!! FAILED !!!'}: {msg[:300]}")
-            rows.append(dict(row0, status="unavailable" if unavailable else "failed", reason=msg[:500]))
+            rows.append(setup_failed(prov, row0, e, isinstance(e, (Unavailable, sk.BackendUnavailable))))
+            all_ok &= rows[-1]["status"] != "failed"
             continue
         bad = check_outputs(outs, shape)
         if bad:
@@ -564,132 +539,56 @@ def run_shape(shape: Shape, providers, modes, args, device, dtype, env, peak_tfl
         row0.update(rel_err_fwd=e_fwd, rel_err_grad=e_grad, pad_grad_max=pad)
         print(f"  {prov:18s} rel err vs {wide}: fwd {e_fwd:.2e}  grads(max) {fmt(e_grad, '.2e')}"
               f"  (limits {tol_fwd:.3g}, {tol_grad:.3g})" + (f"  |grad| on text padding {pad:.1e}" if pad else ""))
-        if not e_fwd <= tol_fwd:
-            print(f"  !!! {prov}: FORWARD WRONG (rel err {e_fwd:.3e} > {tol_fwd:.3g}); provider skipped !!!")
-            rows.append(dict(row0, status="wrong", reason=f"forward rel err {e_fwd:.3e} > {tol_fwd:.3g}"))
-            all_ok = False
-            continue
-        if e_grad is not None and not e_grad <= tol_grad:
-            print(f"  !!! {prov}: GRADIENTS WRONG (rel err {e_grad:.3e} > {tol_grad:.3g}); bwd modes skipped !!!")
-            rows += [dict(row0, mode=m, status="wrong", reason=f"grad rel err {e_grad:.3e} > {tol_grad:.3g}")
-                     for m in modes if m != "fwd"]
-            ok_modes = [m for m in modes if m == "fwd"]
-            all_ok = False
+        wrong, ok_modes = check_errors(prov, row0, ok_modes, e_fwd, tol_fwd, e_grad, tol_grad)
+        rows += wrong
+        all_ok &= not wrong
         del outs, grads
-        for mode in ok_modes:
-            try:
-                fn = mode_fn(runner, mode)
-                med, p20, p80 = time_ms(fn, device, args)
-                mem = peak_mem_mb(fn, device)
-            except Exception as e:
-                msg = first_line(e)
-                print(f"  !!! {prov} {mode}: FAILED while timing: {msg[:300]} !!!")
-                rows.append(dict(row0, mode=mode, status="failed", reason=msg[:500]))
-                all_ok = False
-                continue
-            finally:
-                fn = None  # drops the retained graph of the bwd mode
-            flops = shape.fwd_flops() * MODE_FLOP_FACTOR[mode]
-            tflops = flops / (med * 1e-3) / 1e12
-            pct = 100.0 * tflops / peak_tflops if peak_tflops else None
-            rows.append(dict(row0, mode=mode, status="ok", ms=med, ms_p20=p20, ms_p80=p80,
-                             tflops=tflops, pct_peak=pct, peak_mem_mb=mem))
-            print(f"  {prov:18s} {mode:8s} {med:9.3f} ms  [{p20:.3f}, {p80:.3f}]  {tflops:8.4g} TFLOP/s"
-                  + (f"  {pct:5.1f}% peak" if pct is not None else "")
-                  + (f"  peak {mem:8.1f} MB" if mem is not None else ""))
+        timed, ok = time_modes(prov, row0, ok_modes, runner.timed, device, args, rates)
+        rows += timed
+        all_ok &= ok
         del runner
-        gc.collect()  # free this provider's memory before the next one's peak is measured
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        free_memory(device)  # free this provider's memory before the next one's peak is measured
     # Ratios need every provider of the shape: speedup vs naive and vs lik.
-    now = now_iso()
-    for mode in modes:
-        ok = {r["provider"]: r for r in rows if r.get("mode") == mode and r.get("status") == "ok"}
-        for r in ok.values():
-            for other, key in (("naive", "speedup_vs_naive"), ("lik", "speedup_vs_lik")):
-                r[key] = ok[other]["ms"] / r["ms"] if other in ok else None
-    for r in rows:
-        r["time"] = now
-        r.setdefault("mode", None)
+    add_speedups(rows, modes, (("naive", "speedup_vs_naive"), ("lik", "speedup_vs_lik")))
+    stamp_rows(rows)
     del case, ref
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    free_memory(device)
     return rows, all_ok
 
 
 def print_table(rows: list[dict], modes, cpu: bool):
-    print("\n" + "=" * 110)
-    if cpu:
-        print("CPU run: tiny shapes to show the script works. These numbers are NOT performance data.")
-    last = "fwd+bwd" if "fwd+bwd" in modes else modes[-1]
-    head = "  ".join(f"{m + ' ms':>10s} {'%pk':>5s}" for m in modes)
-    print(f"{'provider':18s}  {head}  {last + ' TF/s':>13s}  {'x naive':>7s}  {'x lik':>6s}  {'peak MB':>8s}")
+    last = last_mode(modes)
+    table_head(110, cpu, modes, "%pk", f"{last + ' TF/s':>13s}  {'x naive':>7s}  {'x lik':>6s}  {'peak MB':>8s}")
     for r in rows:
         if r["provider"] == "matmul-peak":
             print(f"-- {r['label']}: " + (f"{r['ms']:.3f} ms = {r['tflops']:.4g} TFLOP/s (the 100% of %pk)"
                                            if r.get("status") == "ok" else f"{r['status']}: {r.get('reason', '')}"))
-    labels = []
-    for r in rows:
-        if r["provider"] != "matmul-peak" and r["label"] not in labels:
-            labels.append(r["label"])
-    for label in labels:
+
+    def tail(r):  # the last mode's row
+        return (f"{fmt(r.get('tflops'), '13.4g'):>13s}  {speedup(r.get('speedup_vs_naive')):>7s}  "
+                f"{speedup(r.get('speedup_vs_lik')):>6s}  {fmt(r.get('peak_mem_mb'), '8.0f'):>8s}")
+
+    for label, provs in by_shape(rows, skip="matmul-peak").items():
         print(f"-- {label}")
-        srows = [r for r in rows if r["label"] == label]
-        provs = []
-        for r in srows:
-            if r["provider"] not in provs:
-                provs.append(r["provider"])
-        for p in provs:
-            prow = {r.get("mode"): r for r in srows if r["provider"] == p}
-            if None in prow:  # unavailable / skipped / failed before timing
-                print(f"{p:18s}  {prow[None]['status']}: {prow[None].get('reason', '')[:80]}")
-                continue
-            cells = []
-            for m in modes:
-                r = prow.get(m, {})
-                if r.get("status") == "ok":
-                    cells.append(f"{r['ms']:10.3f} {fmt(r['pct_peak'], '5.1f')}")
-                else:
-                    cells.append(f"{r.get('status', '-'):>16s}")
-            r = prow.get(last, {})
-            ok = r.get("status") == "ok"
-
-            def x(key):
-                v = r.get(key) if ok else None
-                return f"{v:.2f}x" if v is not None else "-"
-
-            print(f"{p:18s}  {'  '.join(cells)}  {fmt(r.get('tflops') if ok else None, '13.4g'):>13s}  "
-                  f"{x('speedup_vs_naive'):>7s}  {x('speedup_vs_lik'):>6s}  "
-                  f"{fmt(r.get('peak_mem_mb') if ok else None, '8.0f'):>8s}")
+        for p, prow in provs.items():
+            print(table_line(p, prow, modes, ("pct_peak", "5.1f"), tail))
     print(f"(%pk = % of the matmul-peak TFLOP/s of this run, nominal FLOPs 2*Bi*Bt*Ni*Nt*D per forward; "
           f"x naive / x lik = speedup of the {last} time)")
 
 
-def goal_line(rows: list[dict], cpu: bool) -> str:
-    label = GOAL.label()
-    prefix = f"GPU goal ({label}, fwd+bwd, skillkern-triton):"
-    if cpu:
-        return f"{prefix} n/a on CPU (the goal shape is measured on an H100/H200: bash benchmarks/gpu_check.sh)"
-    r = next((r for r in rows if r["label"] == label and r["provider"] == "skillkern-triton"
-              and r.get("mode") == "fwd+bwd" and r.get("status") == "ok"), None)
-    if r is None:
-        return f"{prefix} not measured in this run (needs that shape, provider and mode)"
-
-    def verdict(v, goal, ge=True):
-        return "MET" if (v >= goal if ge else v <= goal) else "MISSED"
-
+def goal_verdicts(r: dict) -> str:
+    """The goal line's verdicts on the goal shape's skillkern-triton fwd+bwd row."""
     parts = []
     for key, who, goal in (("speedup_vs_lik", "LIK's two calls", GOAL_X_LIK), ("speedup_vs_naive", "naive", GOAL_X_NAIVE)):
         v = r.get(key)
-        parts.append(f"{v:.2f}x {who} (goal >= {goal:g}x: {verdict(v, goal)})" if v is not None
+        parts.append(f"{v:.2f}x {who} (goal >= {goal:g}x: {met(v >= goal)})" if v is not None
                      else f"{who} not measured")
     pct, mem = r.get("pct_peak"), r.get("peak_mem_mb")
-    parts.append(f"{pct:.1f}% of matmul peak (goal >= {GOAL_PCT_PEAK:g}%: {verdict(pct, GOAL_PCT_PEAK)})"
+    parts.append(f"{pct:.1f}% of matmul peak (goal >= {GOAL_PCT_PEAK:g}%: {met(pct >= GOAL_PCT_PEAK)})"
                  if pct is not None else "matmul peak not measured")
-    parts.append(f"peak extra memory {mem:.0f} MB (goal <= {GOAL_MEM_MB:g} MB: {verdict(mem, GOAL_MEM_MB, False)})"
+    parts.append(f"peak extra memory {mem:.0f} MB (goal <= {GOAL_MEM_MB:g} MB: {met(mem <= GOAL_MEM_MB)})"
                  if mem is not None else "memory not measured")
-    return f"{prefix} {r['ms']:.3f} ms = " + "; ".join(parts)
+    return "; ".join(parts)
 
 
 HEADER = """\
@@ -700,32 +599,16 @@ measured in the same run, peak extra memory, and the speedup over naive torch an
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog=__doc__.split("Examples:")[1] if "Examples:" in __doc__ else None)
-    ap.add_argument("--quick", action="store_true", help="one shape: B=8,Ni=12,Nt=8,D=32 on CPU; the goal shape on a GPU")
-    ap.add_argument("--shapes", nargs="+", default=None,
-                    help=f"presets {sorted(PRESETS)} or specs B=..:Ni=..:Nt=..:D=..[:Bi=..:Bt=..:tmin=..:imin=..] "
-                         "(default: gpu on CUDA, cpu on CPU)")
-    ap.add_argument("--providers", default=None, help=f"comma list of {','.join(PROVIDERS)}")
-    ap.add_argument("--modes", default=",".join(MODES), help="comma list of fwd,bwd,fwd+bwd")
-    ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    ap = new_parser(__doc__, "one shape: B=8,Ni=12,Nt=8,D=32 on CPU; the goal shape on a GPU",
+                    "B=..:Ni=..:Nt=..:D=..[:Bi=..:Bt=..:tmin=..:imin=..]", PRESETS, PROVIDERS)
     ap.add_argument("--chunk", type=int, default=None,
                     help="texts per chunk of chunked-naive (default 64 on a GPU, 3 on CPU so tiny shapes loop)")
     ap.add_argument("--peak-size", type=int, default=None,
                     help="n of the n^3 matmul-peak (default 8192 on a GPU, 256 on CPU; 0 = skip)")
-    ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    ap.add_argument("--out", default=None,
-                    help="JSON-lines file to append to (default benchmarks/results/token_similarity.jsonl; "
-                         "CPU runs: token_similarity.cpu.jsonl, git-ignored: not performance data)")
-    ap.add_argument("--warmup", type=int, default=25, help="do_bench warm-up, ms")
-    ap.add_argument("--rep", type=int, default=100, help="do_bench measuring time, ms")
-    ap.add_argument("--cpu-reps", type=int, default=10, help="timed calls per measurement on CPU")
-    ap.add_argument("--time-budget", type=float, default=0.0,
-                    help="seconds; start no new shape after this (0 = no limit). The goal shape runs first.")
-    ap.add_argument("--seed", type=int, default=0)
+    add_run_args(ap, "token_similarity", "The goal shape runs first.")
     args = ap.parse_args(argv)
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device)
     cpu = device.type != "cuda"
     dtype = DTYPES[args.dtype]
     if args.chunk is None:
@@ -734,29 +617,17 @@ def main(argv=None) -> int:
         raise SystemExit("--chunk must be >= 1")
     if args.peak_size is None:
         args.peak_size = 256 if cpu else 8192
-    if args.quick:
-        shapes = PRESETS["cpu-quick" if cpu else "goal"]()
-    else:
-        shapes = parse_shapes(args.shapes or ["cpu" if cpu else "gpu"])
-    if args.providers:
-        providers = [p.strip() for p in args.providers.split(",") if p.strip()]
-        bad = [p for p in providers if p not in PROVIDERS]
-        if bad:
-            raise SystemExit(f"unknown providers {bad}; choose from {PROVIDERS} (matmul-peak: --peak-size)")
-    else:
-        providers = list(DEFAULT_CPU_PROVIDERS if cpu else DEFAULT_GPU_PROVIDERS)
-        if cpu and interpreting():
-            providers.insert(0, "skillkern-triton")
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    if any(m not in MODES for m in modes):
-        raise SystemExit(f"modes must be among {MODES}, got {modes}")
+    shapes = pick_shapes(args, cpu, PRESETS, parse_shape)
+    default = DEFAULT_GPU_PROVIDERS
+    if cpu:  # the interpreted Triton kernel runs first: it takes longest
+        default = (("skillkern-triton",) if interpreting() else ()) + DEFAULT_CPU_PROVIDERS
+    providers = parse_providers(args.providers, PROVIDERS, default, " (matmul-peak: --peak-size)")
+    modes = parse_modes(args.modes)
     if cpu and interpreting() and any(p in PEERS for p in providers):
         interpreter_autotune_shim()
 
     env = env_info(device)
-    print(HEADER)
-    print(f"device: {env['device']} | torch {env['torch']} | triton {env['triton']} | commit {env['commit']}")
-    print(f"shapes: {len(shapes)} x modes: {len(modes)} x providers: {len(providers)} ({', '.join(providers)})")
+    print_header(HEADER, env, shapes, modes, providers)
     if cpu:
         print(CPU_NOTE)
         if not interpreting():
@@ -766,38 +637,19 @@ def main(argv=None) -> int:
         args.out = default_out("token_similarity", cpu)
 
     t0 = time.time()
-    all_rows, all_ok, peak_tflops = [], True, None
+    all_rows, peak_tflops = [], None
     if args.peak_size > 0:
         peak = measure_peak(args.peak_size, dtype, device, args, env)
         if peak["status"] == "ok":
             peak_tflops = peak["tflops"]
         append_rows(args.out, [peak])
         all_rows.append(peak)
-    for i, shape in enumerate(shapes):
-        if args.time_budget and time.time() - t0 > args.time_budget:
-            print(f"\n!!! time budget of {args.time_budget:g} s spent: skipping {len(shapes) - i} "
-                  f"shape(s): {', '.join(s.label() for s in shapes[i:])} !!!")
-            break
-        try:
-            rows, ok = run_shape(shape, providers, modes, args, device, dtype, env, peak_tflops)
-        except Exception as e:  # e.g. out of memory in the reference: record it, go on
-            msg = first_line(e)
-            print(f"\n!!! {shape.label()}: FAILED before timing: {msg[:300]} !!!")
-            rows, ok = [dict(time=now_iso(), **env, dtype=args.dtype, **asdict(shape), provider="(all)",
-                             mode=None, status="failed", reason=msg[:500])], False
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        all_ok &= ok
-        for r in rows:
-            r["label"] = shape.label()
-        append_rows(args.out, rows)  # appended per shape: a run cut short keeps its rows
-        all_rows += rows
-    print(f"\n{len(all_rows)} rows appended to {args.out} ({time.time() - t0:.1f} s)")
+    all_ok = run_shapes(shapes, lambda s: run_shape(s, providers, modes, args, device, dtype, env, peak_tflops),
+                        args, device, env, all_rows, t0)
     print_table(all_rows, modes, cpu)
-    print(goal_line(all_rows, cpu))
+    print(goal_line(all_rows, GOAL.label(), cpu, goal_verdicts))
     if not all_ok:
-        print("!!! some providers failed or were wrong: see the messages above !!!")
+        print(FAILED_NOTE)
     return 0 if all_ok else 1
 
 
