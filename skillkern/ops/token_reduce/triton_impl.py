@@ -25,8 +25,23 @@ def _blocks(N: int, D: int, S: int) -> dict:
     return dict(BLOCK_N=block_n, S_PAD=s_pad, BLOCK_D=block_d, num_warps=4)
 
 
-def _optional(t, like):
-    return (t.contiguous(), True) if t is not None else (like, False)
+def _operands(x, w_score, scores, ln_weight, ln_bias, mask, pool_input):
+    """What both kernels take beside their outputs: the optional inputs (x stands in for an
+    absent one), their strides and the constexpr flags."""
+    def opt(t):
+        return (t.contiguous(), True) if t is not None else (x, False)
+
+    w, has_w = opt(w_score)
+    sc, given = opt(scores)
+    lnw, has_ln = opt(ln_weight)
+    lnb, has_lnb = opt(ln_bias)
+    m, has_mask = opt(None if mask is None else mask.view(torch.uint8))
+    strides = (x.stride(0), x.stride(1), w.stride(0) if has_w else 0, sc.stride(0) if given else 0,
+               sc.stride(1) if given else 0, m.stride(0) if has_mask else 0)
+    flags = dict(HAS_LN=has_ln, HAS_LN_BIAS=has_lnb, POOL_LN=has_ln and not pool_input,
+                 POOL_LN_BIAS=has_lnb and not pool_input, SCORES_GIVEN=given, HAS_MASK=has_mask,
+                 PRECISION=_precision(x.dtype))
+    return (w, sc, lnw, lnb, m), strides, flags
 
 
 def token_reduce_fwd(x, w_score, scores, ln_weight, ln_bias, mask, eps, pool_input):
@@ -38,21 +53,12 @@ def token_reduce_fwd(x, w_score, scores, ln_weight, ln_bias, mask, eps, pool_inp
     lse = torch.empty(B, S, dtype=torch.float32, device=x.device)
     if B == 0:
         return out, lse
-    w, _ = _optional(w_score, x)
-    sc, given = _optional(scores, x)
-    lnw, has_ln = _optional(ln_weight, x)
-    lnb, has_lnb = _optional(ln_bias, x)
-    m, has_mask = _optional(None if mask is None else mask.view(torch.uint8), x)
+    ops, strides, flags = _operands(x, w_score, scores, ln_weight, ln_bias, mask, pool_input)
     blk = _blocks(N, D, S)
     # slice-fastest 1-d grid: the programs of one item run side by side and share x through L2
     K._token_reduce_fwd_kernel[(triton.cdiv(D, blk["BLOCK_D"]) * B,)](
-        x, w, sc, lnw, lnb, m, out, lse, N, D, S, float(eps),
-        x.stride(0), x.stride(1), w.stride(0) if w_score is not None else 0,
-        sc.stride(0) if given else 0, sc.stride(1) if given else 0, m.stride(0) if has_mask else 0,
-        out.stride(0), out.stride(1), lse.stride(0),
-        HAS_LN=has_ln, HAS_LN_BIAS=has_lnb, POOL_LN=has_ln and not pool_input,
-        POOL_LN_BIAS=has_lnb and not pool_input, SCORES_GIVEN=given, HAS_MASK=has_mask,
-        PRECISION=_precision(x.dtype), num_stages=2, **blk)
+        x, *ops, out, lse, N, D, S, float(eps), *strides, out.stride(0), out.stride(1), lse.stride(0),
+        num_stages=2, **flags, **blk)
     return out, lse
 
 
@@ -62,13 +68,10 @@ def token_reduce_bwd(d_out, out, x, w_score, scores, ln_weight, ln_bias, mask, l
     d_out = d_out.contiguous()
     B, N, D = x.shape
     S = lse.shape[1]
-    w, _ = _optional(w_score, x)
-    sc, given = _optional(scores, x)
-    lnw, has_ln = _optional(ln_weight, x)
-    lnb, has_lnb = _optional(ln_bias, x)
-    m, has_mask = _optional(None if mask is None else mask.view(torch.uint8), x)
+    ops, strides, flags = _operands(x, w_score, scores, ln_weight, ln_bias, mask, pool_input)
+    given, has_ln = flags["SCORES_GIVEN"], flags["HAS_LN"]
     dx = torch.empty_like(x)
-    d_scores = torch.zeros_like(sc) if given else None
+    d_scores = torch.zeros_like(ops[1]) if given else None
     # delta[b, s] = <d_out[b, s], out[b, s]>: the softmax-backward term sum_n A dA, from the
     # saved output instead of another pass over the positions (as flash attention does). With
     # 16-bit outputs it carries their rounding (~2^-9 relative), so gradients that are exactly 0
@@ -84,14 +87,9 @@ def token_reduce_bwd(d_out, out, x, w_score, scores, ln_weight, ln_bias, mask, l
     if B > 0:
         blk = _blocks(N, D, S)
         K._token_reduce_bwd_kernel[(triton.cdiv(D, blk["BLOCK_D"]) * groups,)](
-            x, w, sc, lnw, lnb, m, d_out, delta, lse, dx, d_scores if given else x, dw_part, dlnw_part,
-            dlnb_part, B, N, D, S, float(eps), items,
-            x.stride(0), x.stride(1), w.stride(0) if w_score is not None else 0,
-            sc.stride(0) if given else 0, sc.stride(1) if given else 0, m.stride(0) if has_mask else 0,
-            d_out.stride(0), d_out.stride(1), lse.stride(0),
-            HAS_LN=has_ln, HAS_LN_BIAS=has_lnb, POOL_LN=has_ln and not pool_input,
-            POOL_LN_BIAS=has_lnb and not pool_input, SCORES_GIVEN=given, HAS_MASK=has_mask,
-            PRECISION=_precision(x.dtype), num_stages=2, **blk)
+            x, *ops, d_out, delta, lse, dx, d_scores if given else x, dw_part, dlnw_part, dlnb_part,
+            B, N, D, S, float(eps), items, *strides, d_out.stride(0), d_out.stride(1), lse.stride(0),
+            num_stages=2, **flags, **blk)
     cast = lambda part, like: part.sum(0).to(like.dtype) if like is not None else None  # noqa: E731
     return (dx, cast(dw_part, w_score), d_scores.to(scores.dtype) if given else None,
             cast(dlnw_part, ln_weight), cast(dlnb_part, ln_bias))
