@@ -15,6 +15,8 @@ import sys
 import pytest
 import torch
 
+from skillkern.ops.skill_ffn.reference import route_ref
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -36,17 +38,6 @@ def _load_extension():
     return None, error
 
 
-def _load_route_ref():
-    try:
-        from skillkern.ops.skill_ffn.reference import route_ref
-    except Exception:
-        spec = importlib.util.spec_from_file_location(
-            "_skillkern_reference", os.path.join(REPO, "skillkern", "skill_ffn", "reference.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        route_ref = module.route_ref
-    return route_ref
-
 
 _C, _C_ERROR = _load_extension()
 if _C is None:
@@ -55,7 +46,6 @@ if _C is None:
         "`pip install --no-build-isolation -e .` (see setup.py)",
         allow_module_level=True,
     )
-route_ref = _load_route_ref()
 op = torch.ops.skillkern.skill_route.default
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

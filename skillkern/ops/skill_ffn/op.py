@@ -15,17 +15,16 @@ import torch
 from torch import Tensor
 
 from skillkern import _backend, _config
+from skillkern.ops._common import FLOAT_DTYPES, expect
 from skillkern.ops.skill_ffn.reference import ACTIVATIONS, route_ref, skill_ffn_ref, slot_scale
 
-_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 
 # ----------------------------------------------------------------------------- checks
 
 
 def _expect(cond: bool, name: str, msg: str) -> None:
-    if not cond:
-        raise ValueError(f"skill_ffn: `{name}` {msg}")
+    expect(cond, "skill_ffn", name, msg)
 
 
 def _expect_like(t, name: str, x: Tensor, shape: tuple) -> None:
@@ -53,7 +52,7 @@ def check_ids_in_range(skill_ids: Tensor, num_skills: int) -> None:
 def _validate(x, skill_ids, w1, w2, b1, b2, skill_weights, activation):
     """Check every argument; returns (T, k, E, d, h). Metadata only, no device reads."""
     _expect(isinstance(x, Tensor), "x", f"must be a Tensor, got {type(x).__name__}")
-    _expect(x.dtype in _FLOATS, "x", f"must be float32, float16 or bfloat16, got {x.dtype}")
+    _expect(x.dtype in FLOAT_DTYPES, "x", f"must be float32, float16 or bfloat16, got {x.dtype}")
     _expect(x.dim() >= 1, "x", "must have shape (..., d)")
     _expect(activation in ACTIVATIONS, "activation", f"must be one of {ACTIVATIONS}, got {activation!r}")
     _expect(isinstance(skill_ids, Tensor), "skill_ids", "must be a Tensor")

@@ -14,6 +14,7 @@ import torch
 import triton
 
 from skillkern._backend import interpreting
+from skillkern.ops._common import dot_precision
 from skillkern.ops.skill_ffn import kernels as K
 
 ACT_CODE = {name: K.__dict__[name.upper()].value
@@ -72,13 +73,6 @@ _wgrad = triton.autotune(_wgrad_configs(),
                          key=["P", "Q", "A_BY_TOKEN", "B_BY_TOKEN"])(K._skill_wgrad_kernel)
 
 
-def _precision(dtype: torch.dtype) -> str:
-    """fp32 inputs follow torch's matmul precision setting (exact fp32 by default, like
-    torch.mm); 16-bit inputs always use tensor cores with fp32 accumulation."""
-    if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
-        return "ieee"
-    return "tf32"
-
 
 def _row_grid(N: int, E: int, n_cols: int):
     return lambda meta: ((triton.cdiv(N, meta["BLOCK_M"]) + E) * triton.cdiv(n_cols, meta["BLOCK_N"]),)
@@ -118,7 +112,7 @@ def skill_ffn_fwd(x, ids, scale, w1, w2, b1, b2, activation):
     N = T * k
     order, offsets = route(ids.reshape(-1), E)
     hid = torch.empty((N, h), dtype=x.dtype, device=x.device)
-    prec = _precision(x.dtype)
+    prec = dot_precision(x.dtype)
     n_bucket = triton.next_power_of_2(N)
     _up_fwd[_row_grid(N, E, h)](
         x, w1, b1 if b1 is not None else w1, hid, order, offsets,
@@ -144,7 +138,7 @@ def skill_ffn_bwd(dy, x, scale, w1, w2, b1, b2, order, offsets, activation, need
     E, _, h1 = w1.shape
     h = w2.shape[1]
     N = T * k
-    prec = _precision(x.dtype)
+    prec = dot_precision(x.dtype)
     n_bucket = triton.next_power_of_2(N)
     hid = torch.empty((N, h), dtype=x.dtype, device=x.device)
     dz = torch.empty((N, h1), dtype=x.dtype, device=x.device)

@@ -18,33 +18,29 @@ import torch
 from torch import Tensor
 
 from skillkern import _backend
+from skillkern.ops._common import FLOAT_DTYPES, expect
 from skillkern.ops.token_reduce.reference import token_pool_ref, token_reduce_ref
 
-_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
-
-def _expect(cond: bool, op: str, name: str, msg: str) -> None:
-    if not cond:
-        raise ValueError(f"{op}: `{name}` {msg}")
 
 
 def _check_x_mask(op, x, mask):
-    _expect(isinstance(x, Tensor), op, "x", f"must be a Tensor, got {type(x).__name__}")
-    _expect(x.dim() == 3, op, "x", f"must have shape (B, N, D), got {tuple(x.shape)}")
-    _expect(x.dtype in _FLOATS, op, "x", f"must be float32, float16 or bfloat16, got {x.dtype}")
+    expect(isinstance(x, Tensor), op, "x", f"must be a Tensor, got {type(x).__name__}")
+    expect(x.dim() == 3, op, "x", f"must have shape (B, N, D), got {tuple(x.shape)}")
+    expect(x.dtype in FLOAT_DTYPES, op, "x", f"must be float32, float16 or bfloat16, got {x.dtype}")
     if mask is not None:
-        _expect(isinstance(mask, Tensor) and mask.dtype == torch.bool, op, "mask",
+        expect(isinstance(mask, Tensor) and mask.dtype == torch.bool, op, "mask",
                 "must be a bool Tensor (True = real position)")
-        _expect(tuple(mask.shape) == tuple(x.shape[:2]), op, "mask",
+        expect(tuple(mask.shape) == tuple(x.shape[:2]), op, "mask",
                 f"must have shape {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
-        _expect(mask.device == x.device, op, "mask", f"is on {mask.device} but x is on {x.device}")
+        expect(mask.device == x.device, op, "mask", f"is on {mask.device} but x is on {x.device}")
 
 
 def _check_param(op, t, name, x, shape):
-    _expect(isinstance(t, Tensor), op, name, f"must be a Tensor, got {type(t).__name__}")
-    _expect(t.device == x.device, op, name, f"is on {t.device} but x is on {x.device}")
-    _expect(t.dtype in _FLOATS, op, name, f"must be a float tensor, got {t.dtype}")
-    _expect(tuple(t.shape) == shape, op, name, f"must have shape {shape}, got {tuple(t.shape)}")
+    expect(isinstance(t, Tensor), op, name, f"must be a Tensor, got {type(t).__name__}")
+    expect(t.device == x.device, op, name, f"is on {t.device} but x is on {x.device}")
+    expect(t.dtype in FLOAT_DTYPES, op, name, f"must be a float tensor, got {t.dtype}")
+    expect(tuple(t.shape) == shape, op, name, f"must have shape {shape}, got {tuple(t.shape)}")
 
 
 # ----------------------------------------------------------------------------- registered ops
@@ -125,17 +121,17 @@ def token_reduce(x: Tensor, w_score: Tensor, ln_weight: Optional[Tensor] = None,
     op = "token_reduce"
     _check_x_mask(op, x, mask)
     B, N, D = x.shape
-    _expect(isinstance(w_score, Tensor) and w_score.dim() == 2 and w_score.shape[0] == D, op, "w_score",
+    expect(isinstance(w_score, Tensor) and w_score.dim() == 2 and w_score.shape[0] == D, op, "w_score",
             f"must have shape (D={D}, S), got {tuple(w_score.shape) if isinstance(w_score, Tensor) else w_score}")
     _check_param(op, w_score, "w_score", x, (D, w_score.shape[1]))
-    _expect(w_score.shape[1] >= 1, op, "w_score", "must produce at least one token (S >= 1)")
+    expect(w_score.shape[1] >= 1, op, "w_score", "must produce at least one token (S >= 1)")
     if ln_weight is not None:
         _check_param(op, ln_weight, "ln_weight", x, (D,))
     if ln_bias is not None:
-        _expect(ln_weight is not None, op, "ln_bias", "needs ln_weight (LayerNorm without a weight is "
+        expect(ln_weight is not None, op, "ln_bias", "needs ln_weight (LayerNorm without a weight is "
                 "not supported; pass ones)")
         _check_param(op, ln_bias, "ln_bias", x, (D,))
-    _expect(float(eps) > 0, op, "eps", f"must be > 0, got {eps!r}")
+    expect(float(eps) > 0, op, "eps", f"must be > 0, got {eps!r}")
     which = _backend.resolve("token_reduce", backend, x.device)
     if which == "torch":
         return token_reduce_ref(x, w_score, ln_weight, ln_bias, mask, eps, bool(pool_input))
@@ -154,11 +150,11 @@ def token_pool(x: Tensor, scores: Tensor, mask: Optional[Tensor] = None, *, back
     op = "token_pool"
     _check_x_mask(op, x, mask)
     B, N, _ = x.shape
-    _expect(isinstance(scores, Tensor) and scores.dim() == 3 and tuple(scores.shape[:2]) == (B, N), op,
+    expect(isinstance(scores, Tensor) and scores.dim() == 3 and tuple(scores.shape[:2]) == (B, N), op,
             "scores", f"must have shape (B={B}, N={N}, S), got "
             f"{tuple(scores.shape) if isinstance(scores, Tensor) else scores}")
     _check_param(op, scores, "scores", x, tuple(scores.shape))
-    _expect(scores.shape[2] >= 1, op, "scores", "must have S >= 1")
+    expect(scores.shape[2] >= 1, op, "scores", "must have S >= 1")
     which = _backend.resolve("token_pool", backend, x.device)
     if which == "torch":
         return token_pool_ref(x, scores, mask)

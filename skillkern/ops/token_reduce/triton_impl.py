@@ -4,16 +4,11 @@ from __future__ import annotations
 import torch
 import triton
 
+from skillkern.ops._common import dot_precision
+
 from skillkern._backend import interpreting
 from skillkern.ops.token_reduce import kernels as K
 
-
-def _precision(dtype: torch.dtype) -> str:
-    """The dots take fp32 operands (u is LayerNorm output in fp32): TF32 tensor cores, or exact
-    fp32 when fp32 inputs run under torch's default "highest" matmul precision."""
-    if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
-        return "ieee"
-    return "tf32"
 
 
 def _blocks(N: int, D: int, S: int) -> dict:
@@ -40,7 +35,7 @@ def _operands(x, w_score, scores, ln_weight, ln_bias, mask, pool_input):
                sc.stride(1) if given else 0, m.stride(0) if has_mask else 0)
     flags = dict(HAS_LN=has_ln, HAS_LN_BIAS=has_lnb, POOL_LN=has_ln and not pool_input,
                  POOL_LN_BIAS=has_lnb and not pool_input, SCORES_GIVEN=given, HAS_MASK=has_mask,
-                 PRECISION=_precision(x.dtype))
+                 PRECISION=dot_precision(x.dtype))
     return (w, sc, lnw, lnb, m), strides, flags
 
 

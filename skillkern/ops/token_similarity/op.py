@@ -19,21 +19,20 @@ import torch
 from torch import Tensor
 
 from skillkern import _backend
+from skillkern.ops._common import FLOAT_DTYPES, expect
 from skillkern.ops.token_similarity.reference import token_similarity_ref
 
-_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _expect(cond: bool, name: str, msg: str) -> None:
-    if not cond:
-        raise ValueError(f"token_similarity: `{name}` {msg}")
+    expect(cond, "token_similarity", name, msg)
 
 
 def _check(img, txt, img_mask, txt_mask):
     for name, t in (("img", img), ("txt", txt)):
         _expect(isinstance(t, Tensor), name, f"must be a Tensor, got {type(t).__name__}")
         _expect(t.dim() == 3, name, f"must have shape (B, N, D), got {tuple(t.shape)}")
-        _expect(t.dtype in _FLOATS, name, f"must be float32, float16 or bfloat16, got {t.dtype}")
+        _expect(t.dtype in FLOAT_DTYPES, name, f"must be float32, float16 or bfloat16, got {t.dtype}")
     _expect(txt.dtype == img.dtype, "txt", f"has dtype {txt.dtype} but img has {img.dtype}")
     _expect(txt.device == img.device, "txt", f"is on {txt.device} but img is on {img.device}")
     _expect(txt.shape[2] == img.shape[2], "txt",

@@ -4,17 +4,13 @@ from __future__ import annotations
 import torch
 import triton
 
+from skillkern.ops._common import dot_precision
+
 from skillkern.ops.token_similarity import kernels as K
 
 _MAX_NT_PAD = 512  # a program holds all (padded) tokens of its texts; image tokens are chunked
 _TILE = 8192  # fp32 elements of the similarity tile (BLOCK_I*NI_CHUNK x BLOCK_T*NT_PAD) per program
 
-
-def _precision(dtype: torch.dtype) -> str:
-    """fp32 follows torch's matmul precision setting; 16-bit inputs use tensor cores."""
-    if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
-        return "ieee"
-    return "tf32"
 
 
 def _tiles(Ni: int, Nt: int, D: int) -> dict:
@@ -75,7 +71,7 @@ def token_similarity_fwd(img, txt, img_mask, txt_mask):
     K._filip_fwd_kernel[grid](
         img, txt, im, tm, n_img, n_txt, i2t, t2i, row_idx, col_idx, Bi, Bt, Ni, Nt, D,
         img.stride(0), img.stride(1), txt.stride(0), txt.stride(1), s_im, s_tm,
-        HAS_IMASK=has_im, HAS_TMASK=has_tm, PRECISION=_precision(img.dtype), num_stages=2, **t)
+        HAS_IMASK=has_im, HAS_TMASK=has_tm, PRECISION=dot_precision(img.dtype), num_stages=2, **t)
     return i2t, t2i, row_idx, col_idx
 
 
@@ -100,6 +96,6 @@ def token_similarity_bwd(g_i2t, g_t2i, img, txt, img_mask, txt_mask, row_idx, co
         K._filip_bwd_kernel[(n_programs, n_d)](
             g_i2t, g_t2i, row_idx, col_idx, im, tm, n_img, n_txt, src, out, Bi, Bt, Ni, Nt, D,
             src.stride(0), src.stride(1), out.stride(0), out.stride(1), s_im, s_tm,
-            FOR_IMG=for_img, HAS_IMASK=has_im, HAS_TMASK=has_tm, PRECISION=_precision(img.dtype),
+            FOR_IMG=for_img, HAS_IMASK=has_im, HAS_TMASK=has_tm, PRECISION=dot_precision(img.dtype),
             num_stages=2, **t)
     return d_img, d_txt
