@@ -134,7 +134,7 @@ def cuda_extensions():
     sources = sorted(
         os.path.relpath(p, ROOT)
         for ext in ("cpp", "cu")
-        for p in glob.glob(os.path.join(ROOT, "csrc", f"*.{ext}"))
+        for p in glob.glob(os.path.join(ROOT, "csrc", "**", f"*.{ext}"), recursive=True)
     )
     log(f"building skillkern._C with CUDA_HOME={cuda_home}, torch {torch.__version__} "
         f"(CUDA {torch.version.cuda}), TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}, "
@@ -142,12 +142,17 @@ def cuda_extensions():
     # No --use_fast_math: the FFN's exact-erf GELU must stay exact. No -std either: torch passes
     # the standard its own headers need (torch 2.14's fail under -std=c++17: std::strong_ordering
     # in c10/util/intrusive_ptr.h), and our sources are valid C++17 and C++20.
+    # The arch list as one shell- and macro-safe token ("8.0;9.0" -> 80_90; csrc/ops.cpp
+    # stringifies it for skillkern.info()).
+    archs_token = "_".join(a.replace(".", "") for a in
+                           os.environ["TORCH_CUDA_ARCH_LIST"].replace(";", " ").split())
+    archs_define = f"-DSKILLKERN_CUDA_ARCHS={archs_token}"
     ext = CUDAExtension(
         name="skillkern._C",
         sources=sources,
         include_dirs=[os.path.join(ROOT, "csrc")],
         extra_compile_args={
-            "cxx": ["-O3"] + sys_includes,
+            "cxx": ["-O3", archs_define] + sys_includes,
             "nvcc": ["-O3", "-lineinfo"] + sys_includes,
         },
     )

@@ -10,9 +10,19 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <string>
 #include <vector>
 
-#include "skill_route.h"
+// setup.py passes the arch list as one token, e.g. -DSKILLKERN_CUDA_ARCHS=80_90.
+#define SKILLKERN_STR2(x) #x
+#define SKILLKERN_STR(x) SKILLKERN_STR2(x)
+#ifdef SKILLKERN_CUDA_ARCHS
+#define SKILLKERN_CUDA_ARCHS_STR SKILLKERN_STR(SKILLKERN_CUDA_ARCHS)
+#else
+#define SKILLKERN_CUDA_ARCHS_STR "unknown"
+#endif
+
+#include "skill_ffn/route.h"
 
 namespace skillkern {
 namespace {
@@ -70,8 +80,35 @@ std::tuple<at::Tensor, at::Tensor> skill_route_meta(const at::Tensor& skill_ids,
 
 }  // namespace
 
+// Every C++ op's schema, declared once. The *_cuda ops are the native backend
+// (backend="cuda"): they take the same arguments and return the same outputs as the Triton
+// ops of the same name without the suffix (skillkern/ops/<op>/op.py), so the Python side
+// shares one setup_context/backward between the two. Their CUDA kernels and Meta (shape)
+// kernels register in csrc/<op>/; their autograd formulas are registered from Python
+// (skillkern/ops/<op>/op.py, once this library is loaded).
 TORCH_LIBRARY(skillkern, m) {
   m.def("skill_route(Tensor skill_ids, int num_skills) -> (Tensor, Tensor)");
+  // -> (y (T, d), order (T*k,) int32, offsets (E+1,) int32)
+  m.def("skill_ffn_fwd_cuda(Tensor x, Tensor skill_ids, Tensor scale, Tensor w1, Tensor w2, "
+        "Tensor? b1, Tensor? b2, str activation) -> (Tensor, Tensor, Tensor)");
+  // -> [dx, dw1, dw2, db1, db2, dscale]; absent ones are 0-element tensors
+  m.def("skill_ffn_bwd_cuda(Tensor dy, Tensor x, Tensor scale, Tensor w1, Tensor w2, Tensor? b1, "
+        "Tensor? b2, Tensor order, Tensor offsets, str activation, bool need_dscale) -> Tensor[]");
+  // -> (i2t (Bi, Bt) f32, t2i (Bi, Bt) f32, row_idx (Bi, Bt, Ni), col_idx (Bi, Bt, Nt))
+  m.def("token_similarity_fwd_cuda(Tensor img, Tensor txt, Tensor? img_mask, Tensor? txt_mask) "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
+  // -> (d_img, d_txt)
+  m.def("token_similarity_bwd_cuda(Tensor g_i2t, Tensor g_t2i, Tensor img, Tensor txt, "
+        "Tensor? img_mask, Tensor? txt_mask, Tensor row_idx, Tensor col_idx) -> (Tensor, Tensor)");
+  // -> (out (B, S, D), lse (B, S) f32)
+  m.def("token_reduce_fwd_cuda(Tensor x, Tensor? w_score, Tensor? scores, Tensor? ln_weight, "
+        "Tensor? ln_bias, Tensor? mask, float eps, bool pool_input) -> (Tensor, Tensor)");
+  // -> [dx, d_w_score, d_scores, d_ln_weight, d_ln_bias]; absent ones are 0-element tensors
+  m.def("token_reduce_bwd_cuda(Tensor d_out, Tensor out, Tensor x, Tensor? w_score, "
+        "Tensor? scores, Tensor? ln_weight, Tensor? ln_bias, Tensor? mask, Tensor lse, float eps, "
+        "bool pool_input) -> Tensor[]");
+  // The archs this library was compiled for, e.g. "8.0;9.0" (for skillkern.info()).
+  m.def("build_info() -> str", &build_info);
 }
 
 TORCH_LIBRARY_IMPL(skillkern, CPU, m) {

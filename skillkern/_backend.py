@@ -19,18 +19,37 @@ import torch
 
 BACKENDS = ("auto", "torch", "triton", "cuda")
 
-# Per op, the order in which "auto" tries backends on a CUDA device. Only ops whose CUDA C++
-# kernels exist are listed with "cuda" (issue "CUDA C++ extension" adds the others).
+# Per op, the order in which "auto" tries backends on a CUDA device. Triton stays first until
+# GPU benchmarks say otherwise (benchmarks/NOTES.md); "cuda" is what runs where Triton cannot.
 _AUTO_ORDER = {
-    "skill_ffn": ("triton", "torch"),
+    "skill_ffn": ("triton", "cuda", "torch"),
     "skill_route": ("triton", "cuda", "torch"),
-    "token_similarity": ("triton", "torch"),
-    "token_reduce": ("triton", "torch"),
-    "token_pool": ("triton", "torch"),
+    "token_similarity": ("triton", "cuda", "torch"),
+    "token_reduce": ("triton", "cuda", "torch"),
+    "token_pool": ("triton", "cuda", "torch"),
 }
 
-# Ops the compiled extension implements, by name of the torch.ops.skillkern entry.
-_CUDA_OPS = {"skill_route": "skill_route"}
+# Public op -> the torch.ops.skillkern entry that the compiled extension provides for it.
+_CUDA_OPS = {
+    "skill_route": "skill_route",
+    "skill_ffn": "skill_ffn_fwd_cuda",
+    "token_similarity": "token_similarity_fwd_cuda",
+    "token_reduce": "token_reduce_fwd_cuda",
+    "token_pool": "token_reduce_fwd_cuda",
+}
+
+# Functions to run once skillkern._C is loaded (each op's autograd/fake registrations for
+# its C++ ops, which only exist after the library is loaded).
+_on_load: list = []
+_loaded = False
+
+
+def on_extension_load(fn):
+    """Decorator: run `fn()` once skillkern._C has been imported (now, if it already was)."""
+    _on_load.append(fn)
+    if _loaded:
+        fn()
+    return fn
 
 
 class BackendUnavailable(RuntimeError):
@@ -53,10 +72,14 @@ def _triton_import_error() -> str | None:
 
 @functools.lru_cache(maxsize=None)
 def _extension_import_error() -> str | None:
+    global _loaded
     try:
         importlib.import_module("skillkern._C")
     except Exception as e:
         return f"{type(e).__name__}: {e}"
+    _loaded = True
+    for fn in _on_load:
+        fn()
     return None
 
 
@@ -99,10 +122,7 @@ def _triton_reason(device: torch.device) -> str | None:
 
 def _cuda_reason(op: str, device: torch.device) -> str | None:
     if op not in _CUDA_OPS:
-        return (
-            f"skillkern.{op} has no CUDA C++ kernels yet (csrc/ implements "
-            f"{sorted(_CUDA_OPS)}); use backend='triton' or 'torch'"
-        )
+        return f"skillkern.{op} has no CUDA C++ kernels; use backend='triton' or 'torch'"
     try:
         load_cuda_extension()
     except BackendUnavailable as e:

@@ -49,7 +49,7 @@ if _C is None:
 op = torch.ops.skillkern.skill_route.default
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-TILE = 2048  # slots per CUDA block (kTile in csrc/skill_route.cu)
+TILE = 2048  # slots per CUDA block (kTile in csrc/skill_ffn/route.cu)
 
 
 def random_ids(shape, num_skills, dtype, seed, low=-1, high=None):

@@ -1,4 +1,4 @@
-// CUDA kernels of skill_route (see skill_route.h for the contract): a deterministic,
+// CUDA kernels of skill_route (see route.h for the contract): a deterministic,
 // stable counting sort in three phases, all on the current stream with no host sync.
 //
 //   1. _route_hist_kernel: block t counts the buckets of its tile of kTile slots
@@ -21,7 +21,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "skill_route.h"
+#include "skill_ffn/route.h"
 
 namespace skillkern {
 namespace {
