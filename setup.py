@@ -159,5 +159,6 @@ def cuda_extensions():
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
-ext_modules, cmdclass = cuda_extensions()
-setup(ext_modules=ext_modules, cmdclass=cmdclass)
+if __name__ == "__main__":  # setuptools runs this file as __main__; csrc/build_dev.py imports it
+    ext_modules, cmdclass = cuda_extensions()
+    setup(ext_modules=ext_modules, cmdclass=cmdclass)

@@ -78,6 +78,12 @@ std::tuple<at::Tensor, at::Tensor> skill_route_meta(const at::Tensor& skill_ids,
   return {order, offsets};
 }
 
+// Compute capabilities compiled in, "80_90" = sm_80 and sm_90 (from TORCH_CUDA_ARCH_LIST).
+// No tensor arguments, so a catch-all kernel.
+std::string build_info() {
+  return SKILLKERN_CUDA_ARCHS_STR;
+}
+
 }  // namespace
 
 // Every C++ op's schema, declared once. The *_cuda ops are the native backend

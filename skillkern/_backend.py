@@ -74,7 +74,11 @@ def _triton_import_error() -> str | None:
 def _extension_import_error() -> str | None:
     global _loaded
     try:
-        importlib.import_module("skillkern._C")
+        dev_lib = os.environ.get("SKILLKERN_EXTENSION_LIB")
+        if dev_lib:  # a library built by csrc/build_dev.py, instead of the installed one
+            torch.ops.load_library(dev_lib)
+        else:
+            importlib.import_module("skillkern._C")
     except Exception as e:
         return f"{type(e).__name__}: {e}"
     _loaded = True
@@ -102,7 +106,7 @@ def load_cuda_extension():
             "`pip install -e . --no-build-isolation` (unset SKILLKERN_SKIP_CUDA_BUILD; "
             "TORCH_CUDA_ARCH_LIST picks the archs, default '8.0;9.0')."
         )
-    return importlib.import_module("skillkern._C")
+    return None if os.environ.get("SKILLKERN_EXTENSION_LIB") else importlib.import_module("skillkern._C")
 
 
 def _triton_reason(device: torch.device) -> str | None:
