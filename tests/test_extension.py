@@ -240,3 +240,11 @@ def test_cuda_errors_and_opcheck():
         op(torch.zeros(4, device="cuda"), 4)
     ids = random_ids((3 * TILE + 5,), 7, torch.int32, seed=7).cuda()
     torch.library.opcheck(op, (ids, 7))
+
+
+def test_build_info_names_the_compiled_archs():
+    archs = torch.ops.skillkern.build_info()
+    assert isinstance(archs, str) and archs != "unknown"
+    # "80_90": each entry a compute capability the build was asked for (setup.py's token)
+    for a in archs.split("_"):
+        assert a.rstrip("+PTXa").isdigit() and int(a.rstrip("+PTXa")) >= 70, archs
