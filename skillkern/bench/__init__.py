@@ -1,0 +1,77 @@
+"""skillkern's benchmark harness: the op benchmarks, the device ceilings, the history file and
+the charts behind the `skillkern bench` and `skillkern profile` commands.
+
+It lives in the package, not only in the repo's benchmarks/ folder, so that an installed
+skillkern can measure itself (`pip install skillkern; skillkern bench`) and so that there is
+one implementation: benchmarks/bench_<op>.py are thin wrappers around the modules here.
+Scripts that exist only in a checkout (benchmarks/bench_<name>.py without a module here, e.g.
+bench_train_step.py) are found by `ops()` and run by `skillkern bench` the same way.
+
+Nothing here is imported by `import skillkern`.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass
+
+from skillkern.bench._common import REPO
+
+# The op benchmarks that ship with the package: name -> module. Each module has main(argv),
+# accepts the options of _common.new_parser / add_run_args and appends JSON-lines rows to --out.
+BUILTIN = {
+    "skill_ffn": "skillkern.bench.skill_ffn",
+    "token_similarity": "skillkern.bench.token_similarity",
+    "token_reduce": "skillkern.bench.token_reduce",
+}
+
+
+@dataclass(frozen=True)
+class OpBench:
+    """One benchmark `skillkern bench` can run: a module of the package or a repo script."""
+
+    name: str
+    module: str | None = None  # dotted module of a built-in
+    path: str | None = None  # benchmarks/bench_<name>.py of a checkout
+
+    def load(self):
+        """The imported module (a repo script is imported from its file, with benchmarks/ on
+        sys.path so that its `from _common import ...` finds the shim there)."""
+        if self.module:
+            return importlib.import_module(self.module)
+        folder = os.path.dirname(self.path)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+        mod_name = f"skillkern_bench_script_{self.name}"
+        if mod_name in sys.modules:
+            return sys.modules[mod_name]
+        spec = importlib.util.spec_from_file_location(mod_name, self.path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = mod
+        try:
+            spec.loader.exec_module(mod)
+        except BaseException:
+            del sys.modules[mod_name]
+            raise
+        return mod
+
+
+def script_dir() -> str | None:
+    """The checkout's benchmarks/ folder, or None for an installed package."""
+    return os.path.join(REPO, "benchmarks") if REPO else None
+
+
+def ops() -> dict[str, OpBench]:
+    """Every benchmark that can run here, built-ins first, then the checkout's
+    benchmarks/bench_<name>.py whose <name> is not a built-in (those are wrappers)."""
+    out = {name: OpBench(name, module=mod) for name, mod in BUILTIN.items()}
+    folder = script_dir()
+    if folder and os.path.isdir(folder):
+        for fname in sorted(os.listdir(folder)):
+            if fname.startswith("bench_") and fname.endswith(".py"):
+                name = fname[len("bench_"):-len(".py")]
+                if name not in out:
+                    out[name] = OpBench(name, path=os.path.join(folder, fname))
+    return out
