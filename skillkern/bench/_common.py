@@ -51,8 +51,75 @@ CPU_NOTE = ("NOTE: CPU run. Tiny shapes only show that the script works; these n
 FAILED_NOTE = "!!! some providers failed or were wrong: see the messages above !!!"
 
 
+# `skillkern bench` measures the device's ceilings once per run and hands them to every op
+# benchmark it starts through this variable (JSON: {"matmul_tflops": {dtype: TFLOP/s},
+# "copy_gbps": GB/s}), so that each op reports % of the same numbers and none re-measures.
+CEILINGS_ENV = "SKILLKERN_BENCH_CEILINGS"
+
+
+def given_ceilings() -> dict:
+    """The ceilings `skillkern bench` measured for this run ({} when run on its own)."""
+    text = os.environ.get(CEILINGS_ENV)
+    if not text:
+        return {}
+    try:
+        d = json.loads(text)
+    except ValueError:
+        print(f"warning: {CEILINGS_ENV} is not JSON; measuring ceilings here", file=sys.stderr)
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def given_matmul_tflops(dtype_name: str) -> float | None:
+    """The dense matmul TFLOP/s `skillkern bench` measured in dtype_name ("bf16", ...), if any."""
+    v = given_ceilings().get("matmul_tflops", {}).get(dtype_name)
+    return float(v) if v else None
+
+
+def given_copy_gbps() -> float | None:
+    """The device copy GB/s (read + write) `skillkern bench` measured, if any."""
+    v = given_ceilings().get("copy_gbps")
+    return float(v) if v else None
+
+
 class Unavailable(Exception):
     """The provider cannot run here; the message says why."""
+
+
+def backend_reason(op: str, backend: str, device) -> str | None:
+    """None when skillkern's `backend` can run `op` on `device` here, else why not (the
+    provider is then reported unavailable with that reason). Asks skillkern's one backend
+    chooser, and for "cuda" also whether the loaded extension has the op (a library built from
+    older sources loads but lacks newer ops)."""
+    import skillkern
+    from skillkern import _backend
+
+    if backend == "triton" and torch.device(device).type == "cpu" and not interpreting():
+        return ("skipped on CPU by default: Triton needs CUDA; set TRITON_INTERPRET=1 (tiny shapes, "
+                "--dtype fp32: the interpreter's bf16 dot is wrong)")
+    try:
+        _backend.resolve(op, backend, torch.device(device))
+    except skillkern.BackendUnavailable as e:
+        return first_line(e, with_type=False)
+    except Exception as e:  # e.g. a stale extension whose registration hooks fail: cannot run either
+        return f"choosing the backend raised {first_line(e)}"
+    if backend == "cuda":
+        from skillkern.info import _has_native_op
+
+        if not _has_native_op(op):
+            return (f"the loaded extension has no torch.ops.skillkern.{_backend._CUDA_OPS[op]} "
+                    "(built from older sources: rebuild it)")
+    return None
+
+
+def importable(module: str) -> bool:
+    """Whether a peer package could be imported (without importing it)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def no_skillkern(script: str, e: BaseException):
@@ -330,6 +397,7 @@ def run_shapes(shapes, run_one, args, device, env: dict, rows: list[dict], t0: f
     count is printed at the end. Returns whether every shape was right."""
     all_ok = True
     for i, shape in enumerate(shapes):
+        print(f"\n[shape {i + 1}/{len(shapes)}, {time.time() - t0:.0f} s elapsed]", flush=True)
         if args.time_budget and time.time() - t0 > args.time_budget:
             print(f"\n!!! time budget of {args.time_budget:g} s spent: skipping {len(shapes) - i} "
                   f"shape(s): {', '.join(s.label() for s in shapes[i:])} !!!")

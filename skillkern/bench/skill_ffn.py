@@ -4,11 +4,17 @@
 
 Providers (each builds one forward callable; the modes are built on top of it):
   skillkern-triton   skillkern.skill_ffn(..., backend="triton")
+  skillkern-cuda     skillkern.skill_ffn(..., backend="cuda"): the CUDA C++ extension
+                     (unavailable, with the reason, where it is not built or lacks the op)
   skillkern-torch    skillkern.skill_ffn(..., backend="torch") (skillkern's reference loop)
   skill-loop         plain-torch per-skill loop written here; the routing (nonzero per skill,
                      one host sync each) is timed, as a user would pay it
   grouped-mm         stable argsort by skill + torch._grouped_mm (CUTLASS grouped GEMM on sm90)
   torch-compile-ref  torch.compile(skill-loop), compiled once before timing
+  liger-moe          liger-kernel's fused MoE (LigerFusedMoEFunction: routing, gather + GEMM +
+                     SwiGLU, GEMM, weighted combine) when liger_kernel imports; SwiGLU without
+                     biases only (--activation swiglu --no-bias), weights transposed to its
+                     (E, out, in) layout once before timing
   dense-cublas       one dense FFN (addmm, act, addmm) doing the same activated FLOPs: the
                      ceiling that "% of dense" refers to; not the same function, so it is not
                      checked against the reference
@@ -41,25 +47,32 @@ import torch
 
 import skillkern as sk
 from skillkern.bench._common import (CPU_NOTE, DTYPES, FAILED_NOTE, MODE_FLOP_FACTOR, Unavailable,
-                                    add_run_args, by_shape, check_errors, default_out, env_info,
+                                    add_run_args, by_shape, backend_reason, check_errors, default_out, env_info,
+                                    first_line, given_matmul_tflops, importable,
                                     fmt, free_memory, goal_line, interpreting, last_mode, met,
                                     mode_fn, new_parser, parse_modes, parse_providers, pick_device,
                                     pick_shapes, print_header, rel_err, run_shapes, setup_failed,
                                     speedup, stamp_rows, sync, table_head, table_line, time_modes)
 from skillkern.ops.skill_ffn.reference import activation_ref, skill_ffn_ref, slot_scale
 
+OP = "skill_ffn"
+METRIC = "tflops"  # compute-bound: activated TFLOP/s, % of the dense matmul ceiling
 PROVIDERS = (
     "skillkern-triton",
+    "skillkern-cuda",
     "skillkern-torch",
     "skill-loop",
     "grouped-mm",
     "torch-compile-ref",
+    "liger-moe",
     "dense-cublas",
 )
-BASELINES = ("skill-loop", "skillkern-torch", "grouped-mm", "torch-compile-ref")
-# skillkern-triton last: should a kernel fault (a CUDA error ends the process), the shape's
-# baselines are already on record.
-DEFAULT_GPU_PROVIDERS = ("skill-loop", "grouped-mm", "torch-compile-ref", "dense-cublas", "skillkern-triton")
+BASELINES = ("skill-loop", "skillkern-torch", "grouped-mm", "torch-compile-ref", "liger-moe")
+# skillkern's kernels last: should one fault (a CUDA error ends the process), the shape's
+# baselines are already on record. liger-moe only when liger_kernel imports (an optional peer).
+DEFAULT_GPU_PROVIDERS = ("skill-loop", "grouped-mm", "torch-compile-ref", "liger-moe", "dense-cublas",
+                         "skillkern-cuda", "skillkern-triton")
+PEERS = {"liger-moe": "liger_kernel"}  # provider -> module; left out of the defaults when absent
 DEFAULT_CPU_PROVIDERS = ("skill-loop", "skillkern-torch", "grouped-mm", "dense-cublas")
 # Modes and their FLOP factors are _common's: bwd runs two GEMMs per forward GEMM (dX and dW).
 # Relative error allowed vs the fp32 reference: bf16 operands land near 1e-3..1e-2; fp32 may run
@@ -236,6 +249,7 @@ class Runner:
     inputs: tuple  # tensors the gradients are taken for
     dy: torch.Tensor
     checked: bool = True  # False: a different function (dense ceiling), not compared
+    to_ref: object = None  # grads -> the reference's layout (x, w1, w2[, b1, b2]), when they differ
 
     def timed(self, mode: str):  # the callable that mode times
         return mode_fn(mode, self.forward, self.inputs, self.dy)
@@ -273,13 +287,9 @@ def make_case(shape: Shape, dtype, device, activation: str, bias: bool, seed: in
 
 
 def _sk_runner(case: Case, backend: str) -> Runner:
-    dev = case.x.device
-    if backend == "triton" and dev.type == "cpu" and not interpreting():
-        raise Unavailable("skipped on CPU by default: Triton needs CUDA; set TRITON_INTERPRET=1 (tiny shapes only)")
-    if hasattr(sk, "available_backends"):
-        avail = sk.available_backends("skill_ffn", dev)
-        if backend not in avail:
-            raise Unavailable(f"backend {backend!r} not available on {dev} (available: {avail})")
+    why = backend_reason("skill_ffn", backend, case.x.device)
+    if why:
+        raise Unavailable(why)
     c = case
 
     def forward():
@@ -377,12 +387,45 @@ def _dense_runner(case: Case) -> Runner:
     return Runner(forward, inputs, dyd, checked=False)
 
 
+def _liger_runner(case: Case) -> Runner:
+    """liger-kernel's LigerFusedMoEFunction.apply(x, gate_up (E, 2h, d), down (E, d, h),
+    top_k_index (T, k) int32, top_k_weights (T, k)): gate half first, like skillkern's swiglu."""
+    if case.activation != "swiglu" or case.b1 is not None:
+        raise Unavailable("liger's fused MoE computes SwiGLU experts without biases: run with "
+                          "--activation swiglu --no-bias")
+    if case.x.device.type == "cpu" and not interpreting():
+        raise Unavailable("liger's fused MoE runs Triton kernels: CUDA, or TRITON_INTERPRET=1 on CPU")
+    try:
+        from liger_kernel.ops.fused_moe import LigerFusedMoEFunction
+    except Exception as e:
+        raise Unavailable(f"liger_kernel.ops.fused_moe not importable ({first_line(e)}); "
+                          "pip install liger-kernel (GPU machine: a wheel in .whl, see gpu_check.sh)")
+    c = case
+    T, E = c.shape.T, c.shape.E
+    ids = c.ids.reshape(T, -1)
+    top_w = slot_scale(ids, E, None).to(c.x.dtype)  # the average over a token's skills
+    top_i = ids.to(torch.int32).contiguous()
+    gate_up = c.w1.detach().transpose(1, 2).contiguous().requires_grad_()  # (E, 2h, d)
+    down = c.w2.detach().transpose(1, 2).contiguous().requires_grad_()     # (E, d, h)
+
+    def forward():
+        return LigerFusedMoEFunction.apply(c.x, gate_up, down, top_i, top_w)
+
+    def to_ref(grads):
+        gx, g_gu, g_down = grads
+        return gx, g_gu.transpose(1, 2), g_down.transpose(1, 2)
+
+    return Runner(forward, (c.x, gate_up, down), c.dy, to_ref=to_ref)
+
+
 BUILDERS = {
     "skillkern-triton": lambda c: _sk_runner(c, "triton"),
+    "skillkern-cuda": lambda c: _sk_runner(c, "cuda"),
     "skillkern-torch": lambda c: _sk_runner(c, "torch"),
     "skill-loop": lambda c: _fn_runner(c, skill_loop_ffn),
     "grouped-mm": _grouped_runner,
     "torch-compile-ref": _compile_runner,
+    "liger-moe": _liger_runner,
     "dense-cublas": _dense_runner,
 }
 
@@ -422,6 +465,7 @@ class check_ids:
 def run_shape(shape: Shape, providers, modes, args, device, dtype, env) -> tuple[list[dict], bool]:
     """Check, then time every provider on one shape; returns the rows and whether all were right."""
     case = make_case(shape, dtype, device, args.activation, not args.no_bias, args.seed)
+    peak = given_matmul_tflops(args.dtype)  # the dense matmul ceiling `skillkern bench` measured
     fwd_tflop = case.fwd_flops() / 1e12
     print(f"\n== {shape.label()}  N_active={case.n_active}  fwd {fwd_tflop:.4g} TFLOP  {args.dtype} {args.activation}")
     with check_ids(True):
@@ -446,6 +490,8 @@ def run_shape(shape: Shape, providers, modes, args, device, dtype, env) -> tuple
                 # The first call compiles / autotunes; it is also the correctness check.
                 y = runner.forward()
                 grads = torch.autograd.grad(y, runner.inputs, runner.dy, allow_unused=True)
+                if runner.to_ref is not None:
+                    grads = runner.to_ref(grads)
                 sync(device)
         except Exception as e:
             rows.append(setup_failed(prov, row0, e, isinstance(e, (Unavailable, sk.BackendUnavailable))))
@@ -477,6 +523,7 @@ def run_shape(shape: Shape, providers, modes, args, device, dtype, env) -> tuple
         best = min(bases, key=lambda r: r["ms"]) if bases else None
         for r in ok:
             r["pct_dense"] = 100.0 * r["tflops"] / dense["tflops"] if dense else None
+            r["pct_peak"] = 100.0 * r["tflops"] / peak if peak else None
             r["best_baseline"] = best["provider"] if best else None
             r["speedup_vs_best_baseline"] = best["ms"] / r["ms"] if best else None
     stamp_rows(rows)
@@ -530,7 +577,7 @@ def main(argv=None) -> int:
     cpu = device.type != "cuda"
     dtype = DTYPES[args.dtype]
     shapes = pick_shapes(args, cpu, PRESETS, parse_shape)
-    default = DEFAULT_GPU_PROVIDERS
+    default = tuple(p for p in DEFAULT_GPU_PROVIDERS if p not in PEERS or importable(PEERS[p]))
     if cpu:  # the interpreted Triton kernel runs first: it takes longest
         default = (("skillkern-triton",) if interpreting() else ()) + DEFAULT_CPU_PROVIDERS
     providers = parse_providers(args.providers, PROVIDERS, default)

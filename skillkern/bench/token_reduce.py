@@ -14,6 +14,8 @@ Providers (each builds one forward callable returning out (B, S, D); the modes a
                     score convs folded into one (D, S) matrix, the fused op, then the grouped value
                     projection on the S pooled rows. Without that module (or with --impl bench):
                     the same computed here from skillkern.token_reduce / token_pool.
+  skillkern-cuda    the same with backend "cuda": the CUDA C++ extension (unavailable, with the
+                    reason, where it is not built or lacks the op)
   skillkern-torch   the same with backend "torch" (skillkern's fp32 reference of the op)
   eager-wukong      the literal conv-by-conv module: LayerNorm, grouped Conv1d, Conv1d to S, masked
                     softmax over positions, the grouped value Conv1d at all N positions, bmm.
@@ -83,20 +85,23 @@ from torch import nn
 
 import skillkern as sk
 from skillkern.bench._common import (CPU_NOTE, DTYPES, FAILED_NOTE, MODES, MODE_FLOP_FACTOR,
-                                    Unavailable, add_run_args, add_speedups, append_rows, by_shape,
+                                    Unavailable, add_run_args, add_speedups, append_rows, backend_reason, by_shape,
                                     check_errors, copy_bandwidth, default_out, env_info,
-                                    first_line, fmt, free_memory, goal_row, interpreting,
+                                    first_line, fmt, free_memory, given_copy_gbps, goal_row, interpreting,
                                     last_mode, met, mode_fn, new_parser, now_iso, parse_modes,
                                     parse_providers, pick_device, pick_shapes, print_header,
                                     rel_err, run_shapes, setup_failed, speedup, stamp_rows, sync,
                                     table_head, table_line, time_modes)
 
-PROVIDERS = ("skillkern-triton", "skillkern-torch", "eager-wukong", "compiled-wukong")
-# skillkern-triton last: should a kernel fault (a CUDA error ends the process), the shape's
+OP = "token_reduce"
+METRIC = "gbps"  # memory-bound: GB/s of the minimum bytes, % of the device copy ceiling
+PROVIDERS = ("skillkern-triton", "skillkern-cuda", "skillkern-torch", "eager-wukong", "compiled-wukong")
+BASELINES = ("eager-wukong", "compiled-wukong")
+# skillkern's kernels last: should one fault (a CUDA error ends the process), the shape's
 # baselines are already on record.
-DEFAULT_GPU_PROVIDERS = ("eager-wukong", "compiled-wukong", "skillkern-torch", "skillkern-triton")
+DEFAULT_GPU_PROVIDERS = ("eager-wukong", "compiled-wukong", "skillkern-torch", "skillkern-cuda", "skillkern-triton")
 DEFAULT_CPU_PROVIDERS = ("eager-wukong", "skillkern-torch")
-SKILLKERN = ("skillkern-triton", "skillkern-torch")
+SKILLKERN = ("skillkern-triton", "skillkern-cuda", "skillkern-torch")
 # Floor of the allowed relative error; the check allows max(floor, 2 x torch's own error).
 TOLERANCE = {torch.bfloat16: 2e-2, torch.float16: 2e-2, torch.float32: 5e-3}
 PARAMS = ("norm.weight", "norm.bias", "score_conv1.weight", "score_conv2.weight", "value_conv.weight")
@@ -354,14 +359,10 @@ class _Functional(nn.Module):
 
 def _sk_runner(case: Case, args, backend: str) -> Runner:
     dev, s = case.x.device, case.shape
-    if backend == "triton":
-        if dev.type == "cpu" and not interpreting():
-            raise Unavailable("skipped on CPU by default: Triton needs CUDA; set TRITON_INTERPRET=1 "
-                              "(tiny shapes, --dtype fp32: the interpreter's bf16 dot is wrong)")
-        op = "token_reduce" if s.values == "norm" else "token_pool"
-        avail = sk.available_backends(op, dev)
-        if backend not in avail:
-            raise Unavailable(f"backend {backend!r} not available for {op} on {dev} (available: {avail})")
+    if backend != "torch":
+        why = backend_reason("token_reduce" if s.values == "norm" else "token_pool", backend, dev)
+        if why:
+            raise Unavailable(why)
     TokenReduction, _ = skillkern_modules()
     if TokenReduction is not None and args.impl != "bench":
         try:
@@ -385,6 +386,7 @@ def _sk_runner(case: Case, args, backend: str) -> Runner:
 def builders(args):
     return {
         "skillkern-triton": lambda c: _sk_runner(c, args, "triton"),
+        "skillkern-cuda": lambda c: _sk_runner(c, args, "cuda"),
         "skillkern-torch": lambda c: _sk_runner(c, args, "torch"),
         "eager-wukong": lambda c: _eager_runner(c, args),
         "compiled-wukong": lambda c: _compiled_runner(c, args),
@@ -674,8 +676,10 @@ def main(argv=None) -> int:
         args.out = default_out("token_reduce", cpu)
 
     t0 = time.time()
-    all_rows, copy_gbps = [], None
-    if args.copy_gb > 0:
+    all_rows, copy_gbps = [], given_copy_gbps()
+    if copy_gbps:
+        print(f"  copy               {copy_gbps:.1f} GB/s (read + write), measured by `skillkern bench` for this run")
+    elif args.copy_gb > 0:
         row = measure_copy(args.copy_gb, device, args, env)
         if row["status"] == "ok":
             copy_gbps = row["gbps"]

@@ -6,6 +6,8 @@
 Providers (each builds one forward callable returning (i2t, t2i); the modes are built on top):
   skillkern-triton  skillkern.token_similarity(..., backend="triton"): one fused pass, no
                     (Bi, Bt, Ni, Nt) tensor
+  skillkern-cuda    skillkern.token_similarity(..., backend="cuda"): the CUDA C++ extension
+                    (unavailable, with the reason, where it is not built or lacks the op)
   skillkern-torch   skillkern.token_similarity(..., backend="torch") (skillkern's reference)
   naive             einsum -> (Bi, Bt, Ni, Nt) in the input dtype -> masked amax both ways ->
                     masked mean; autograd
@@ -69,8 +71,8 @@ import torch.nn.functional as F
 
 import skillkern as sk
 from skillkern.bench._common import (CPU_NOTE, DTYPES, FAILED_NOTE, MODE_FLOP_FACTOR, Unavailable,
-                                    add_run_args, add_speedups, append_rows, by_shape,
-                                    check_errors, default_out, env_info, first_line, fmt,
+                                    add_run_args, add_speedups, append_rows, backend_reason, by_shape, importable,
+                                    check_errors, default_out, env_info, first_line, fmt, given_matmul_tflops,
                                     free_memory, goal_line, interpreting, last_mode, met, mode_fn,
                                     new_parser, now_iso, parse_modes, parse_providers, pick_device,
                                     pick_shapes, print_header, rel_err, run_shapes, setup_failed,
@@ -78,12 +80,16 @@ from skillkern.bench._common import (CPU_NOTE, DTYPES, FAILED_NOTE, MODE_FLOP_FA
                                     time_ms)
 from skillkern.ops.token_similarity.reference import token_similarity_ref
 
-PROVIDERS = ("skillkern-triton", "skillkern-torch", "naive", "chunked-naive", "lik", "flash-maxsim")
-PEERS = {"lik": "late_interaction_kernels", "flash-maxsim": "flash_maxsim"}  # provider -> module
+OP = "token_similarity"
+METRIC = "tflops"  # nominal FLOPs 2*Bi*Bt*Ni*Nt*D per forward, % of the dense matmul ceiling
+PROVIDERS = ("skillkern-triton", "skillkern-cuda", "skillkern-torch", "naive", "chunked-naive", "lik", "flash-maxsim")
+BASELINES = ("naive", "chunked-naive", "lik", "flash-maxsim")
+# Optional peers: provider -> module; in the default providers only when they import.
+PEERS = {"lik": "late_interaction_kernels", "flash-maxsim": "flash_maxsim"}
 NAIVE = ("naive", "chunked-naive")
-# skillkern-triton last: should a kernel fault (a CUDA error ends the process), the shape's
+# skillkern's kernels last: should one fault (a CUDA error ends the process), the shape's
 # baselines are already on record.
-DEFAULT_GPU_PROVIDERS = ("naive", "chunked-naive", "lik", "flash-maxsim", "skillkern-triton")
+DEFAULT_GPU_PROVIDERS = ("naive", "chunked-naive", "lik", "flash-maxsim", "skillkern-cuda", "skillkern-triton")
 DEFAULT_CPU_PROVIDERS = ("naive", "chunked-naive", "skillkern-torch")
 # Modes and their FLOP factors are _common's: bwd is two GEMM-shaped products per forward one
 # (d_img from txt, d_txt from img).
@@ -267,14 +273,9 @@ def _runner(case: Case, forward, version=None) -> Runner:
 
 
 def _sk_runner(case: Case, backend: str) -> Runner:
-    dev = case.img.device
-    if backend == "triton":
-        if dev.type == "cpu" and not interpreting():
-            raise Unavailable("skipped on CPU by default: Triton needs CUDA; set TRITON_INTERPRET=1 "
-                              "(tiny shapes, --dtype fp32: the interpreter's bf16 dot is wrong)")
-        avail = sk.available_backends("token_similarity", dev)
-        if backend not in avail:
-            raise Unavailable(f"backend {backend!r} not available on {dev} (available: {avail})")
+    why = backend_reason("token_similarity", backend, case.img.device)
+    if why:
+        raise Unavailable(why)
     c = case
 
     def forward():
@@ -343,6 +344,7 @@ def _flash_maxsim_runner(case: Case) -> Runner:
 def builders(args):
     return {
         "skillkern-triton": lambda c: _sk_runner(c, "triton"),
+        "skillkern-cuda": lambda c: _sk_runner(c, "cuda"),
         "skillkern-torch": lambda c: _sk_runner(c, "torch"),
         "naive": lambda c: _naive_runner(c, None),
         "chunked-naive": lambda c: _naive_runner(c, args.chunk),
@@ -612,7 +614,7 @@ def main(argv=None) -> int:
     if args.peak_size is None:
         args.peak_size = 256 if cpu else 8192
     shapes = pick_shapes(args, cpu, PRESETS, parse_shape)
-    default = DEFAULT_GPU_PROVIDERS
+    default = tuple(p for p in DEFAULT_GPU_PROVIDERS if p not in PEERS or importable(PEERS[p]))
     if cpu:  # the interpreted Triton kernel runs first: it takes longest
         default = (("skillkern-triton",) if interpreting() else ()) + DEFAULT_CPU_PROVIDERS
     providers = parse_providers(args.providers, PROVIDERS, default, " (matmul-peak: --peak-size)")
@@ -631,8 +633,10 @@ def main(argv=None) -> int:
         args.out = default_out("token_similarity", cpu)
 
     t0 = time.time()
-    all_rows, peak_tflops = [], None
-    if args.peak_size > 0:
+    all_rows, peak_tflops = [], given_matmul_tflops(args.dtype)
+    if peak_tflops:
+        print(f"  matmul-peak        {peak_tflops:.4g} TFLOP/s {args.dtype}, measured by `skillkern bench` for this run")
+    elif args.peak_size > 0:
         peak = measure_peak(args.peak_size, dtype, device, args, env)
         if peak["status"] == "ok":
             peak_tflops = peak["tflops"]
