@@ -252,6 +252,8 @@ void launch_skill_route(const at::Tensor& ids, int64_t num_skills, at::Tensor& o
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor> skill_route_cuda(const at::Tensor& skill_ids, int64_t num_skills) {
   TORCH_CHECK(skill_ids.is_cuda(), "skill_route (CUDA): skill_ids must be a CUDA tensor, got ",
               skill_ids.device());
@@ -266,8 +268,6 @@ std::tuple<at::Tensor, at::Tensor> skill_route_cuda(const at::Tensor& skill_ids,
   }
   return {b.order, b.offsets};
 }
-
-}  // namespace
 
 TORCH_LIBRARY_IMPL(skillkern, CUDA, m) {
   m.impl("skill_route", &skill_route_cuda);

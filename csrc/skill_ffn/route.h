@@ -70,4 +70,8 @@ inline RouteBuffers prepare_skill_route(const at::Tensor& skill_ids, int64_t num
   return buf;
 }
 
+// The CUDA routing (route.cu), on the current stream with no host sync; skill_ffn_fwd_cuda
+// calls it too. skill_ids: any shape, on a CUDA device.
+std::tuple<at::Tensor, at::Tensor> skill_route_cuda(const at::Tensor& skill_ids, int64_t num_skills);
+
 }  // namespace skillkern
