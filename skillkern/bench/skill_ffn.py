@@ -565,13 +565,27 @@ then times forward, backward and forward+backward, and reports activated TFLOP/s
 dense cuBLAS FFN doing the same FLOPs (the ceiling), and the speedup over the fastest baseline."""
 
 
-def main(argv=None) -> int:
+def build_parser():
+    """This benchmark's command line (also parsed by `skillkern profile`)."""
     ap = new_parser(__doc__, "one shape: T=256,d=64,h=128 on CPU; the goal shape on a GPU",
                     "T=..:d=..:h=..:E=..:routing=uniform|skewed:k=..", PRESETS, PROVIDERS)
     ap.add_argument("--activation", default="gelu", choices=["gelu", "gelu_tanh", "relu", "silu", "swiglu"])
     ap.add_argument("--no-bias", action="store_true", help="b1 = b2 = None (default: bias on)")
     add_run_args(ap, "skill_ffn", "The goal shape runs first.")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def profile_target(shape: Shape, provider: str, mode: str, args, device):
+    """For `skillkern profile`: the callable that `mode` times for `provider` at `shape`, and
+    the work of one call ({"flops": activated FLOPs}). args: this module's parsed options."""
+    case = make_case(shape, DTYPES[args.dtype], device, args.activation, not args.no_bias, args.seed)
+    sk.set_check_ids(False)  # the id range check syncs with the host every call: off, as when timing
+    runner = BUILDERS[provider](case)
+    return runner.timed(mode), {"flops": case.fwd_flops() * MODE_FLOP_FACTOR[mode]}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
 
     device = pick_device(args.device)
     cpu = device.type != "cuda"

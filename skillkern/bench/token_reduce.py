@@ -636,7 +636,8 @@ and forward+backward, and reports GB/s of the minimum bytes, the % of a device c
 same run, peak extra memory, and the speedup over the eager and the compiled module."""
 
 
-def main(argv=None) -> int:
+def build_parser():
+    """This benchmark's command line (also parsed by `skillkern profile`)."""
     ap = new_parser(__doc__, "two tiny shapes (B=4, N=9, D=16, S=3; one masked) on CPU; the 3 goal shapes on a GPU",
                     "B=..:N=..:D=..:S=..[:G=..:lmin=..:values=norm|input]", PRESETS, PROVIDERS)
     ap.add_argument("--eps", type=float, default=1e-5, help="LayerNorm epsilon")
@@ -646,7 +647,21 @@ def main(argv=None) -> int:
     ap.add_argument("--copy-gb", type=float, default=None,
                     help="GiB of the copy row's buffer (default 1 on a GPU, 0.0625 on CPU; 0 = skip)")
     add_run_args(ap, "token_reduce", "The goal shapes run first.")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def profile_target(shape: Shape, provider: str, mode: str, args, device):
+    """For `skillkern profile`: the callable that `mode` times for `provider` at `shape`, and
+    the work of one call ({"flops", "bytes": the minimum bytes}). args: this module's options."""
+    dtype = DTYPES[args.dtype]
+    case = make_case(shape, dtype, device, args.seed, args.eps)
+    runner = builders(args)[provider](case)
+    return runner.timed(mode), {"flops": shape.fwd_flops() * MODE_FLOP_FACTOR[mode],
+                                "bytes": shape.min_bytes(mode, torch.finfo(dtype).bits // 8)}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
 
     device = pick_device(args.device)
     cpu = device.type != "cuda"

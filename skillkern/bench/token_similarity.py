@@ -594,7 +594,8 @@ then times forward, backward and forward+backward, and reports TFLOP/s, the % of
 measured in the same run, peak extra memory, and the speedup over naive torch and over LIK."""
 
 
-def main(argv=None) -> int:
+def build_parser():
+    """This benchmark's command line (also parsed by `skillkern profile`)."""
     ap = new_parser(__doc__, "one shape: B=8,Ni=12,Nt=8,D=32 on CPU; the goal shape on a GPU",
                     "B=..:Ni=..:Nt=..:D=..[:Bi=..:Bt=..:tmin=..:imin=..]", PRESETS, PROVIDERS)
     ap.add_argument("--chunk", type=int, default=None,
@@ -602,7 +603,21 @@ def main(argv=None) -> int:
     ap.add_argument("--peak-size", type=int, default=None,
                     help="n of the n^3 matmul-peak (default 8192 on a GPU, 256 on CPU; 0 = skip)")
     add_run_args(ap, "token_similarity", "The goal shape runs first.")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def profile_target(shape: Shape, provider: str, mode: str, args, device):
+    """For `skillkern profile`: the callable that `mode` times for `provider` at `shape`, and
+    the work of one call ({"flops": nominal FLOPs}). args: this module's parsed options."""
+    if args.chunk is None:
+        args.chunk = 3 if device.type != "cuda" else 64
+    case = make_case(shape, DTYPES[args.dtype], device, args.seed)
+    runner = builders(args)[provider](case)
+    return runner.timed(mode), {"flops": shape.fwd_flops() * MODE_FLOP_FACTOR[mode]}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
 
     device = pick_device(args.device)
     cpu = device.type != "cuda"
