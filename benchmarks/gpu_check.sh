@@ -16,6 +16,12 @@
 #   bash benchmarks/gpu_check.sh --skip-tests --bench tokred    # only the token_reduce bench, whole budget
 #   TOKSIM_BENCH_ARGS="--shapes goal --providers lik,skillkern-triton" bash benchmarks/gpu_check.sh --bench toksim
 #   TOKRED_BENCH_ARGS="--shapes goal --modes fwd+bwd" bash benchmarks/gpu_check.sh --bench tokred
+#   bash benchmarks/gpu_check.sh --skip-tests --bench cli   # `skillkern bench` over every op (the
+#       package's and benchmarks/bench_*.py such as bench_train_step.py), ceilings measured in the
+#       run, equal time shares; writes cli.log, history.jsonl (copy its rows into
+#       benchmarks/results/history.jsonl), bench.md (README's Benchmarks table) and results.tar
+#       (plots/*.png and each op's raw rows)
+#   CLI_BENCH_ARGS="--op skill_ffn --shapes gpu-quick" bash benchmarks/gpu_check.sh --skip-tests --bench cli
 #
 # Budget: the device tool stops a command at 10 minutes; this script aims at 9 (GPU_CHECK_BUDGET_S,
 # default 540 s). Build and tests take what they take (pytest is capped at PYTEST_TIMEOUT_S, default
@@ -52,9 +58,9 @@ while [ $# -gt 0 ]; do
         --skip-build) BUILD=0 ;;
         --skip-tests) TESTS=0 ;;
         --bench) shift; BENCH=${1:-}
-                 case "$BENCH" in all|ffn|toksim|tokred) ;; *) echo "--bench takes all, ffn, toksim or tokred"; exit 2 ;; esac ;;
+                 case "$BENCH" in all|ffn|toksim|tokred|cli) ;; *) echo "--bench takes all, ffn, toksim, tokred or cli"; exit 2 ;; esac ;;
         --) shift; BENCH_EXTRA=("$@"); break ;;
-        -h|--help) sed -n '2,41p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,47p' "$0"; exit 0 ;;
         *) echo "unknown option $1 (see --help)"; exit 2 ;;
     esac
     shift
@@ -168,9 +174,37 @@ if [ "$BENCH" = all ] || [ "$BENCH" = tokred ]; then
     [ "$TOKRED_RC" = 124 ] && echo "!!! token_reduce bench killed at its time limit; rows of finished shapes are in $OUT/token_reduce.jsonl !!!"
 fi
 
-echo "== summary ($(elapsed) s): build rc=$BUILD_RC | pytest rc=$TEST_RC: $(tail -1 "$OUT/pytest.log" 2>/dev/null) | bench rc=$BENCH_RC | toksim rc=$TOKSIM_RC | tokred rc=$TOKRED_RC"
+CLI_RC=skipped
+if [ "$BENCH" = cli ]; then
+    # Peers as for the token_similarity bench: installed into a folder put on the path.
+    PEER_SITE=/tmp/skillkern_peers
+    if ls .whl/*.whl > /dev/null 2>&1; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target "$PEER_SITE" .whl/*.whl >> "$OUT/env.txt" 2>&1 || echo "peer wheels: install FAILED (see env.txt)"
+    fi
+    LEFT=$(( BUDGET - $(elapsed) - 90 ))  # each op may overrun its share by up to 60 s
+    [ "$LEFT" -lt 120 ] && LEFT=120
+    RAW=$(mktemp -d)
+    # shellcheck disable=SC2206  # CLI_BENCH_ARGS is split into words on purpose
+    CLI_EXTRA=(${CLI_BENCH_ARGS:-})
+    SHAPES=()
+    [ "$QUICK" = 1 ] && SHAPES=(--shapes gpu-quick)
+    PASS=()  # what follows -- goes to every op benchmark
+    [ ${#BENCH_EXTRA[@]} -gt 0 ] && PASS=(-- "${BENCH_EXTRA[@]}")
+    echo "== skillkern bench: time budget ${LEFT} s (log: $OUT/cli.log)"
+    SKILLKERN_RESULTS_DIR="$RAW" PYTHONPATH="$PEER_SITE${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 \
+        timeout $(( LEFT + 90 )) python3 -m skillkern.cli bench --time-budget "$LEFT" "${SHAPES[@]}" \
+        --history "$OUT/history.jsonl" --plot "$RAW/plots" --markdown "$OUT/bench.md" "${CLI_EXTRA[@]}" \
+        "${PASS[@]}" 2>&1 | tee "$OUT/cli.log"
+    CLI_RC=${PIPESTATUS[0]}
+    tar -cf "$OUT/results.tar" -C "$RAW" . 2>/dev/null
+    rm -rf "$RAW"
+fi
+
+echo "== summary ($(elapsed) s): build rc=$BUILD_RC | pytest rc=$TEST_RC: $(tail -1 "$OUT/pytest.log" 2>/dev/null) | bench rc=$BENCH_RC | toksim rc=$TOKSIM_RC | tokred rc=$TOKRED_RC | cli rc=$CLI_RC"
 case "$BENCH" in all|ffn) grep -m1 '^GPU goal' "$OUT/bench.log" || echo "GPU goal (skill_ffn): no goal line (bench did not finish)" ;; esac
 case "$BENCH" in all|toksim) grep -m1 '^GPU goal' "$OUT/toksim.log" || echo "GPU goal (token_similarity): no goal line (bench did not finish)" ;; esac
 # token_reduce: one line per goal shape, then the verdict
 case "$BENCH" in all|tokred) grep '^GPU goal' "$OUT/tokred.log" || echo "GPU goal (token_reduce): no goal line (bench did not finish)" ;; esac
+case "$BENCH" in cli) grep '^GPU goal' "$OUT/cli.log" || echo "GPU goal: no goal line in cli.log (bench did not finish)" ;; esac
 exit 0

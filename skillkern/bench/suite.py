@@ -48,7 +48,9 @@ def add_args(ap) -> None:
                     help="passed to every op: preset names (cpu, gpu, gpu-quick, goal) or that op's specs")
     ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     ap.add_argument("--time-budget", type=float, default=0.0,
-                    help="seconds for the whole run, shared by the ops in order (0 = no limit)")
+                    help="seconds for the whole run (0 = no limit): each op gets an equal share of what is "
+                         "left when it starts (time an op leaves unused goes to the ones after it), starts no "
+                         "new shape past its share (goal shapes run first) and is stopped 60 s past it")
     ap.add_argument("--history", default=None,
                     help="history file (default benchmarks/results/history.jsonl; CPU runs: history.cpu.jsonl)")
     ap.add_argument("--compare", default=None, metavar="REV|FILE",
@@ -148,9 +150,11 @@ def summary_lines(rows: list[dict], ceilings: dict | None, baselines: dict) -> l
 def markdown(rows: list[dict], ceilings: dict | None) -> str:
     """Markdown tables of a run (the fwd+bwd phase when measured), for README's Benchmarks."""
     r0 = rows[0]
-    out = [f"Device: {r0.get('device')}; torch {r0['versions'].get('torch')}, triton {r0['versions'].get('triton')}, "
-           f"CUDA {r0['versions'].get('cuda')}, driver {r0['versions'].get('driver')}; commit {r0.get('commit')}; "
-           f"dtype {r0.get('dtype')}."]
+    v = {k: r0["versions"].get(k) or "-" for k in ("torch", "triton", "cuda", "driver")}
+    out = [f"Device: {r0.get('device')}; torch {v['torch']}, triton {v['triton']}, CUDA {v['cuda']}, "
+           f"driver {v['driver']}; commit {r0.get('commit')}; dtype {r0.get('dtype')}."]
+    if str(r0.get("device", "")).startswith("cpu"):
+        out.append("**CPU run: these numbers show that everything runs; they are NOT performance data.**")
     if ceilings:
         out.append(f"Ceilings measured in the same run: {ceil_mod.describe(ceilings)}.")
     for op in dict.fromkeys(r["op"] for r in rows):
@@ -161,7 +165,7 @@ def markdown(rows: list[dict], ceilings: dict | None) -> str:
         if not op_rows:
             continue
         unit = hist.UNIT.get(op_rows[0].get("metric"), "")
-        out += ["", f"**{op}** ({phase}; median of do_bench, x = speedup over the baseline named)", "",
+        out += ["", f"**{op}** ({phase}; median time, x = speedup over the baseline named)", "",
                 f"| shape | provider | ms | {unit} | % ceiling | speedups |", "| --- | --- | --- | --- | --- | --- |"]
         for r in op_rows:
             sp = ", ".join(f"{b} {x:.2f}x" for b, x in r["speedup"].items() if b != r["provider"])
@@ -204,7 +208,9 @@ def run(args, op_args: list[str]) -> int:
         print(f"ceilings: {ceil_mod.describe(ceilings)}", flush=True)
         rows = []
         for i, name in enumerate(names):
-            left = args.time_budget - (time.time() - t0) if args.time_budget else None
+            left = None
+            if args.time_budget:
+                left = (args.time_budget - (time.time() - t0)) / (len(names) - i)  # this op's share
             if left is not None and left <= 0:
                 print(f"\n!!! time budget of {args.time_budget:g} s spent: {name} not run !!!")
                 all_ok = False
@@ -214,7 +220,7 @@ def run(args, op_args: list[str]) -> int:
             if args.quick and cpu:
                 argv += ["--cpu-reps", "5"]  # a CPU --quick run shows that things run; 5 timed calls do
             argv += (["--shapes", *args.shapes] if args.shapes else []) + ["--device", device.type]
-            argv += ["--time-budget", f"{left:.0f}"] if left is not None else []
+            argv += ["--time-budget", f"{max(1.0, left):.0f}"] if left is not None else []  # 0 = no limit
             raw, rc = run_op(available[name], argv + op_args, ceilings, left + 60 if left is not None else None,
                              in_process=cpu)
             if rc not in (0, 1):
@@ -242,7 +248,9 @@ def run(args, op_args: list[str]) -> int:
     if args.plot is not None:
         from skillkern.bench.plot import plot_run
 
-        out_dir = args.plot or os.path.join(os.path.dirname(os.path.abspath(history_path)), "plots")
+        # CPU charts beside the git-ignored CPU history, apart from the GPU ones that are committed
+        out_dir = args.plot or os.path.join(os.path.dirname(os.path.abspath(history_path)),
+                                            "plots.cpu" if str(rows[0].get("device", "")).startswith("cpu") else "plots")
         try:
             files = plot_run(rows, hist.read(history_path), out_dir, baselines)
             print(f"\nplots: {', '.join(files) if files else 'none (no speedups or history to draw)'}")
