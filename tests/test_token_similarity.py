@@ -3,18 +3,32 @@
 The reference is evaluated in float64 on the inputs as rounded to the test dtype (the exact
 answer for what the backend receives). Tolerance: at most 2x the error of PyTorch's own
 einsum path at the same precision, plus a small floor.
+
+Backends: "triton" everywhere (the Triton interpreter on a CPU-only machine); "cuda" (the native
+kernels, csrc/token_similarity/) only on a GPU, where it needs the built extension.
 """
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import skillkern
+from skillkern.ops.token_similarity.op import index_dtype
 from skillkern.ops.token_similarity.reference import token_similarity_ref
 
 from conftest import DEVICE, assert_error_names, bad_arg_params, rel_err
 
-BACKENDS = ["triton"]
+ON_GPU = pytest.mark.skipif(DEVICE.type != "cuda", reason="needs a CUDA device")
+CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, ON_GPU])
+BACKENDS = ["triton", CUDA]
 FLOOR = {torch.float32: 1e-5, torch.bfloat16: 5e-3, torch.float16: 2e-3}
+
+
+def fwd_op(backend):
+    """The registered forward op of a backend: -> (i2t, t2i, row_idx, col_idx)."""
+    return {"triton": torch.ops.skillkern.token_similarity_fwd,
+            "cuda": lambda *a: torch.ops.skillkern.token_similarity_fwd_cuda(*a)}[backend]
 
 
 
@@ -53,23 +67,22 @@ def run(img, txt, im, tm, dtype, backend, g_i, g_t):
     return i2t, t2i, da, db
 
 
-def check(img, txt, im, tm, dtype):
+def check(img, txt, im, tm, dtype, backend):
     Bi, Bt = img.shape[0], txt.shape[0]
     g_i = torch.randn(Bi, Bt, device=DEVICE)
     g_t = torch.randn(Bi, Bt, device=DEVICE)
     ref = run(img, txt, im, tm, dtype, "ref64", g_i, g_t)
     base = run(img, txt, im, tm, dtype, "torch", g_i, g_t)
-    for backend in BACKENDS:
-        got = run(img, txt, im, tm, dtype, backend, g_i, g_t)
-        for what, x, y, r in zip(("i2t", "t2i", "d_img", "d_txt"), got, base, ref):
-            assert torch.isfinite(x).all(), f"{backend}: non-finite {what}"
-            err, err_torch = rel_err(x, r), rel_err(y, r)
-            assert err <= 2 * err_torch + FLOOR[dtype], f"{backend} {what}: {err:.3g} vs torch {err_torch:.3g}"
-        # padding tokens get exactly zero gradient
-        if im is not None:
-            assert torch.count_nonzero(got[2][~im]) == 0
-        if tm is not None:
-            assert torch.count_nonzero(got[3][~tm]) == 0
+    got = run(img, txt, im, tm, dtype, backend, g_i, g_t)
+    for what, x, y, r in zip(("i2t", "t2i", "d_img", "d_txt"), got, base, ref):
+        assert torch.isfinite(x).all(), f"{backend}: non-finite {what}"
+        err, err_torch = rel_err(x, r), rel_err(y, r)
+        assert err <= 2 * err_torch + FLOOR[dtype], f"{backend} {what}: {err:.3g} vs torch {err_torch:.3g}"
+    # padding tokens get exactly zero gradient
+    if im is not None:
+        assert torch.count_nonzero(got[2][~im]) == 0
+    if tm is not None:
+        assert torch.count_nonzero(got[3][~tm]) == 0
 
 
 # (label, Bi, Bt, Ni, Nt, D, masked)
@@ -84,19 +97,21 @@ SHAPES = [
 ]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("shape", SHAPES, ids=[s[0] for s in SHAPES])
-def test_matches_reference(shape, dtype):
+def test_matches_reference(shape, dtype, backend):
     _, Bi, Bt, Ni, Nt, D, masked = shape
-    check(*make_inputs(Bi, Bt, Ni, Nt, D, masked), dtype)
+    check(*make_inputs(Bi, Bt, Ni, Nt, D, masked), dtype, backend)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("which", ["image", "text", "both"])
-def test_all_padding_item_scores_zero_without_nan(which):
+def test_all_padding_item_scores_zero_without_nan(which, backend):
     img, txt, im, tm = make_inputs(4, 5, 6, 7, 16, True, empty_img=which != "text", empty_txt=which != "image")
-    check(img, txt, im, tm, torch.float32)
-    for backend in ["torch"] + BACKENDS:
-        i2t, t2i = skillkern.token_similarity(img.float(), txt.float(), im, tm, backend=backend)
+    check(img, txt, im, tm, torch.float32, backend)
+    for b in ["torch", backend]:
+        i2t, t2i = skillkern.token_similarity(img.float(), txt.float(), im, tm, backend=b)
         if which != "text":
             assert torch.count_nonzero(i2t[2]) == 0 and torch.count_nonzero(t2i[2]) == 0
         if which != "image":
@@ -114,8 +129,9 @@ def test_texts_longer_than_the_kernel_holds_say_what_to_do():
     torch.testing.assert_close(s_t2i.t(), i2t, rtol=1e-5, atol=1e-6)
 
 
-def test_fp16():
-    check(*make_inputs(3, 4, 10, 8, 32, True), torch.float16)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fp16(backend):
+    check(*make_inputs(3, 4, 10, 8, 32, True), torch.float16, backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -128,7 +144,7 @@ def test_deterministic_and_small_index_state(backend):
         outs.append([i2t, t2i, *torch.autograd.grad(i2t.sum() + 2 * t2i.sum(), [a, b])])
     for x, y in zip(*outs):
         assert torch.equal(x, y)
-    _, _, row_idx, col_idx = torch.ops.skillkern.token_similarity_fwd(a, b, im, tm)
+    _, _, row_idx, col_idx = fwd_op(backend)(a, b, im, tm)
     assert row_idx.dtype == torch.uint8 and row_idx.shape == (5, 6, 20)
     assert col_idx.dtype == torch.uint8 and col_idx.shape == (5, 6, 11)
 
@@ -155,20 +171,35 @@ def test_bad_input_names_the_argument(base, name, mutate):
     assert_error_names(skillkern.token_similarity, base, name, mutate)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("masked", [False, True])
-def test_opcheck(masked):
+def test_opcheck(masked, backend):
     img, txt, im, tm = make_inputs(3, 4, 6, 5, 16, masked)
-    torch.library.opcheck(torch.ops.skillkern.token_similarity_fwd.default,
-                          (img.float().requires_grad_(), txt.float().requires_grad_(), im, tm))
+    op = {"triton": torch.ops.skillkern.token_similarity_fwd.default,
+          "cuda": torch.ops.skillkern.token_similarity_fwd_cuda.default}[backend]
+    torch.library.opcheck(op, (img.float().requires_grad_(), txt.float().requires_grad_(), im, tm))
 
 
-def test_torch_compile_fullgraph_forward_backward():
+@pytest.mark.gpu
+@ON_GPU
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_opcheck_cuda_backward_op(dtype):
+    img, txt, im, tm = make_inputs(3, 4, 6, 5, 16, True)
+    img, txt = img.to(dtype), txt.to(dtype)
+    _, _, row_idx, col_idx = torch.ops.skillkern.token_similarity_fwd_cuda(img, txt, im, tm)
+    g_i, g_t = torch.randn(3, 4, device=DEVICE), torch.randn(3, 4, device=DEVICE)
+    torch.library.opcheck(torch.ops.skillkern.token_similarity_bwd_cuda.default,
+                          (g_i, g_t, img, txt, im, tm, row_idx, col_idx))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_compile_fullgraph_forward_backward(backend):
     img, txt, im, tm = make_inputs(4, 4, 9, 6, 16, True)
     a, b = img.float().requires_grad_(), txt.float().requires_grad_()
 
     def loss(a, b):
         i2t, t2i = skillkern.token_similarity(F.normalize(a, dim=-1), F.normalize(b, dim=-1), im, tm,
-                                              backend="triton")
+                                              backend=backend)
         return (i2t.logsumexp(1) - i2t.diag()).mean() + (t2i.t().logsumexp(1) - t2i.diag()).mean()
 
     l_c = torch.compile(loss, fullgraph=True)(a, b)
@@ -181,26 +212,159 @@ def test_torch_compile_fullgraph_forward_backward():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(DEVICE.type != "cuda", reason="needs a CUDA device")
+@ON_GPU
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
 @pytest.mark.parametrize("Ni", [50, 12, 257, 24])
-def test_gpu_realistic_shapes(Ni):
-    check(*make_inputs(128, 96, Ni, 32, 256, True), torch.bfloat16)
+def test_gpu_realistic_shapes(Ni, backend):
+    check(*make_inputs(128, 96, Ni, 32, 256, True), torch.bfloat16, backend)
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(DEVICE.type != "cuda", reason="needs a CUDA device")
-def test_gpu_never_allocates_bi_bt_ni_nt():
+@ON_GPU
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_never_allocates_bi_bt_ni_nt(backend):
     Bi = Bt = 512
     Ni, Nt, D = 50, 32, 256
     img = F.normalize(torch.randn(Bi, Ni, D, device=DEVICE), dim=-1).bfloat16().requires_grad_()
     txt = F.normalize(torch.randn(Bt, Nt, D, device=DEVICE), dim=-1).bfloat16().requires_grad_()
-    skillkern.token_similarity(img, txt)  # compile / warm up
+    skillkern.token_similarity(img, txt, backend=backend)  # compile / warm up
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    i2t, t2i = skillkern.token_similarity(img, txt)
+    i2t, t2i = skillkern.token_similarity(img, txt, backend=backend)
     (i2t.sum() + t2i.sum()).backward()
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - base
     dense = Bi * Bt * Ni * Nt * 2  # what the naive path materialises, in bf16
     assert extra < dense / 10, f"peak extra {extra / 2**20:.1f} MB vs {dense / 2**20:.0f} MB naive"
+
+
+# ----------------------------------------------------------------------------- the CUDA kernels
+# Shapes that reach each tiling case of csrc/token_similarity/fwd.cu: its three row tiles
+# (128 / 256 / 512 rows of whole texts), images straddling column chunks (state carried between
+# chunks), images longer than a chunk, texts longer than a tile (roles swapped), the
+# element-wise load path (D not a multiple of 8) and int16 indices.
+CUDA_SHAPES = [
+    ("Ni=50 x 45 images: 8-chunk groups, images straddle chunks", 45, 7, 50, 32, 64, True),
+    ("Nt=200: 256-row tile", 3, 5, 30, 200, 32, True),
+    ("Nt=300, Ni=300: 512-row tile, int16 indices both ways", 2, 3, 300, 300, 16, True),
+    ("Ni=700: one image over 6 chunks", 3, 4, 700, 20, 32, False),
+    ("Nt=600 > 512: texts streamed, images held", 4, 3, 40, 600, 16, True),
+    ("Nt=3: 16 texts per tile", 9, 40, 17, 3, 24, True),
+    ("D=20: element-wise loads", 5, 6, 33, 11, 20, True),
+]
+
+
+@pytest.mark.gpu
+@ON_GPU
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("shape", CUDA_SHAPES, ids=[s[0] for s in CUDA_SHAPES])
+def test_cuda_tiling_cases_match_reference(shape, dtype):
+    _, Bi, Bt, Ni, Nt, D, masked = shape
+    check(*make_inputs(Bi, Bt, Ni, Nt, D, masked), dtype, "cuda")
+
+
+def reference_indices(img, txt, im, tm):
+    """float64 arg-max indices (first of equal maxima, 0 for an item without real tokens) and
+    the gap between the best and second-best candidate."""
+    sim = torch.einsum("akd,bld->abkl", img.double(), txt.double())
+    Bi, Ni = img.shape[:2]
+    Bt, Nt = txt.shape[:2]
+    im = torch.ones(Bi, Ni, dtype=torch.bool, device=img.device) if im is None else im
+    tm = torch.ones(Bt, Nt, dtype=torch.bool, device=img.device) if tm is None else tm
+    row = sim.masked_fill(~tm[None, :, None, :], -math.inf)
+    col = sim.masked_fill(~im[:, None, :, None], -math.inf)
+
+    def gap(x, dim):
+        top = x.topk(2, dim=dim).values if x.shape[dim] > 1 else torch.cat([x, x - math.inf], dim)
+        return top.select(dim, 0) - top.select(dim, 1)
+
+    ri = torch.where(tm.any(1)[None, :, None], row.argmax(3), 0)
+    ci = torch.where(im.any(1)[:, None, None], col.argmax(2), 0)
+    return ri, ci, gap(row, 3), gap(col, 2)
+
+
+@pytest.mark.gpu
+@ON_GPU
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", CUDA_SHAPES[:3] + SHAPES[:3], ids=[s[0] for s in CUDA_SHAPES[:3] + SHAPES[:3]])
+def test_cuda_indices_are_the_arg_max(shape, dtype):
+    """Where the best candidate beats the second by more than the kernel's rounding (1e-4),
+    the stored index must be the float64 arg-max; where items have no real token, 0."""
+    _, Bi, Bt, Ni, Nt, D, masked = shape
+    img, txt, im, tm = make_inputs(Bi, Bt, Ni, Nt, D, masked)
+    img, txt = img.to(dtype), txt.to(dtype)
+    _, _, row_idx, col_idx = torch.ops.skillkern.token_similarity_fwd_cuda(img, txt, im, tm)
+    assert row_idx.dtype == index_dtype(Nt) and col_idx.dtype == index_dtype(Ni)
+    ri, ci, r_gap, c_gap = reference_indices(img, txt, im, tm)
+    for what, got, want, g in (("row_idx", row_idx, ri, r_gap), ("col_idx", col_idx, ci, c_gap)):
+        clear = ~(g <= 1e-4)  # inf / nan gaps: one candidate, or none
+        assert clear.float().mean() > 0.5, "test inputs too close to test anything"
+        bad = (got.long() != want) & clear
+        assert not bad.any(), f"{what}: {int(bad.sum())} of {int(clear.sum())} clear arg-maxes differ"
+
+
+@pytest.mark.gpu
+@ON_GPU
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+def test_gpu_ties_go_to_the_first_token(dtype, backend):
+    """Exactly equal similarities (duplicate tokens; inputs in multiples of 1/8, so every dot
+    product is exact in any order): the lowest token index wins, in both directions, as in
+    torch.max and the Triton kernels. 45 images of 50 tokens also put ties across chunks."""
+    g = torch.Generator().manual_seed(0)
+    img = torch.randint(-2, 3, (45, 50, 16), generator=g).double() / 8
+    txt = torch.randint(-2, 3, (7, 12, 16), generator=g).double() / 8
+    img[:, 9] = img[:, 3]
+    img[:, 49] = img[:, 1]
+    txt[:, 7] = txt[:, 2]
+    im = random_mask(45, 50, 1).to(DEVICE)
+    img, txt = img.to(DEVICE, dtype), txt.to(DEVICE, dtype)
+    _, _, row_idx, col_idx = fwd_op(backend)(img, txt, im, None)
+    ri, ci, _, _ = reference_indices(img, txt, im, None)
+    assert torch.equal(row_idx.long(), ri)
+    assert torch.equal(col_idx.long(), ci)
+
+
+@pytest.mark.gpu
+@ON_GPU
+def test_cuda_long_texts_need_no_swap_by_the_caller():
+    """Where Triton asks to swap the roles (Nt > 512), the CUDA kernels do it themselves."""
+    img, txt, im, tm = make_inputs(3, 2, 9, 700, 16, True)
+    check(img, txt, im, tm, torch.float32, "cuda")
+    _, _, row_idx, col_idx = torch.ops.skillkern.token_similarity_fwd_cuda(img, txt, im, tm)
+    assert row_idx.dtype == torch.int16 and col_idx.dtype == torch.uint8
+
+
+@pytest.mark.gpu
+@ON_GPU
+def test_cuda_non_contiguous_inputs():
+    img, txt, im, tm = make_inputs(4, 5, 14, 9, 32, True)
+    a = torch.cat([img, img], dim=2)[:, :, ::2]  # stride 2 in D
+    b = txt.transpose(0, 1).contiguous().transpose(0, 1)  # batch and token strides exchanged
+    assert not a.is_contiguous() and not b.is_contiguous()
+    for x, y in zip(skillkern.token_similarity(a, b, im, tm, backend="cuda"), token_similarity_ref(img, txt, im, tm)):
+        torch.testing.assert_close(x, y.float(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+@ON_GPU
+def test_cuda_op_argument_errors_name_the_argument():
+    """Direct torch.ops calls skip the Python checks: the C++ checks name the argument."""
+    img, txt, im, tm = make_inputs(2, 3, 6, 5, 8, True)
+    fwd = torch.ops.skillkern.token_similarity_fwd_cuda
+    with pytest.raises(RuntimeError, match="token_similarity: `img_mask`"):
+        fwd(img, txt, im.cpu(), tm)
+    with pytest.raises(RuntimeError, match="token_similarity: `txt`"):
+        fwd(img, txt.half(), im, tm)
+    with pytest.raises(RuntimeError, match="token_similarity: `txt`"):
+        fwd(img[:, :, :7], txt, im, tm)
+    _, _, r, c = fwd(img, txt, im, tm)
+    g = torch.randn(2, 3, device=DEVICE)
+    bwd = torch.ops.skillkern.token_similarity_bwd_cuda
+    with pytest.raises(RuntimeError, match="token_similarity: `row_idx`"):
+        bwd(g, g, img, txt, im, tm, r.float(), c)
+    with pytest.raises(RuntimeError, match="token_similarity: `g_t2i`"):
+        bwd(g, g.t(), img, txt, im, tm, r, c)
+    with pytest.raises(RuntimeError, match="token_similarity: `col_idx`"):
+        bwd(g, g, img, txt, im, tm, r, c.cpu())

@@ -4,6 +4,8 @@ Ops in the skillkern:: namespace (custom_op + register_fake + register_autograd)
   skillkern::token_similarity_fwd(img, txt, img_mask?, txt_mask?) -> (i2t, t2i, row_idx, col_idx)
   skillkern::token_similarity_bwd(g_i2t, g_t2i, img, txt, img_mask?, txt_mask?, row_idx, col_idx)
       -> (d_img, d_txt)
+and their native twins token_similarity_fwd_cuda / _bwd_cuda (csrc/token_similarity/: schemas in
+csrc/ops.cpp, CUDA and Meta kernels in C++; autograd registered here once the library loads).
 
 State kept for backward: the arg-max indices, row_idx (Bi, Bt, Ni) = which text token each image
 token matched and col_idx (Bi, Bt, Nt) = which image token each text token matched, as uint8
@@ -87,18 +89,31 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(img, txt, img_mask, txt_mask, row_idx, col_idx)
 
 
-def _backward(ctx, g_i2t, g_t2i, _g_row, _g_col):
-    img, txt, img_mask, txt_mask, row_idx, col_idx = ctx.saved_tensors
-    if g_i2t is None:
-        g_i2t = torch.zeros(row_idx.shape[:2], dtype=torch.float32, device=img.device)
-    if g_t2i is None:
-        g_t2i = torch.zeros(row_idx.shape[:2], dtype=torch.float32, device=img.device)
-    d_img, d_txt = torch.ops.skillkern.token_similarity_bwd(
-        g_i2t, g_t2i, img, txt, img_mask, txt_mask, row_idx, col_idx)
-    return d_img, d_txt, None, None
+def _make_backward(bwd_name: str):
+    """The backward of a forward op (Triton or CUDA), calling torch.ops.skillkern.<bwd_name>
+    (looked up per call: the C++ op exists only once the extension is loaded)."""
+
+    def backward(ctx, g_i2t, g_t2i, _g_row, _g_col):
+        img, txt, img_mask, txt_mask, row_idx, col_idx = ctx.saved_tensors
+        if g_i2t is None:
+            g_i2t = torch.zeros(row_idx.shape[:2], dtype=torch.float32, device=img.device)
+        if g_t2i is None:
+            g_t2i = torch.zeros(row_idx.shape[:2], dtype=torch.float32, device=img.device)
+        d_img, d_txt = getattr(torch.ops.skillkern, bwd_name)(
+            g_i2t, g_t2i, img, txt, img_mask, txt_mask, row_idx, col_idx)
+        return d_img, d_txt, None, None
+
+    return backward
 
 
-_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+_fwd_op.register_autograd(_make_backward("token_similarity_bwd"), setup_context=_setup_context)
+
+
+@_backend.on_extension_load
+def _register_cuda_autograd():
+    # The C++ ops' fake kernels are their Meta kernels (csrc/token_similarity/host.cpp).
+    torch.library.register_autograd("skillkern::token_similarity_fwd_cuda",
+                                    _make_backward("token_similarity_bwd_cuda"), setup_context=_setup_context)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -116,12 +131,17 @@ def token_similarity(img: Tensor, txt: Tensor, img_mask: Optional[Tensor] = None
     Returns (i2t, t2i), float32 (Bi, Bt); a pair where an item has no real token scores 0.
     Differentiable w.r.t. img and txt: a max's gradient goes to its arg-max token, padding tokens
     get zero gradient. The fused backends never allocate Bi*Bt*Ni*Nt values. The Triton kernels
-    take any Ni and up to 512 text tokens per item (pass the longer side as img).
+    take any Ni and up to 512 text tokens per item (pass the longer side as img); the CUDA
+    kernels take any counts as long as one side has at most 512 tokens per item.
     """
     _check(img, txt, img_mask, txt_mask)
     which = _backend.resolve("token_similarity", backend, img.device)
     if which == "torch":
         i2t, t2i = token_similarity_ref(img, txt, img_mask, txt_mask)
         return i2t.float(), t2i.float()
+    if which == "cuda":
+        _backend.load_cuda_extension()
+        i2t, t2i, _, _ = torch.ops.skillkern.token_similarity_fwd_cuda(img, txt, img_mask, txt_mask)
+        return i2t, t2i
     i2t, t2i, _, _ = torch.ops.skillkern.token_similarity_fwd(img, txt, img_mask, txt_mask)
     return i2t, t2i
