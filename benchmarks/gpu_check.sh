@@ -35,11 +35,14 @@
 # token_reduce: torch.compile of the eager module (fwd + bwd, static shapes) costs ~15-30 s per
 # shape; the rest (fp32 reference, 12 timings) a few seconds, so the 3 goal shapes fit in ~150 s.
 #
-# Peers for the token_similarity bench (late-interaction-kernels, flash-maxsim) travel as wheels in
-# the git-ignored .whl/ (name it in the device call's carry); downloaded here with
+# Peers (late-interaction-kernels, flash-maxsim for token_similarity; liger-kernel's fused MoE for
+# skill_ffn, with --activation swiglu --no-bias) travel as wheels in the git-ignored .whl/ (name it
+# in the device call's carry); downloaded here with
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#       --platform manylinux2014_x86_64 -d .whl late-interaction-kernels==0.4.5 flash-maxsim==0.3.0
-# (pure Python + Triton; torch and triton are on the machine). Without them both rows say unavailable.
+#       --platform manylinux2014_x86_64 -d .whl late-interaction-kernels==0.4.5 flash-maxsim==0.3.0 \
+#       liger-kernel==0.8.5
+# (pure Python + Triton; torch and triton are on the machine). Without them their rows say unavailable
+# (or, for skill_ffn's liger-moe, are left out of the default providers).
 #
 # The device machine gets the tree without .git: pass the commit in, e.g.
 #   BENCH_GIT_COMMIT=$(git rev-parse --short HEAD) written literally into the run command.
@@ -60,7 +63,7 @@ while [ $# -gt 0 ]; do
         --bench) shift; BENCH=${1:-}
                  case "$BENCH" in all|ffn|toksim|tokred|cli) ;; *) echo "--bench takes all, ffn, toksim, tokred or cli"; exit 2 ;; esac ;;
         --) shift; BENCH_EXTRA=("$@"); break ;;
-        -h|--help) sed -n '2,47p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,49p' "$0"; exit 0 ;;
         *) echo "unknown option $1 (see --help)"; exit 2 ;;
     esac
     shift

@@ -24,7 +24,7 @@ import sys
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="skillkern", description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog="skillkern", description="Benchmark, profile and inspect skillkern's kernels.",
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="Examples:" + __doc__.split("Examples:")[1])
     sub = ap.add_subparsers(dest="command", required=True, metavar="{bench,profile,info}")

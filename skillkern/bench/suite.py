@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import uuid
 
 from skillkern.bench import OpBench, ops
@@ -56,7 +57,8 @@ def add_args(ap) -> None:
     ap.add_argument("--compare", default=None, metavar="REV|FILE",
                     help="print speedups against the history rows of git revision REV (or a commit prefix) or of FILE")
     ap.add_argument("--plot", nargs="?", const="", default=None, metavar="DIR",
-                    help="write PNG charts (speedup per shape, history per kernel) to DIR (default benchmarks/results/plots)")
+                    help="write PNG charts (speedup per shape, history per kernel) to DIR (default: plots/ beside "
+                         "the history file; plots.cpu/ for a CPU run)")
     ap.add_argument("--markdown", default=None, metavar="FILE", help="write the summary as Markdown tables to FILE")
     ap.add_argument("--no-run", action="store_true",
                     help="measure nothing: use the newest run in the history file (with --compare / --plot / --markdown)")
@@ -99,6 +101,10 @@ def run_op(bench: OpBench, argv: list[str], ceilings: dict | None, timeout: floa
                 rc = bench.load().main([*argv, "--out", out])
             except SystemExit as e:  # argparse: a bad option for this op
                 rc = e.code if isinstance(e.code, int) else 2
+            except Exception:  # one op's crash must not end the run: report it, keep its rows
+                traceback.print_exc()
+                print(f"!!! {bench.name}: raised (traceback above); rows written before that are kept !!!")
+                rc = 1
             finally:
                 if saved is None:
                     os.environ.pop(CEILINGS_ENV, None)
