@@ -18,7 +18,7 @@ SPLIT_SIZES = {
     "mini": {"train": 2000, "val": 500, "test": 500},
     "tiny": {"train": 32, "val": 16, "test": 16},
 }
-# image_text has 1,923 usable emoji (OpenMoji 17 x emoji 2.16 'zh' names, no skin tones), so its
+# image_text has 1,913 usable emoji (OpenMoji 17 x emoji 2.16 zh names, no skin tones), so its
 # held-out splits are smaller for "mini" to leave train > 1,000 items.
 SPLIT_OVERRIDES = {("image_text", "mini"): {"train": 2000, "val": 300, "test": 300},
                    ("video_text", "mini"): {"train": 2000, "val": 300, "test": 300}}
