@@ -332,7 +332,7 @@ def test_cuda_long_texts_need_no_swap_by_the_caller():
     """Where Triton asks to swap the roles (Nt > 512), the CUDA kernels do it themselves."""
     img, txt, im, tm = make_inputs(3, 2, 9, 700, 16, True)
     check(img, txt, im, tm, torch.float32, "cuda")
-    _, _, row_idx, col_idx = torch.ops.skillkern.token_similarity_fwd_cuda(img, txt, im, tm)
+    _, _, row_idx, col_idx = torch.ops.skillkern.token_similarity_fwd_cuda(img.float(), txt.float(), im, tm)
     assert row_idx.dtype == torch.int16 and col_idx.dtype == torch.uint8
 
 
@@ -340,10 +340,12 @@ def test_cuda_long_texts_need_no_swap_by_the_caller():
 @ON_GPU
 def test_cuda_non_contiguous_inputs():
     img, txt, im, tm = make_inputs(4, 5, 14, 9, 32, True)
-    a = torch.cat([img, img], dim=2)[:, :, ::2]  # stride 2 in D
+    img, txt = img.float(), txt.float()
+    a = torch.stack([img, -img], dim=-1)[..., 0]  # the same values at stride 2 in D
     b = txt.transpose(0, 1).contiguous().transpose(0, 1)  # batch and token strides exchanged
     assert not a.is_contiguous() and not b.is_contiguous()
-    for x, y in zip(skillkern.token_similarity(a, b, im, tm, backend="cuda"), token_similarity_ref(img, txt, im, tm)):
+    want = token_similarity_ref(img.double(), txt.double(), im, tm)
+    for x, y in zip(skillkern.token_similarity(a, b, im, tm, backend="cuda"), want):
         torch.testing.assert_close(x, y.float(), rtol=1e-5, atol=1e-6)
 
 
@@ -352,6 +354,7 @@ def test_cuda_non_contiguous_inputs():
 def test_cuda_op_argument_errors_name_the_argument():
     """Direct torch.ops calls skip the Python checks: the C++ checks name the argument."""
     img, txt, im, tm = make_inputs(2, 3, 6, 5, 8, True)
+    img, txt = img.float(), txt.float()
     fwd = torch.ops.skillkern.token_similarity_fwd_cuda
     with pytest.raises(RuntimeError, match="token_similarity: `img_mask`"):
         fwd(img, txt, im.cpu(), tm)
