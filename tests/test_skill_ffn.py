@@ -13,7 +13,11 @@ from skillkern.ops.skill_ffn.reference import route_ref, skill_ffn_ref, slot_sca
 
 from conftest import DEVICE, assert_error_names, bad_arg_params, rel_err
 
-BACKENDS = ["triton"]  # "torch" is the baseline every comparison is made against
+# "torch" is the baseline every comparison is made against; "cuda" (the compiled extension,
+# csrc/skill_ffn/) runs wherever the Triton backend runs on a GPU
+BACKENDS = ["triton"] + (["cuda"] if DEVICE.type == "cuda" and skillkern.has_cuda_extension() else [])
+needs_gpu = pytest.mark.skipif(DEVICE.type != "cuda", reason="needs a CUDA device")
+needs_cuda_backend = pytest.mark.skipif("cuda" not in BACKENDS, reason="needs a CUDA device and the extension")
 FLOOR = {torch.float32: 1e-5, torch.bfloat16: 5e-3, torch.float16: 2e-3}
 
 
@@ -184,7 +188,7 @@ ROUTE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("backend", BACKENDS + (["cuda"] if skillkern.has_cuda_extension() and DEVICE.type == "cuda" else []))
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("idtype", [torch.int64, torch.int32])
 @pytest.mark.parametrize("case", ROUTE_CASES, ids=[c[0] for c in ROUTE_CASES])
 def test_route_matches_reference(case, idtype, backend):
@@ -287,11 +291,15 @@ def test_opcheck(k, weighted, activation, bias):
     torch.library.opcheck(torch.ops.skillkern.skill_ffn_fwd.default, args)
     ids = args[1]
     torch.library.opcheck(torch.ops.skillkern.skill_route_triton.default, (ids, 3))
+    torch.library.opcheck(torch.ops.skillkern.skill_ids_checked.default, (ids, 3))
+    if "cuda" in BACKENDS:  # the C++ op: Meta kernel, Python autograd registration, bwd op
+        torch.library.opcheck(torch.ops.skillkern.skill_ffn_fwd_cuda.default, args)
 
 
-def test_torch_compile_fullgraph_forward_backward():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_compile_fullgraph_forward_backward(backend):
     layer = skillkern.nn.SkillFFN(16, 40, 3, activation="silu").to(DEVICE)
-    layer.backend = "triton"
+    layer.backend = backend
     p, ids = make_problem((2, 11), 16, 40, 3, 2, "uniform", 0.2, True, "silu")
     x = p["x"].float().requires_grad_()
     sw = p["skill_weights"].float().requires_grad_()
@@ -408,10 +416,12 @@ def test_autocast_fp32_parameters():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(DEVICE.type != "cuda", reason="needs a CUDA device")
-def test_gpu_no_host_sync_with_id_check_off():
+@needs_gpu
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gpu_no_host_sync_with_id_check_off(backend):
     """The fused forward and backward never sync with the host (once autotuning is done)."""
     layer = skillkern.nn.SkillFFN(256, 512, 6, device=DEVICE, dtype=torch.bfloat16)
+    layer.backend = backend
     x = torch.randn(4096, 256, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
     ids = torch.randint(-1, 6, (4096, 2), device=DEVICE)
     sw = torch.rand(4096, 2, device=DEVICE, requires_grad=True)
@@ -433,3 +443,65 @@ def test_gpu_realistic_shapes(activation, dtype):
     """Shapes that exercise the tuned configs: many tiles per skill, skewed routing."""
     p, ids = make_problem((2048,), 256, 384, 6, 2, "uniform", 0.1, True, activation)
     check_against_reference(p, ids, dtype, activation)
+
+
+# (label, token shape, d, h, E, k, routing, hole fraction): K tails, several column tiles,
+# row tiles split across skills, rows of a length that is not a multiple of 16 bytes
+EDGE_SHAPES = [
+    ("aligned, K tail, 3 column tiles", (700,), 200, 328, 5, 2, "uniform", 0.1),
+    ("unaligned d and h (element-wise copies)", (300,), 203, 133, 3, 1, "uniform", 0.0),
+    ("one skill with 3 row tiles, others empty", (333,), 64, 96, 6, 1, "one", 0.0),
+    ("many skills, few rows each", (150,), 32, 64, 37, 3, "uniform", 0.2),
+]
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize("activation", ["gelu_tanh", "swiglu"])
+@pytest.mark.parametrize("shape", EDGE_SHAPES, ids=[s[0] for s in EDGE_SHAPES])
+def test_gpu_tile_edges(shape, activation, dtype):
+    _, lead, d, h, E, k, routing, holes = shape
+    p, ids = make_problem(lead, d, h, E, k, routing, holes, True, activation)
+    check_against_reference(p, ids, dtype, activation)
+
+
+@pytest.mark.gpu
+@needs_cuda_backend
+def test_cuda_op_argument_errors_name_the_argument():
+    """Direct torch.ops calls bypass the Python checks: the C++ checks name the argument."""
+    args = list(_op_args(2, True, "gelu"))
+    fwd = torch.ops.skillkern.skill_ffn_fwd_cuda
+    cases = [
+        (0, args[0].double(), "x"),
+        (2, args[2].half(), "scale"),
+        (3, args[3][:, :-1], "w1"),
+        (4, args[4].bfloat16(), "w2"),
+        (5, args[5][:-1], "b1"),
+        (1, args[1].float(), "skill_ids"),
+        (7, "tanh", "activation"),
+        (3, args[3].cpu(), "w1"),
+    ]
+    for i, bad, name in cases:
+        a = list(args)
+        a[i] = bad
+        with pytest.raises(RuntimeError, match=f"skill_ffn: `{name}`"):
+            fwd(*a)
+
+
+@pytest.mark.gpu
+@needs_cuda_backend
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_cuda_matches_triton_closely(dtype):
+    """Both backends accumulate in fp32 over the same operands, so they agree far more closely
+    than either agrees with a float64 reference (a loose bug, e.g. one dropped K step,
+    would show here even where the reference tolerance is wide)."""
+    p, ids = make_problem((513,), 96, 160, 4, 2, "uniform", 0.1, True, "gelu")
+    outs = {}
+    for backend in ("triton", "cuda"):
+        y, leaves = run(p, ids, dtype, "gelu", backend)
+        g = torch.autograd.grad(y, list(leaves.values()), torch.ones_like(y))
+        outs[backend] = [y, *g]
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    for a, b in zip(outs["triton"], outs["cuda"]):
+        assert rel_err(b, a) < tol

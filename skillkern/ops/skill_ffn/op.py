@@ -5,7 +5,12 @@ so torch.compile(fullgraph=True) sees one opaque node per phase and opcheck pass
   skillkern::skill_ffn_fwd(x, skill_ids, scale, w1, w2, b1?, b2?, activation) -> (y, order, offsets)
   skillkern::skill_ffn_bwd(dy, x, scale, w1, w2, b1?, b2?, order, offsets, activation, need_dscale)
   skillkern::skill_route_triton(skill_ids, num_skills) -> (order, offsets)
-(skillkern::skill_route, the C++ routing op, is registered by the compiled extension.)
+  skillkern::skill_ids_checked(skill_ids, num_skills) -> copy of skill_ids (the id range check
+      of the cuda backend, as an opaque op)
+The compiled extension (csrc/skill_ffn/) registers skillkern::skill_route and the native
+backend skillkern::skill_ffn_fwd_cuda / _bwd_cuda (same arguments and outputs as the Triton
+ops; their Meta kernels are C++). Their autograd is registered here once the library loads and
+shares setup_context and the backward formula with the Triton op.
 """
 from __future__ import annotations
 
@@ -155,16 +160,45 @@ def _fwd_setup_context(ctx, inputs, output):
     ctx.activation = activation
 
 
-def _fwd_backward(ctx, dy, _d_order, _d_offsets):
-    x, scale, w1, w2, b1, b2, order, offsets = ctx.saved_tensors
-    need_dscale = ctx.needs_input_grad[2]
-    dx, dw1, dw2, db1, db2, dscale = torch.ops.skillkern.skill_ffn_bwd(
-        dy, x, scale, w1, w2, b1, b2, order, offsets, ctx.activation, need_dscale)
-    return (dx, None, dscale if need_dscale else None, dw1, dw2,
-            db1 if b1 is not None else None, db2 if b2 is not None else None, None)
+def _make_backward(bwd_op_name: str):
+    """The autograd backward of a forward op, calling torch.ops.skillkern.<bwd_op_name> (the
+    Triton skill_ffn_bwd or the native skill_ffn_bwd_cuda: same arguments and outputs)."""
+
+    def backward(ctx, dy, _d_order, _d_offsets):
+        x, scale, w1, w2, b1, b2, order, offsets = ctx.saved_tensors
+        need_dscale = ctx.needs_input_grad[2]
+        dx, dw1, dw2, db1, db2, dscale = getattr(torch.ops.skillkern, bwd_op_name)(
+            dy, x, scale, w1, w2, b1, b2, order, offsets, ctx.activation, need_dscale)
+        return (dx, None, dscale if need_dscale else None, dw1, dw2,
+                db1 if b1 is not None else None, db2 if b2 is not None else None, None)
+
+    return backward
 
 
-_skill_ffn_fwd_op.register_autograd(_fwd_backward, setup_context=_fwd_setup_context)
+_skill_ffn_fwd_op.register_autograd(_make_backward("skill_ffn_bwd"), setup_context=_fwd_setup_context)
+
+
+@_backend.on_extension_load
+def _register_cuda_autograd():
+    # the C++ ops exist only once the extension is loaded (their Meta kernels are C++); a
+    # library built before they existed lacks them, and then the cuda backend's call fails
+    if hasattr(torch.ops.skillkern, "skill_ffn_fwd_cuda"):
+        torch.library.register_autograd("skillkern::skill_ffn_fwd_cuda", _make_backward("skill_ffn_bwd_cuda"),
+                                        setup_context=_fwd_setup_context)
+
+
+@torch.library.custom_op("skillkern::skill_ids_checked", mutates_args=())
+def _skill_ids_checked_op(skill_ids: Tensor, num_skills: int) -> Tensor:
+    """check_ids_in_range as an opaque op, so torch.compile(fullgraph=True) keeps the check
+    of the cuda backend in its graph (a host sync, like the Triton op's check inside its op).
+    Returns a copy of the ids (T*k integers): an op without outputs would be dropped."""
+    check_ids_in_range(skill_ids, num_skills)
+    return skill_ids.clone()
+
+
+@_skill_ids_checked_op.register_fake
+def _(skill_ids, num_skills):
+    return torch.empty_like(skill_ids)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -224,6 +258,12 @@ def skill_ffn(x: Tensor, skill_ids: Tensor, w1: Tensor, w2: Tensor, b1: Optional
     if which == "torch" or T == 0:
         check_ids_in_range(ids, E)
         y = skill_ffn_ref(x2, ids, scale, w1, w2, b1, b2, activation)
+    elif which == "cuda":
+        if not torch.compiler.is_compiling():  # resolve() loaded it; dynamo cannot trace a load
+            _backend.load_cuda_extension()
+        if _config.check_ids_enabled():
+            ids = torch.ops.skillkern.skill_ids_checked(ids, E)
+        y = torch.ops.skillkern.skill_ffn_fwd_cuda(x2, ids, scale, w1, w2, b1, b2, activation)[0]
     else:
         y = torch.ops.skillkern.skill_ffn_fwd(x2, ids, scale, w1, w2, b1, b2, activation)[0]
     return y.reshape(x.shape)
