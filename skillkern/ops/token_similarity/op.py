@@ -109,11 +109,17 @@ def _make_backward(bwd_name: str):
 _fwd_op.register_autograd(_make_backward("token_similarity_bwd"), setup_context=_setup_context)
 
 
+def _has_cuda_ops() -> bool:
+    """A library built before csrc/token_similarity/ existed lacks the native ops."""
+    return hasattr(torch.ops.skillkern, "token_similarity_fwd_cuda")
+
+
 @_backend.on_extension_load
 def _register_cuda_autograd():
     # The C++ ops' fake kernels are their Meta kernels (csrc/token_similarity/host.cpp).
-    torch.library.register_autograd("skillkern::token_similarity_fwd_cuda",
-                                    _make_backward("token_similarity_bwd_cuda"), setup_context=_setup_context)
+    if _has_cuda_ops():
+        torch.library.register_autograd("skillkern::token_similarity_fwd_cuda",
+                                        _make_backward("token_similarity_bwd_cuda"), setup_context=_setup_context)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -141,6 +147,10 @@ def token_similarity(img: Tensor, txt: Tensor, img_mask: Optional[Tensor] = None
         return i2t.float(), t2i.float()
     if which == "cuda":
         _backend.load_cuda_extension()
+        if not _has_cuda_ops():
+            raise _backend.BackendUnavailable(
+                "backend='cuda' for skillkern.token_similarity: the loaded skillkern._C was built without "
+                "csrc/token_similarity/; rebuild it (`make build`)")
         i2t, t2i, _, _ = torch.ops.skillkern.token_similarity_fwd_cuda(img, txt, img_mask, txt_mask)
         return i2t, t2i
     i2t, t2i, _, _ = torch.ops.skillkern.token_similarity_fwd(img, txt, img_mask, txt_mask)
