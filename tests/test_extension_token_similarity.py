@@ -171,6 +171,25 @@ def test_torch_compile_fullgraph_forward_backward_on_meta(dtype):
     assert d_txt.shape == txt.shape and d_txt.dtype == dtype
 
 
+def test_torch_compile_dynamic_batch_sizes_compile_once():
+    """The Meta kernels keep Bi, Bt (and D) symbolic: new batch sizes reuse the graph. Token
+    counts are specialised (they pick the index dtypes)."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    counter = CompileCounterWithBackend("aot_eager")
+
+    def loss(img, txt, im, tm):
+        i2t, t2i, _, _ = torch.ops.skillkern.token_similarity_fwd_cuda(img, txt, im, tm)
+        return i2t.sum() + t2i.logsumexp(0).sum()
+
+    f = torch.compile(loss, fullgraph=True, backend=counter, dynamic=True)
+    for Bi, Bt in ((4, 3), (6, 5), (7, 2)):
+        img, txt, im, tm = meta_inputs(Bi, Bt, 9, 6, 16, torch.bfloat16, "both", requires_grad=True)
+        d_img, d_txt = torch.autograd.grad(f(img, txt, im, tm), [img, txt])
+        assert d_img.shape == (Bi, 9, 16) and d_txt.shape == (Bt, 6, 16)
+    assert counter.frame_count == 1
+
+
 def test_cuda_backend_on_cpu_tensors_says_why():
     x = torch.randn(2, 3, 8)
     with pytest.raises(_backend.BackendUnavailable, match="CUDA tensors"):
