@@ -175,9 +175,8 @@ def test_bad_input_names_the_argument(base, name, mutate):
 @pytest.mark.parametrize("masked", [False, True])
 def test_opcheck(masked, backend):
     img, txt, im, tm = make_inputs(3, 4, 6, 5, 16, masked)
-    op = {"triton": torch.ops.skillkern.token_similarity_fwd.default,
-          "cuda": torch.ops.skillkern.token_similarity_fwd_cuda.default}[backend]
-    torch.library.opcheck(op, (img.float().requires_grad_(), txt.float().requires_grad_(), im, tm))
+    op = getattr(torch.ops.skillkern, {"triton": "token_similarity_fwd", "cuda": "token_similarity_fwd_cuda"}[backend])
+    torch.library.opcheck(op.default, (img.float().requires_grad_(), txt.float().requires_grad_(), im, tm))
 
 
 @pytest.mark.gpu
@@ -334,6 +333,10 @@ def test_cuda_long_texts_need_no_swap_by_the_caller():
     check(img, txt, im, tm, torch.float32, "cuda")
     _, _, row_idx, col_idx = torch.ops.skillkern.token_similarity_fwd_cuda(img.float(), txt.float(), im, tm)
     assert row_idx.dtype == torch.int16 and col_idx.dtype == torch.uint8
+    # both sides longer than a tile: refused, naming the argument
+    img, txt, _, _ = make_inputs(1, 1, 513, 514, 4, False)
+    with pytest.raises(ValueError, match="token_similarity: `txt`.*backend='torch'"):
+        skillkern.token_similarity(img.float(), txt.float(), backend="cuda")
 
 
 @pytest.mark.gpu

@@ -7,11 +7,12 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
-#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 #include <limits>
 #include <optional>
 #include <tuple>
@@ -150,8 +151,13 @@ struct Sizes {
   int64_t Bi, Ni, Bt, Nt, D;
 };
 
+// Concrete sizes for the kernels, which index items (not tokens) with int32.
 Sizes sizes_of(const Tensor& img, const Tensor& txt) {
-  return {img.size(0), img.size(1), txt.size(0), txt.size(1), img.size(2)};
+  const Sizes s{img.size(0), img.size(1), txt.size(0), txt.size(1), img.size(2)};
+  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
+  SK_CHECK_ARG(s.Bi <= kMax, "token_similarity", "img", "has ", s.Bi, " items; at most 2^31 - 1");
+  SK_CHECK_ARG(s.Bt <= kMax, "token_similarity", "txt", "has ", s.Bt, " items; at most 2^31 - 1");
+  return s;
 }
 
 toksim::DType kernel_dtype(at::ScalarType t) {

@@ -48,6 +48,11 @@ def _check(img, txt, img_mask, txt_mask):
         _expect(m.device == x.device, name, f"is on {m.device} but its features are on {x.device}")
 
 
+# The CUDA kernels hold all tokens of one side's items in a tile of at most this many rows
+# (kMaxRowTokens, csrc/token_similarity/token_similarity.h); the other side may be any length.
+_CUDA_MAX_ROW_TOKENS = 512
+
+
 def index_dtype(n: int) -> torch.dtype:
     """Smallest integer dtype that holds token indices 0..n-1."""
     return torch.uint8 if n <= 256 else torch.int16 if n <= 32768 else torch.int32
@@ -151,6 +156,10 @@ def token_similarity(img: Tensor, txt: Tensor, img_mask: Optional[Tensor] = None
             raise _backend.BackendUnavailable(
                 "backend='cuda' for skillkern.token_similarity: the loaded skillkern._C was built without "
                 "csrc/token_similarity/; rebuild it (`make build`)")
+        Ni, Nt = img.shape[1], txt.shape[1]
+        _expect(min(Ni, Nt) <= _CUDA_MAX_ROW_TOKENS, "txt",
+                f"has Nt={Nt} and img has Ni={Ni} tokens per item; the CUDA kernels need one side with at "
+                f"most {_CUDA_MAX_ROW_TOKENS} (the other may be any length). Use backend='torch'")
         i2t, t2i, _, _ = torch.ops.skillkern.token_similarity_fwd_cuda(img, txt, img_mask, txt_mask)
         return i2t, t2i
     i2t, t2i, _, _ = torch.ops.skillkern.token_similarity_fwd(img, txt, img_mask, txt_mask)
