@@ -199,6 +199,8 @@ def run(args, op_args: list[str]) -> int:
         if not rows:
             raise SystemExit(f"skillkern bench --no-run: no run{' of ' + str(names) if args.op else ''} in {history_path}")
         print(f"newest run in {history_path}: {rows[0]['run_id']} ({rows[0].get('device')}, commit {rows[0].get('commit')})")
+        for line in summary_lines(rows, None, baselines):
+            print(line)
     else:
         from skillkern.info import versions
 
