@@ -1,8 +1,10 @@
 """`skillkern profile`: one op, one shape, one provider and phase under torch.profiler.
 
 Prints the kernel table (per kernel: time per iteration, launches per iteration, share of the
-device time), the whole call's device time with its achieved TFLOP/s and GB/s (the op's FLOPs
-and minimum bytes over that time: torch.profiler cannot split an op's work among its kernels),
+device time), the achieved TFLOP/s of the operators whose FLOPs torch.profiler counts (aten
+matmuls and convs: the torch baselines), the whole call's device time with its achieved TFLOP/s
+and GB/s (the op's FLOPs and minimum bytes over that time: the profiler cannot split a custom
+op's work among its kernels),
 writes a Chrome trace (chrome://tracing, ui.perfetto.dev) and prints the Nsight Compute command
 that profiles the busiest kernel in depth. On a CPU the table lists aten operators instead of
 kernels (self CPU time) and the numbers only show that the path runs.
@@ -83,6 +85,25 @@ def kernel_table(prof, cuda: bool, iters: int, skip: str) -> list[dict]:
     return sorted(rows, key=lambda r: -r["us_total"])
 
 
+def flop_ops(prof, cuda: bool, iters: int) -> list[dict]:
+    """Operators torch.profiler counts FLOPs for (with_flops: aten::mm, addmm, bmm, conv, ...):
+    [{name, calls, ms, tflops}] per iteration, time being the device time of the kernels they
+    launched on CUDA, their CPU time on a CPU. Custom ops (skillkern's, the peers') have no
+    count: the whole call's rate covers them."""
+    rows = []
+    for evt in prof.key_averages():
+        flops = getattr(evt, "flops", 0) or 0
+        if flops <= 0:
+            continue
+        us = float(getattr(evt, "device_time_total", 0) or getattr(evt, "cuda_time_total", 0) or 0) if cuda \
+            else float(evt.cpu_time_total)
+        if us <= 0:
+            continue
+        rows.append({"name": evt.key, "calls": evt.count / iters, "ms": us / iters / 1e3,
+                     "tflops": flops / (us * 1e-6) / 1e12})
+    return sorted(rows, key=lambda r: -r["ms"])
+
+
 def ncu_command(args, top_kernel: str | None, shape_spec: str) -> str:
     """The Nsight Compute line that profiles one launch of the busiest kernel after the warm-up."""
     cmd = [sys.executable, "-m", "skillkern.cli", "profile", "--op", args.op, "--shape", shape_spec,
@@ -125,7 +146,7 @@ def run(args) -> int:
     sync(device)
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
     t0 = time.perf_counter()
-    with torch.profiler.profile(activities=activities) as prof:
+    with torch.profiler.profile(activities=activities, with_flops=True) as prof:
         for _ in range(args.iters):
             with torch.profiler.record_function(label):
                 fn()
@@ -138,6 +159,11 @@ def run(args) -> int:
         print(f"{r['name'][:60]:60s} {r['ms']:9.4f} {r['launches']:8.1f} {r['share']:5.1f}%")
     if len(table) > args.top:
         print(f"... {len(table) - args.top} more")
+    counted = flop_ops(prof, cuda, args.iters)
+    if counted:
+        print(f"\n{'operators with FLOP counts (torch.profiler)':60s} {'ms/iter':>9s} {'calls':>8s} {'TFLOP/s':>9s}")
+        for r in counted[: args.top]:
+            print(f"{r['name'][:60]:60s} {r['ms']:9.4f} {r['calls']:8.1f} {r['tflops']:9.4g}")
     dev_ms = sum(r["ms"] for r in table)
     launches = sum(r["launches"] for r in table)
     parts = [f"{'device' if cuda else 'operator'} time {dev_ms:.4f} ms/iter in {launches:.0f} "
