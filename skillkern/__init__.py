@@ -5,18 +5,21 @@ missing backend raises skillkern.BackendUnavailable saying how to get it.
 """
 from skillkern._backend import BackendUnavailable, available_backends, has_cuda_extension
 from skillkern._config import check_ids_enabled, set_check_ids
+from skillkern._info import info
 from skillkern.ops.skill_ffn import skill_ffn, skill_route
 from skillkern.ops.token_reduce import token_pool, token_reduce
 from skillkern.ops.token_similarity import token_similarity
 from skillkern.ops.token_similarity.loss import filip_loss
-from skillkern import nn
+from skillkern import convert, nn
 
 __all__ = [
     "BackendUnavailable",
     "available_backends",
     "check_ids_enabled",
+    "convert",
     "filip_loss",
     "has_cuda_extension",
+    "info",
     "nn",
     "set_check_ids",
     "skill_ffn",

@@ -82,8 +82,12 @@ def _extension_import_error() -> str | None:
     except Exception as e:
         return f"{type(e).__name__}: {e}"
     _loaded = True
-    for fn in _on_load:
-        fn()
+    try:
+        for fn in _on_load:
+            fn()
+    except Exception as e:  # e.g. a stale build that lacks an op the Python side registers
+        return (f"the loaded extension does not match this checkout ({type(e).__name__}: {e}); "
+                "rebuild it (`make build`)")
     return None
 
 

@@ -6,7 +6,7 @@ installed script: `python -m skillkern.cli ...`).
   skillkern profile  one op at one shape under torch.profiler: kernel table, Chrome trace, the
                      ncu command line (skillkern/bench/profile.py)
   skillkern info     versions, devices, compiled extension archs, backends per op and the one
-                     "auto" picks (skillkern/info.py)
+                     "auto" picks (skillkern/_info.py)
 
 Examples:
   skillkern bench --quick                          # all ops, quick presets (CPU: tiny shapes)
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     if passthrough and args.command != "bench":
         raise SystemExit(f"skillkern {args.command}: arguments after `--` are only for `skillkern bench`")
     if args.command == "info":
-        from skillkern.info import format_info, info
+        from skillkern._info import format_info, info
 
         d = info()
         print(json.dumps(d, indent=2) if args.json else format_info(d))

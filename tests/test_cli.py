@@ -45,7 +45,7 @@ def test_info_json_and_text(capsys):
 
 
 def test_parse_archs():
-    from skillkern.info import _parse_archs
+    from skillkern._info import _parse_archs
 
     assert _parse_archs("80_90") == ["8.0", "9.0"]
     assert _parse_archs("90") == ["9.0"]

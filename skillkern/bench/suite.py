@@ -202,7 +202,7 @@ def run(args, op_args: list[str]) -> int:
         for line in summary_lines(rows, None, baselines):
             print(line)
     else:
-        from skillkern.info import versions
+        from skillkern._info import versions
 
         t0 = time.time()
         env = env_info(device)

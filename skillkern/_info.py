@@ -1,8 +1,8 @@
 """What this skillkern install can do here: versions, devices, the compiled extension and its
 archs, the backends each op can use per device and the one "auto" picks.
 
-    >>> from skillkern.info import info, format_info
-    >>> print(format_info(info()))            # the same as `skillkern info`
+    >>> import skillkern; from skillkern._info import format_info
+    >>> print(format_info(skillkern.info()))            # the same as `skillkern info`
 
 info() never raises: what cannot be found is reported as None with the reason beside it. It
 imports the compiled extension (skillkern._C) to read its archs; it does not launch kernels.
