@@ -5,12 +5,20 @@ import pytest
 import torch
 
 import skillkern
+from skillkern import _backend
 from skillkern.ops.token_reduce.reference import token_pool_ref, token_reduce_ref
 
 from conftest import DEVICE, assert_error_names, bad_arg_params, rel_err
 
 BACKENDS = ["triton"]
-FLOOR = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
+FLOOR = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
+
+# The native CUDA backend (csrc/token_reduce/) runs on CUDA tensors only: on a GPU with the
+# extension built; everywhere else these parameters skip.
+_CUDA_READY = DEVICE.type == "cuda" and _backend.has_cuda_extension()
+CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not _CUDA_READY, reason="backend='cuda' needs a CUDA device and the built extension")])
+ALL_BACKENDS = ["triton", CUDA]
 
 
 
@@ -45,15 +53,15 @@ def call(t, mask, backend, pool_input=False):
     return skillkern.token_reduce(*args, pool_input=pool_input, backend=backend)
 
 
-def check(t, mask, dtype, pool_input=False):
+def check(t, mask, dtype, pool_input=False, backends=BACKENDS):
     names = list(t)
     leaves = {"ref": {n: v.to(dtype).double().requires_grad_() for n, v in t.items()}}
-    for be in ["torch"] + BACKENDS:
+    for be in ["torch"] + backends:
         leaves[be] = {n: v.to(dtype).clone().requires_grad_() for n, v in t.items()}
     outs = {be: call(lv, mask, be, pool_input) for be, lv in leaves.items()}
     g = torch.randn_like(outs["ref"]).to(dtype)
     grads = {be: torch.autograd.grad(o, [leaves[be][n] for n in names], g.to(o.dtype)) for be, o in outs.items()}
-    for be in BACKENDS:
+    for be in backends:
         assert outs[be].dtype == dtype and outs[be].shape == outs["ref"].shape
         for what, got, base, ref in zip(["out"] + names, [outs[be], *grads[be]], [outs["torch"], *grads["torch"]],
                                         [outs["ref"], *grads["ref"]]):
@@ -84,19 +92,21 @@ SHAPES = [
 ]
 
 
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("shape", SHAPES, ids=[s[0] for s in SHAPES])
-def test_token_reduce_matches_reference(shape, dtype):
+def test_token_reduce_matches_reference(shape, dtype, backend):
     _, B, N, D, S, ln, lnb, masked, empty = shape
-    check(*make(B, N, D, S, ln, lnb, masked, empty), dtype)
+    check(*make(B, N, D, S, ln, lnb, masked, empty), dtype, backends=[backend])
 
 
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("shape", SHAPES[:3] + SHAPES[4:], ids=[s[0] for s in SHAPES[:3] + SHAPES[4:]])
-def test_token_reduce_pool_input_matches_reference(shape, dtype):
+def test_token_reduce_pool_input_matches_reference(shape, dtype, backend):
     """Scores from LayerNorm(x), pooled values x itself (Wukong's released layer)."""
     _, B, N, D, S, ln, lnb, masked, empty = shape
-    check(*make(B, N, D, S, ln, lnb, masked, empty), dtype, pool_input=True)
+    check(*make(B, N, D, S, ln, lnb, masked, empty), dtype, pool_input=True, backends=[backend])
 
 
 POOL_SHAPES = [
@@ -106,14 +116,15 @@ POOL_SHAPES = [
 ]
 
 
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("shape", POOL_SHAPES, ids=[s[0] for s in POOL_SHAPES])
-def test_token_pool_matches_reference(shape, dtype):
+def test_token_pool_matches_reference(shape, dtype, backend):
     _, B, N, D, S, masked, empty = shape
-    check(*make(B, N, D, S, False, False, masked, empty, pool=True), dtype)
+    check(*make(B, N, D, S, False, False, masked, empty, pool=True), dtype, backends=[backend])
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_deterministic(backend):
     t, mask = make(6, 40, 48, 6, True, True, True, False)
     leaves = {n: v.float().requires_grad_() for n, v in t.items()}
@@ -153,20 +164,23 @@ def test_token_pool_bad_scores_names_them():
         skillkern.token_pool(torch.randn(2, 5, 8), torch.randn(2, 4, 3))
 
 
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("pool", [False, True], ids=["reduce", "pool"])
-def test_opcheck(pool):
+def test_opcheck(pool, backend):
     t, mask = make(3, 18, 20, 4, not pool, not pool, True, True, pool=pool)
     f = {n: v.float().requires_grad_() for n, v in t.items()}
     args = (f["x"], f.get("w_score"), f.get("scores"), f.get("ln_weight"), f.get("ln_bias"), mask, 1e-5, pool)
-    torch.library.opcheck(torch.ops.skillkern.token_reduce_fwd.default, args)
+    op = torch.ops.skillkern.token_reduce_fwd if backend == "triton" else torch.ops.skillkern.token_reduce_fwd_cuda
+    torch.library.opcheck(op.default, args)
 
 
-def test_torch_compile_fullgraph_forward_backward():
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_torch_compile_fullgraph_forward_backward(backend):
     t, mask = make(3, 21, 24, 4, True, True, True, False)
     f = {n: v.float().requires_grad_() for n, v in t.items()}
 
     def step(x, w, lw, lb):
-        return skillkern.token_reduce(x * 2, w, lw, lb, mask, backend="triton").square().mean()
+        return skillkern.token_reduce(x * 2, w, lw, lb, mask, backend=backend).square().mean()
 
     args = [f["x"], f["w_score"], f["ln_weight"], f["ln_bias"]]
     loss_c = torch.compile(step, fullgraph=True)(*args)
@@ -180,6 +194,84 @@ def test_torch_compile_fullgraph_forward_backward():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("N,D,S", [(49, 256, 12), (256, 256, 24), (256, 768, 24)])
-def test_gpu_wukong_shapes(N, D, S):
-    check(*make(64, N, D, S, True, True, True, True), torch.bfloat16)
+def test_gpu_wukong_shapes(N, D, S, backend):
+    check(*make(64, N, D, S, True, True, True, True), torch.bfloat16, backends=[backend])
+
+
+# Sizes that pick other kernel variants of the cuda backend (csrc/token_reduce/token_reduce.h):
+# (label, B, N, D, S, ln, ln_bias, masked, empty_row)
+CUDA_SHAPES = [
+    ("S=32: four token tiles, N=70: three 32-row tiles", 3, 70, 64, 32, True, True, True, False),
+    ("N=9 <= 16: 16-row tiles", 4, 9, 48, 24, True, True, False, False),
+    ("D=1100: two feature chunks per item", 2, 40, 1100, 20, True, True, True, True),
+    ("D=1000 not a multiple of 16", 3, 33, 1000, 8, True, False, True, False),
+    ("many items per backward block (B >> SMs)", 600, 20, 96, 6, True, True, True, True),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("shape", CUDA_SHAPES, ids=[s[0] for s in CUDA_SHAPES])
+def test_gpu_kernel_variants(shape, dtype, backend):
+    _, B, N, D, S, ln, lnb, masked, empty = shape
+    check(*make(B, N, D, S, ln, lnb, masked, empty), dtype, backends=[backend])
+    check(*make(B, N, D, S, ln, lnb, masked, empty), dtype, pool_input=True, backends=[backend])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_gpu_fp32_parameters_with_16bit_x(dtype, backend):
+    """fp32 w_score / LayerNorm parameters with 16-bit activations (autocast-style modules)."""
+    t, mask = make(5, 60, 136, 12, True, True, True, False)
+    x = t["x"].to(dtype)
+    params = {n: v.float().requires_grad_() for n, v in t.items() if n != "x"}
+    xs = {be: x.clone().requires_grad_() for be in ["ref", backend]}
+    ref = token_reduce_ref(xs["ref"].double(), *(params[n].double() for n in ["w_score", "ln_weight", "ln_bias"]),
+                           mask)
+    out = skillkern.token_reduce(xs[backend], params["w_score"], params["ln_weight"], params["ln_bias"], mask,
+                                 backend=backend)
+    assert out.dtype == dtype
+    assert rel_err(out, ref) <= 2 * FLOOR[dtype]
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, [xs[backend], *params.values()], g)
+    want = torch.autograd.grad(ref, [xs["ref"], *params.values()], g.double())
+    for name, a, b in zip(["x", *params], got, want):
+        assert a.dtype == (dtype if name == "x" else torch.float32), name
+        assert rel_err(a, b) <= 2 * FLOOR[dtype], name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _CUDA_READY, reason="needs a CUDA device and the built extension")
+def test_gpu_cuda_op_errors_name_the_argument():
+    """What only the C++ ops check (the public API never passes these), on CUDA tensors."""
+    x = torch.randn(2, 5, 8, device=DEVICE)
+    op = torch.ops.skillkern.token_reduce_fwd_cuda
+    with pytest.raises(RuntimeError, match="token_reduce_fwd_cuda: `w_score` gives S = 40"):
+        op(x, torch.randn(8, 40, device=DEVICE), None, None, None, None, 1e-5, False)
+    with pytest.raises(RuntimeError, match="token_reduce_fwd_cuda: `w_score` and `scores`"):
+        op(x, None, None, None, None, None, 1e-5, False)
+    with pytest.raises(RuntimeError, match="token_reduce_fwd_cuda: `x`"):  # D far beyond shared memory
+        op(torch.randn(1, 3, 100_000, device=DEVICE), torch.randn(100_000, 4, device=DEVICE), None, None, None,
+           None, 1e-5, False)
+    with pytest.raises(RuntimeError, match="token_reduce_fwd_cuda: `mask`"):
+        op(x, torch.randn(8, 3, device=DEVICE), None, None, None, torch.ones(2, 5, dtype=torch.bool), 1e-5, False)
+    with pytest.raises(ValueError, match="token_reduce: `w_score`"):  # the public API checks first
+        skillkern.token_reduce(x, torch.randn(9, 3, device=DEVICE), backend="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _CUDA_READY, reason="needs a CUDA device and the built extension")
+def test_gpu_cuda_backend_handles_non_contiguous_inputs():
+    t, mask = make(4, 30, 64, 8, True, True, True, False)
+    x = t["x"].float().transpose(0, 1).contiguous().transpose(0, 1)  # (B, N, D) view, not contiguous
+    w = t["w_score"].float().t().contiguous().t()
+    assert not x.is_contiguous() and not w.is_contiguous()
+    out = skillkern.token_reduce(x, w, t["ln_weight"].float(), t["ln_bias"].float(), mask, backend="cuda")
+    ref = token_reduce_ref(x.double(), w.double(), t["ln_weight"], t["ln_bias"], mask)
+    assert rel_err(out, ref) <= 1e-5

@@ -5,6 +5,9 @@ Ops in the skillkern:: namespace (custom_op + register_fake + register_autograd)
       -> (out, lse)
   skillkern::token_reduce_bwd(d_out, out, x, w_score?, scores?, ln_weight?, ln_bias?, mask?, lse, eps,
                               pool_input) -> (dx, d_w_score, d_scores, d_ln_weight, d_ln_bias)
+backend="cuda" runs skillkern::token_reduce_fwd_cuda / _bwd_cuda (csrc/token_reduce/, same
+arguments and outputs, Meta kernels in C++, the same autograd formula registered here once the
+extension loads).
 One op pair serves both public functions: token_reduce passes w_score (scores = LN(x) @ w_score,
 computed in-kernel), token_pool passes precomputed scores. State kept for backward besides the
 inputs: lse (B, S) fp32, the log-sum-exp of each softmax column (the kernels recompute LN
@@ -86,16 +89,40 @@ def _setup_context(ctx, inputs, output):
     ctx.eps, ctx.pool_input = eps, pool_input
 
 
-def _backward(ctx, d_out, _d_lse):
-    out, x, w_score, scores, ln_weight, ln_bias, mask, lse = ctx.saved_tensors
-    dx, dw, ds, dlw, dlb = torch.ops.skillkern.token_reduce_bwd(
-        d_out, out, x, w_score, scores, ln_weight, ln_bias, mask, lse, ctx.eps, ctx.pool_input)
-    some = lambda g, t: g if t is not None else None  # noqa: E731
-    return (dx, some(dw, w_score), some(ds, scores), some(dlw, ln_weight),
-            some(dlb, ln_bias) if ln_weight is not None else None, None, None, None)
+def _make_backward(bwd_op):
+    """The autograd formula of a forward op (Triton or CUDA), given its backward op: a callable
+    taking the token_reduce_bwd arguments and returning [dx, d_w_score, d_scores, d_ln_weight,
+    d_ln_bias]. Both backends share setup_context and this formula."""
+    def backward(ctx, d_out, _d_lse):
+        out, x, w_score, scores, ln_weight, ln_bias, mask, lse = ctx.saved_tensors
+        dx, dw, ds, dlw, dlb = bwd_op(d_out, out, x, w_score, scores, ln_weight, ln_bias, mask, lse, ctx.eps,
+                                      ctx.pool_input)
+        some = lambda g, t: g if t is not None else None  # noqa: E731
+        return (dx, some(dw, w_score), some(ds, scores), some(dlw, ln_weight),
+                some(dlb, ln_bias) if ln_weight is not None else None, None, None, None)
+    return backward
 
 
-_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+_fwd_op.register_autograd(_make_backward(lambda *a: torch.ops.skillkern.token_reduce_bwd(*a)),
+                          setup_context=_setup_context)
+
+
+@_backend.on_extension_load
+def _register_cuda_autograd():
+    """skillkern::token_reduce_fwd_cuda / _bwd_cuda (csrc/token_reduce/) exist once the
+    extension is loaded; their Meta kernels are C++, their autograd formula is the one above."""
+    torch.library.register_autograd(
+        "skillkern::token_reduce_fwd_cuda",
+        _make_backward(lambda *a: torch.ops.skillkern.token_reduce_bwd_cuda(*a)),
+        setup_context=_setup_context)
+
+
+def _fwd_cuda(x, w_score, scores, ln_weight, ln_bias, mask, eps, pool_input):
+    """The native CUDA op (backend="cuda"); resolve() has loaded the extension, the check
+    here only matters outside torch.compile (a traced call cannot import)."""
+    if not torch.compiler.is_compiling():
+        _backend.load_cuda_extension()
+    return torch.ops.skillkern.token_reduce_fwd_cuda(x, w_score, scores, ln_weight, ln_bias, mask, eps, pool_input)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -135,6 +162,8 @@ def token_reduce(x: Tensor, w_score: Tensor, ln_weight: Optional[Tensor] = None,
     which = _backend.resolve("token_reduce", backend, x.device)
     if which == "torch":
         return token_reduce_ref(x, w_score, ln_weight, ln_bias, mask, eps, bool(pool_input))
+    if which == "cuda":
+        return _fwd_cuda(x, w_score, None, ln_weight, ln_bias, mask, float(eps), bool(pool_input))[0]
     return torch.ops.skillkern.token_reduce_fwd(x, w_score, None, ln_weight, ln_bias, mask, float(eps),
                                                 bool(pool_input))[0]
 
@@ -158,4 +187,6 @@ def token_pool(x: Tensor, scores: Tensor, mask: Optional[Tensor] = None, *, back
     which = _backend.resolve("token_pool", backend, x.device)
     if which == "torch":
         return token_pool_ref(x, scores, mask)
+    if which == "cuda":
+        return _fwd_cuda(x, None, scores, None, None, mask, 1e-5, True)[0]
     return torch.ops.skillkern.token_reduce_fwd(x, None, scores, None, None, mask, 1e-5, True)[0]

@@ -1,0 +1,269 @@
+// token_reduce / token_pool, native CUDA backend: what the host code (tokred_host.cpp) and the kernels
+// (*.cu) share. Math: skillkern/ops/token_reduce/reference.py; the Triton kernels
+// (skillkern/ops/token_reduce/kernels.py) are the behavioural specification.
+//
+// Kernels (one launch each, all on the current stream, no host sync, no float atomics):
+//   prep    w_score -> tensor-core B fragments of W' = diag(ln_weight) W (split into hi + lo
+//           parts), column sums c1 = sum_d W', c2 = ln_bias . W           (tokred_aux.cu)
+//   fwd     one block per (item, D chunk): LN statistics, scores, online softmax over position
+//           tiles, pooling; x is read once                    (fwd_kernel.cuh, tokred_fwd_*.cu)
+//   bwd     one block per (group of items, D chunk): dx, d_scores and per-block partial sums of
+//           d_w_score, d_ln_weight, d_ln_bias                 (bwd_kernel.cuh, tokred_bwd_*.cu)
+//   reduce  sums the partials over blocks in a fixed order (deterministic) (tokred_aux.cu)
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+namespace skillkern {
+namespace tokred {
+
+constexpr int kWarps = 8;  // 256 threads: one block per SM (shared memory bound), 255 regs/thread
+constexpr int kThreads = kWarps * 32;
+constexpr int kMaxS = 32;  // output tokens: up to 4 n-tiles of 8 (accumulators live in registers)
+
+// Storage dtype codes for tensors read/written with a run-time dtype (parameters, scores).
+enum DtypeCode : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
+
+// m-tiles of 16 features a warp keeps accumulators for: (D/16 per warp) x (S/8) x 4 fp32
+// registers, at most 96 (S <= 24: 8 m-tiles = 128 features per warp, D chunk 1024).
+constexpr int max_mtiles_per_warp(int nt) { return nt <= 3 ? 8 : 6; }
+
+constexpr size_t align16(size_t v) { return (v + 15) & ~size_t(15); }
+
+// Shared-memory layout of the forward kernel (byte offsets; every region 16-byte aligned).
+// xs doubles as the staging buffer of the output rows at the end (max(...) rows).
+struct FwdSmem {
+  size_t xs, zpart, zs, ph, pl, mean, rstd, valid, alpha, sl, sm, corr, total;
+};
+
+__host__ __device__ inline FwdSmem fwd_smem(int elem, int tn, int sp, int ldx, int stages, int ldp) {
+  const int ksplit = kWarps / (tn / 16);
+  FwdSmem L{};
+  size_t o = 0;
+  const int x_rows = stages * tn > sp ? stages * tn : sp;
+  L.xs = o;    o = align16(o + size_t(x_rows) * ldx * elem);
+  L.zpart = o; o = align16(o + size_t(ksplit) * tn * sp * 4);
+  L.zs = o;    o = align16(o + size_t(tn) * sp * 4);
+  L.ph = o;    o = align16(o + size_t(sp) * ldp * elem);
+  L.pl = o;    o = align16(o + size_t(sp) * ldp * elem);
+  L.mean = o;  o = align16(o + size_t(tn) * 4);
+  L.rstd = o;  o = align16(o + size_t(tn) * 4);
+  L.valid = o; o = align16(o + size_t(tn) * 4);
+  L.alpha = o; o = align16(o + size_t(sp) * 4);
+  L.sl = o;    o = align16(o + size_t(sp) * 4);
+  L.sm = o;    o = align16(o + size_t(sp) * 4);
+  L.corr = o;  o = align16(o + size_t(sp) * 4);
+  L.total = o;
+  return L;
+}
+
+// Shared-memory layout of the backward kernel (tn = 16 rows per tile).
+//   xs: x tiles (dx is staged in place); dos: d_out[b] rows (skr rows, zero past S);
+//   gs: ln_weight in fp32; part: GEMM3 K-split partials [ksplit][tn][2 sp];
+//   aw*/dz*: softmax weights and d scores as split A operands [tn][lda];
+//   dzb*: rstd * d scores as split B operands [sp][ldp]; dg/db: the block's d_ln_* sums.
+struct BwdSmem {
+  size_t xs, dos, gs, part, awh, awl, dzh, dzl, dzbh, dzbl, mean, rstd, valid, s1, s2, lse, delta,
+      e1, e2, c34, dg, db, total;
+};
+
+__host__ __device__ inline BwdSmem bwd_smem(int elem, int tn, int sp, int skr, int dp, int ldx, int stages,
+                                            int lda, int ldp) {
+  const int ksplit = kWarps / (tn / 16);
+  BwdSmem L{};
+  size_t o = 0;
+  L.xs = o;    o = align16(o + size_t(stages) * tn * ldx * elem);
+  L.dos = o;   o = align16(o + size_t(skr) * ldx * elem);
+  L.gs = o;    o = align16(o + size_t(dp) * 4);
+  L.part = o;  o = align16(o + size_t(ksplit) * tn * 2 * sp * 4);
+  L.awh = o;   o = align16(o + size_t(tn) * lda * elem);
+  L.awl = o;   o = align16(o + size_t(tn) * lda * elem);
+  L.dzh = o;   o = align16(o + size_t(tn) * lda * elem);
+  L.dzl = o;   o = align16(o + size_t(tn) * lda * elem);
+  L.dzbh = o;  o = align16(o + size_t(sp) * ldp * elem);
+  L.dzbl = o;  o = align16(o + size_t(sp) * ldp * elem);
+  L.mean = o;  o = align16(o + size_t(tn) * 4);
+  L.rstd = o;  o = align16(o + size_t(tn) * 4);
+  L.valid = o; o = align16(o + size_t(tn) * 4);
+  L.s1 = o;    o = align16(o + size_t(tn) * 4);
+  L.s2 = o;    o = align16(o + size_t(tn) * 4);
+  L.lse = o;   o = align16(o + size_t(sp) * 4);
+  L.delta = o; o = align16(o + size_t(sp) * 4);
+  L.e1 = o;    o = align16(o + size_t(sp) * 4);
+  L.e2 = o;    o = align16(o + size_t(sp) * 4);
+  L.c34 = o;   o = align16(o + size_t(2) * (kWarps + 1) * sp * 4);
+  L.dg = o;    o = align16(o + size_t(dp) * 4);
+  L.db = o;    o = align16(o + size_t(dp) * 4);
+  L.total = o;
+  return L;
+}
+
+// Geometry both kernels derive from (B, N, D, S) and the dtype (host side, once per call).
+struct Geometry {
+  int nt;        // n-tiles of 8 output tokens: S_pad = 8 nt
+  int dp;        // D rounded up to 16
+  int ldx;       // smem row stride of x tiles / d_out rows (elements): dp + 8 (16-bit) or dp + 4 (fp32)
+  int nks;       // k-steps over D: dp / 16 (16-bit) or dp / 8 (fp32)
+  int mtw;       // m-tiles of 16 features per warp in a D chunk
+  int n_chunks;  // D chunks (blocks per item); 1 unless D > 8 warps * 16 * mtw
+};
+
+struct FwdParams {
+  const void* x;           // (B, N, D) contiguous, storage type T
+  const uint8_t* mask;     // (B, N) contiguous bool, or null
+  const void* scores;      // (B, N, S) contiguous, or null (token_reduce)
+  int scores_dtype;
+  const void* ln_w;        // (D,) or null
+  const void* ln_b;        // (D,) or null
+  int ln_w_dtype, ln_b_dtype;
+  const uint4* wsf;        // prep: W' B fragments [nks][nt][32 lanes] (null when scores given)
+  const float* c1;         // prep: [8 nt]
+  const float* c2;
+  void* out;               // (B, S, D) T
+  float* lse;              // (B, S) fp32
+  int64_t B;
+  int N, D, S;
+  float eps;
+  Geometry geo;
+  int stages;              // x tiles in flight: 2 (cp.async double buffer) or 1
+  bool has_ln, has_ln_bias, pool_ln, scores_given, w_exact;
+  bool x_vec;              // x rows 16-byte aligned: cp.async 16 B, else element loads
+  bool out_vec;            // out rows 16-byte aligned: 16 B stores
+};
+
+struct BwdParams {
+  const void* x;           // (B, N, D) T
+  const void* dout;        // (B, S, D) T
+  const void* out;         // (B, S, D) T
+  const float* lse;        // (B, S)
+  const uint8_t* mask;
+  const void* scores;
+  int scores_dtype;
+  void* dscores;           // (B, N, S) in the scores dtype, or null
+  const void* w;           // (D, S) contiguous w_score, or null
+  int w_dtype;
+  const void* ln_w;
+  const void* ln_b;
+  int ln_w_dtype, ln_b_dtype;
+  const uint4* wsf;        // prep: W' fragments for the scores (k = feature, n = token)
+  const uint4* wbf;        // prep: W' fragments for d scores @ W'^T (k = token, n = feature)
+  const float* c1;
+  const float* c2;
+  void* dx;                // (B, N, D) T
+  float* dw_part;          // [groups][D][S]
+  float* dg_part;          // [groups][D]
+  float* db_part;          // [groups][D]
+  int64_t B;
+  int N, D, S;
+  float eps;
+  Geometry geo;
+  int stages;
+  int items_per_group;
+  int ntd;                 // n-tiles of 8 features: dp / 8
+  bool has_ln, has_ln_bias, pool_ln, scores_given, w_exact;
+  bool x_vec;              // x / dx rows 16-byte aligned
+  bool y_vec;              // d_out rows 16-byte aligned
+};
+
+struct PrepParams {
+  const void* w;           // (D, S) contiguous
+  int w_dtype;
+  const void* ln_w;
+  const void* ln_b;
+  int ln_w_dtype, ln_b_dtype;
+  uint4* wsf;              // [nks][nt][32]
+  uint4* wbf;              // [nks5][ntd][32] or null (forward)
+  float* c1;               // [8 nt]
+  float* c2;
+  int D, S;
+  int nt, nks, nks5, ntd;
+  bool has_ln, has_ln_bias;
+};
+
+struct ReduceParams {
+  const float* dw_part;    // [groups][D * S] or null
+  const float* dg_part;    // [groups][D] or null
+  const float* db_part;
+  void* dw;                // (D, S) in w's dtype
+  void* dg;                // (D,)
+  void* db;
+  int dw_dtype, dg_dtype, db_dtype;
+  int groups;
+  int64_t DS;
+  int D;
+};
+
+// ----------------------------------------------------------------------------- host-side choices
+// (plain C++: shared by tokred_host.cpp and any harness that runs the kernels)
+
+inline int round_up(int v, int m) { return (v + m - 1) / m * m; }
+
+// elem: bytes per x element (2 or 4). The k-step of the tensor cores is 16 (16-bit) or 8 (tf32).
+inline Geometry make_geometry(int elem, int D, int S) {
+  Geometry g{};
+  const int k_step = elem == 2 ? 16 : 8;
+  g.nt = (S + 7) / 8;
+  g.dp = round_up(D, 16);
+  g.ldx = g.dp + (elem == 2 ? 8 : 4);
+  g.nks = g.dp / k_step;
+  const int mtd = g.dp / 16;
+  const int per_warp = (mtd + kWarps - 1) / kWarps;
+  const int mt_max = max_mtiles_per_warp(g.nt);
+  g.mtw = per_warp < 1 ? 1 : (per_warp < mt_max ? per_warp : mt_max);
+  g.n_chunks = (mtd + kWarps * g.mtw - 1) / (kWarps * g.mtw);
+  if (g.n_chunks < 1) g.n_chunks = 1;
+  return g;
+}
+
+struct FwdConfig {
+  int mtn;       // position tile = 16 mtn rows
+  int stages;    // x tiles in flight
+  size_t smem;   // dynamic shared memory bytes
+};
+
+// The largest tile that fits smem_limit: 32 rows double-buffered first (more bytes in flight),
+// 16 rows when N <= 16 (no empty half tile). Returns smem = 0 when even 16 rows do not fit.
+inline FwdConfig pick_fwd_config(int elem, int N, const Geometry& g, size_t smem_limit) {
+  const int pad = elem == 2 ? 8 : 4;
+  const FwdConfig wide[] = {{2, 2, 0}, {1, 2, 0}, {2, 1, 0}, {1, 1, 0}};
+  const FwdConfig narrow[] = {{1, 2, 0}, {1, 1, 0}, {1, 1, 0}, {1, 1, 0}};
+  for (FwdConfig c : (N <= 16 ? narrow : wide)) {
+    c.smem = fwd_smem(elem, 16 * c.mtn, 8 * g.nt, g.ldx, c.stages, 16 * c.mtn + pad).total;
+    if (c.smem <= smem_limit) return c;
+  }
+  return {1, 1, 0};
+}
+
+struct BwdConfig {
+  int stages;
+  size_t smem;
+};
+
+inline int bwd_token_rows(int elem, int nt) { return round_up(8 * nt, elem == 2 ? 16 : 8); }
+
+inline BwdConfig pick_bwd_config(int elem, const Geometry& g, size_t smem_limit) {
+  const int pad = elem == 2 ? 8 : 4;
+  const int skr = bwd_token_rows(elem, g.nt);
+  for (int stages = 2; stages >= 1; --stages) {
+    const size_t smem = bwd_smem(elem, 16, 8 * g.nt, skr, g.dp, g.ldx, stages, skr + pad, 16 + pad).total;
+    if (smem <= smem_limit) return {stages, smem};
+  }
+  return {1, 0};
+}
+
+// Launchers (dtype is the storage type of x: kF32 / kF16 / kBF16). `smem` is the dynamic
+// shared memory the host chose (fwd_smem / bwd_smem); mtn = tn / 16.
+void launch_prep(const PrepParams& p, int x_dtype, cudaStream_t stream);
+void launch_reduce(const ReduceParams& p, cudaStream_t stream);
+void launch_fwd_f32(const FwdParams& p, int mtn, size_t smem, cudaStream_t stream);
+void launch_fwd_f16(const FwdParams& p, int mtn, size_t smem, cudaStream_t stream);
+void launch_fwd_bf16(const FwdParams& p, int mtn, size_t smem, cudaStream_t stream);
+void launch_bwd_f32(const BwdParams& p, int grid, size_t smem, cudaStream_t stream);
+void launch_bwd_f16(const BwdParams& p, int grid, size_t smem, cudaStream_t stream);
+void launch_bwd_bf16(const BwdParams& p, int grid, size_t smem, cudaStream_t stream);
+
+}  // namespace tokred
+}  // namespace skillkern
