@@ -11,10 +11,10 @@
 // the result is bitwise reproducible (no atomics), the same scheme as the Triton backend.
 #pragma once
 
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
+#include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cstdint>
 
 #include "skill_ffn/gemm.cuh"
 
@@ -33,7 +33,7 @@ __global__ void __launch_bounds__(DownShape<T>::THREADS)
                        const int32_t* __restrict__ offsets, int64_t N, int E, int64_t K, int64_t n_out,
                        int64_t w_skill_stride, int64_t ldb, bool vec_a, bool vec_b, bool vec_o) {
   using S = DownShape<T>;
-  extern __shared__ __align__(128) unsigned char smem[];
+  unsigned char* smem = dynamic_smem();
   __shared__ int64_t s_arow[S::BM];
   __shared__ int64_t s_slot[S::BM];
   const int64_t n_ct = (n_out + S::BN - 1) / S::BN;
@@ -118,7 +118,7 @@ inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 template <typename Kernel>
 inline void prepare_launch(Kernel kernel, int smem_bytes, int64_t grid_x) {
   TORCH_CHECK(grid_x < (int64_t(1) << 31), "skill_ffn: problem too large (", grid_x, " blocks)");
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
+  set_max_dynamic_smem(kernel, smem_bytes);
 }
 
 // GEMM2 (B_COL = false: w = w2 (E, K = h, n_out = d)) or dX (B_COL = true: w = w1 (E, n_out = d,
@@ -139,9 +139,8 @@ void launch_down(const T* a, const T* w, const T* bias, const float* scale, T* o
   const bool vec_o = n_out % V == 0 && aligned16(out);
   auto kernel = _skill_down_kernel<T, B_COL>;
   prepare_launch(kernel, L::BYTES, grid);
-  kernel<<<unsigned(grid), S::THREADS, L::BYTES, stream>>>(a, w, bias, scale, out, order, offsets, N, E, K, n_out,
-                                                           K * n_out, B_COL ? K : n_out, vec_a, vec_b, vec_o);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  SKILLKERN_FFN_LAUNCH(kernel, unsigned(grid), S::THREADS, L::BYTES, stream, a, w, bias, scale, out, order, offsets,
+                       N, E, K, n_out, K * n_out, B_COL ? K : n_out, vec_a, vec_b, vec_o);
 }
 
 template <typename T>
@@ -150,8 +149,8 @@ void launch_combine(const T* buf, T* y, int64_t n_tok, int k, int64_t d, cudaStr
   if (total == 0) return;
   const int64_t blocks = std::min<int64_t>(cdiv(total, 256), int64_t(1) << 20);  // grid-stride past that
   const bool vec = d % kVec<T> == 0 && aligned16(buf) && aligned16(y);
-  _combine_slots_kernel<T><<<unsigned(blocks), 256, 0, stream>>>(buf, y, n_tok, k, d, vec);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  auto kernel = _combine_slots_kernel<T>;
+  SKILLKERN_FFN_LAUNCH(kernel, unsigned(blocks), 256, 0, stream, buf, y, n_tok, k, d, vec);
 }
 
 }  // namespace

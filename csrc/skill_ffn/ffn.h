@@ -140,5 +140,14 @@ inline int check_ffn_bwd_args(const at::Tensor& dy, const at::Tensor& x, const a
   return act;
 }
 
+inline std::optional<at::Tensor> contiguous_opt(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? std::optional<at::Tensor>(t->contiguous()) : std::nullopt;
+}
+
+template <typename T>
+const T* ptr_or_null(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? reinterpret_cast<const T*>(t->const_data_ptr()) : nullptr;
+}
+
 }  // namespace ffn
 }  // namespace skillkern

@@ -35,6 +35,7 @@
 #include <type_traits>
 
 #include "common.h"
+#include "skill_ffn/ptx.cuh"
 
 namespace skillkern {
 namespace ffn {
@@ -53,18 +54,7 @@ constexpr int kBK = 64 / int(sizeof(T));   // K step: 64-byte operand rows
 
 __host__ __device__ constexpr int round_up128(int bytes) { return (bytes + 127) / 128 * 128; }
 
-// ----------------------------------------------------------------------------- cp.async
-
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pred) {
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  const int src_bytes = pred ? 16 : 0;  // 0: nothing is read, the 16 bytes are zero-filled
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(src_bytes)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+// ----------------------------------------------------------------------------- tile copies
 
 // Copies a ROWS x COLS tile whose columns are contiguous in global memory into shared memory
 // (row stride LD). row_off(r) is the element offset of tile row r in `g`, or -1 for a row

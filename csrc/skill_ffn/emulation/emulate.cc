@@ -1,0 +1,86 @@
+// CPU emulation of the native skill-FFN backend, for tests/test_extension_skill_ffn.py (no GPU
+// needed). It compiles the REAL sources - fwd.cuh / bwd.cuh / down.cuh / gemm.cuh with their
+// kernels, launchers and host orchestration (run_forward, run_backward) - against the host
+// stand-ins in this folder for the CUDA-only primitives (skill_ffn/ptx.cuh: threads, barriers,
+// shuffles, cp.async, launches; mma.h: wmma). Only the routing is replaced, by a host counting
+// sort (route.cu has its own tests). Registered as torch.ops.skillkern_emu.{forward,backward}
+// with the arguments of skill_ffn_fwd_cuda / skill_ffn_bwd_cuda, on CPU tensors.
+//
+// Built by torch.utils.cpp_extension.load with this folder first on the include path (so its
+// skill_ffn/ptx.cuh and mma.h shadow the real ones) and torch's half/bf16 flags. Not part of
+// the extension: setup.py compiles csrc/**/*.cpp and *.cu, and this file is .cc.
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "skill_ffn/bwd.cuh"
+#include "skill_ffn/ffn.h"
+#include "skill_ffn/fwd.cuh"
+
+namespace skillkern {
+namespace ffn {
+namespace {
+
+// Stable counting sort of the slots by skill (reference.py route_ref): order, offsets.
+std::tuple<at::Tensor, at::Tensor> route_host(const at::Tensor& skill_ids, int64_t E) {
+  const at::Tensor ids = skill_ids.reshape({-1}).to(at::kLong).contiguous();
+  const int64_t n = ids.numel();
+  const int64_t* v = ids.const_data_ptr<int64_t>();
+  at::Tensor order = at::empty({n}, ids.options().dtype(at::kInt));
+  at::Tensor offsets = at::zeros({E + 1}, ids.options().dtype(at::kInt));
+  std::vector<int64_t> start(E + 2, 0);
+  auto bucket = [&](int64_t id) { return id >= 0 && id < E ? id : E; };
+  for (int64_t i = 0; i < n; ++i) ++start[bucket(v[i]) + 1];
+  for (int64_t b = 0; b <= E; ++b) start[b + 1] += start[b];
+  for (int64_t e = 0; e <= E; ++e) offsets.mutable_data_ptr<int32_t>()[e] = int32_t(start[e]);
+  for (int64_t i = 0; i < n; ++i) order.mutable_data_ptr<int32_t>()[start[bucket(v[i])]++] = int32_t(i);
+  return {order, offsets};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> emu_forward(const at::Tensor& x, const at::Tensor& skill_ids,
+                                                           const at::Tensor& scale, const at::Tensor& w1,
+                                                           const at::Tensor& w2, const std::optional<at::Tensor>& b1,
+                                                           const std::optional<at::Tensor>& b2,
+                                                           c10::string_view activation) {
+  const int act = check_ffn_fwd_args(x, skill_ids, scale, w1, w2, b1, b2, activation);
+  at::Tensor order, offsets;
+  std::tie(order, offsets) = route_host(skill_ids, w1.size(0));
+  // inputs as given (the tests pass contiguous views at chosen offsets, to reach both the
+  // 16-byte and the element-wise copy paths)
+  TORCH_CHECK(x.is_contiguous() && w1.is_contiguous() && w2.is_contiguous() && scale.is_contiguous(),
+              "emulation: pass contiguous tensors");
+  const at::Tensor y = run_forward(x, scale, w1, w2, contiguous_opt(b1), contiguous_opt(b2), act, order, offsets,
+                                   /*stream=*/nullptr);
+  return {y, order, offsets};
+}
+
+std::vector<at::Tensor> emu_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& scale,
+                                     const at::Tensor& w1, const at::Tensor& w2, const std::optional<at::Tensor>& b1,
+                                     const std::optional<at::Tensor>& b2, const at::Tensor& order,
+                                     const at::Tensor& offsets, c10::string_view activation, bool need_dscale) {
+  const int act = check_ffn_bwd_args(dy, x, scale, w1, w2, b1, b2, order, offsets, activation);
+  TORCH_CHECK(dy.is_contiguous() && x.is_contiguous() && w1.is_contiguous() && w2.is_contiguous(),
+              "emulation: pass contiguous tensors");
+  return run_backward(dy, x, scale.contiguous(), w1, w2, contiguous_opt(b1), contiguous_opt(b2), order, offsets, act,
+                      need_dscale, /*stream=*/nullptr);
+}
+
+}  // namespace
+}  // namespace ffn
+}  // namespace skillkern
+
+TORCH_LIBRARY(skillkern_emu, m) {
+  m.def("forward(Tensor x, Tensor skill_ids, Tensor scale, Tensor w1, Tensor w2, Tensor? b1, Tensor? b2, "
+        "str activation) -> (Tensor, Tensor, Tensor)");
+  m.def("backward(Tensor dy, Tensor x, Tensor scale, Tensor w1, Tensor w2, Tensor? b1, Tensor? b2, Tensor order, "
+        "Tensor offsets, str activation, bool need_dscale) -> Tensor[]");
+}
+
+TORCH_LIBRARY_IMPL(skillkern_emu, CPU, m) {
+  m.impl("forward", &skillkern::ffn::emu_forward);
+  m.impl("backward", &skillkern::ffn::emu_backward);
+}
