@@ -67,7 +67,7 @@ class ModelConfig:
     max_text_len: int = 64
     # --- image: ViT patches of a square RGB image (uint8 in, scaled to [-1, 1])
     image_size: int = 32
-    image_patch: int = 4
+    image_patch: int = 8      # 16 patches + [CLS] (base: 4, 64 patches)
     # --- sound: log-mel spectrogram computed in torch, cut into (mel x time) patches (AST-style)
     sample_rate: int = 16000
     sound_samples: int = 16000
@@ -76,10 +76,12 @@ class ModelConfig:
     n_mels: int = 64
     sound_patch_freq: int = 16
     sound_patch_time: int = 16
-    # --- video: per-frame patches + a temporal embedding
+    # --- video: tubelet patches (video_tubelet frames x video_patch^2 pixels) + a temporal
+    # embedding; tubelets of 2 frames halve the tokens of per-frame patches (ViViT)
     video_frames: int = 8
     video_size: int = 32
     video_patch: int = 8
+    video_tubelet: int = 2
     # --- Wukong head: token projection, token reduction on the non-text side, FILIP loss
     proj_dim: int = 256
     reduced_tokens: int = 12
@@ -126,7 +128,7 @@ class ModelConfig:
 
     @property
     def video_tokens(self) -> int:
-        return self.video_frames * (self.video_size // self.video_patch) ** 2 + 1
+        return self.video_frames // self.video_tubelet * (self.video_size // self.video_patch) ** 2 + 1
 
     def tokens(self, modality: str, text_len: int | None = None) -> int:
         """Positions per item that the encoder sees for `modality` (text/code: text_len)."""
@@ -140,7 +142,7 @@ class ModelConfig:
         _check_types(self, c)
         for name in ("d_model", "n_layers", "n_heads", "d_ff", "vocab_size", "max_text_len", "image_size",
                      "image_patch", "sample_rate", "sound_samples", "n_fft", "hop_length", "n_mels",
-                     "sound_patch_freq", "sound_patch_time", "video_frames", "video_size", "video_patch",
+                     "sound_patch_freq", "sound_patch_time", "video_frames", "video_size", "video_patch", "video_tubelet",
                      "proj_dim", "reduced_tokens", "reduce_groups"):
             if getattr(self, name) < 1:
                 _fail(c, name, f"must be a positive int, got {getattr(self, name)}")
@@ -162,6 +164,8 @@ class ModelConfig:
                                   (self.video_size, self.video_patch, "video")):
             if size % patch:
                 _fail(c, f"{what}_patch", f"={patch} must divide {what}_size={size}")
+        if self.video_frames % self.video_tubelet:
+            _fail(c, "video_tubelet", f"={self.video_tubelet} must divide video_frames={self.video_frames}")
         if self.n_fft > self.sound_samples:
             _fail(c, "n_fft", f"={self.n_fft} is longer than sound_samples={self.sound_samples}")
         if self.n_mels > self.n_fft // 2 + 1:
@@ -215,6 +219,7 @@ class TrainConfig:
     warmup_steps: int = 30
     weight_decay: float = 0.05
     betas: tuple = (0.9, 0.98)
+    adam_eps: float = 1e-8
     grad_clip: float = 1.0       # max global grad norm; 0 = off
     seed: int = 0
     backend: str = "auto"        # skillkern backend of every fused layer
@@ -244,6 +249,8 @@ class TrainConfig:
             _fail(c, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             _fail(c, "betas", f"must be two floats in [0, 1), got {self.betas}")
+        if not self.adam_eps > 0:
+            _fail(c, "adam_eps", f"must be > 0, got {self.adam_eps}")
         if self.grad_clip < 0:
             _fail(c, "grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip}")
         if self.backend not in BACKENDS:
@@ -302,7 +309,7 @@ def _default(f: dataclasses.Field):
 
 PRESETS = {
     "tiny": dict(preset="tiny"),
-    "base": dict(preset="base", d_model=768, n_layers=12, n_heads=12, d_ff=3072, dropout=0.1),
+    "base": dict(preset="base", d_model=768, n_layers=12, n_heads=12, d_ff=3072, dropout=0.1, image_patch=4),
 }
 # Trainer defaults per preset: the tiny main job must finish in minutes on 2 CPU cores.
 TRAIN_PRESETS = {

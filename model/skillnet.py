@@ -21,8 +21,8 @@ Embedders (model inputs as model/data gives them):
   image       (B, 3, H, W) uint8 -> [CLS] + ViT patches (Conv2d stride p) + positions
   sound       (B, S) float waveform -> log-mel spectrogram computed in torch (STFT, HTK mel
               filterbank, log, per-item standardisation) -> [CLS] + (mel x time) patches (AST)
-  video       (B, F, 3, H, W) uint8 -> [CLS] + per-frame patches + spatial positions + a
-              temporal embedding per frame
+  video       (B, F, 3, H, W) uint8 -> [CLS] + tubelet patches (t frames x p x p, ViViT) +
+              spatial positions + a temporal embedding per time step
 """
 from __future__ import annotations
 
@@ -174,17 +174,19 @@ class SoundEmbed(nn.Module):
 
 
 class VideoEmbed(nn.Module):
-    """(B, F, 3, H, W) uint8 -> [CLS] + F x (H/p * W/p) frame patch tokens, each with its
-    spatial position and its frame's temporal embedding added."""
+    """(B, F, 3, H, W) uint8 -> [CLS] + F/t x (H/p * W/p) tubelet tokens (ViViT's tubelet
+    embedding: a Conv3d over t frames x p x p pixels; t = 1 is plain per-frame patches), each
+    with its spatial position and its time step's temporal embedding added."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.frames, self.size = cfg.video_frames, cfg.video_size
+        self.frames, self.size, self.tubelet = cfg.video_frames, cfg.video_size, cfg.video_tubelet
         n_patch = (cfg.video_size // cfg.video_patch) ** 2
-        self.proj = nn.Conv2d(3, cfg.d_model, cfg.video_patch, stride=cfg.video_patch)
+        kernel = (cfg.video_tubelet, cfg.video_patch, cfg.video_patch)
+        self.proj = nn.Conv3d(3, cfg.d_model, kernel, stride=kernel)
         self.cls = nn.Parameter(torch.empty(cfg.d_model))
-        self.pos = nn.Parameter(torch.empty(n_patch, cfg.d_model))         # spatial
-        self.time = nn.Parameter(torch.empty(cfg.video_frames, cfg.d_model))  # temporal
+        self.pos = nn.Parameter(torch.empty(n_patch, cfg.d_model))                              # spatial
+        self.time = nn.Parameter(torch.empty(cfg.video_frames // cfg.video_tubelet, cfg.d_model))  # temporal
         for p in (self.proj.weight, self.cls, self.pos, self.time):
             _trunc_normal_(p)
         nn.init.zeros_(self.proj.bias)
@@ -193,10 +195,11 @@ class VideoEmbed(nn.Module):
         want = (self.frames, 3, self.size, self.size)
         _expect_input(x.dim() == 5 and tuple(x.shape[1:]) == want, "video", "x",
                       f"must be (B, {', '.join(map(str, want))}) (video_frames, video_size), got {tuple(x.shape)}")
-        B, Fr = x.shape[:2]
-        t = self.proj(_pixels(x.flatten(0, 1), self.proj.weight.dtype)).flatten(2).transpose(1, 2)  # (B*F, P, d)
-        t = t.reshape(B, Fr, -1, t.shape[-1]) + self.pos + self.time[:, None, :]
-        t = t.reshape(B, -1, t.shape[-1])                                      # frame-major
+        B = x.shape[0]
+        v = _pixels(x, self.proj.weight.dtype).transpose(1, 2)                 # (B, 3, F, H, W)
+        t = self.proj(v)                                                        # (B, d, F/t, H/p, W/p)
+        t = t.flatten(3).permute(0, 2, 3, 1)                                    # (B, F/t, P, d)
+        t = (t + self.pos + self.time[:, None, :]).reshape(B, -1, t.shape[-1])  # time-major
         return torch.cat([self.cls.to(t.dtype).expand(B, 1, -1), t], 1), None
 
 

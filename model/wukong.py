@@ -206,7 +206,9 @@ class SkillNetWukong(nn.Module):
         f0, k0, f1, k1 = self._retrieval_features(encoded, task)
         loss = self.filip[task](f0, f1, k0, k1, process_group=process_group)
         world = torch.distributed.get_world_size(process_group) if process_group is not None else 1
-        return {"loss": loss * world, "value": loss.detach(), "tokens": tokens}
+        # `loss * 1` beside `loss.detach()` in one output makes torch.compile (2.14) drop the
+        # loss's grad_fn: scale only under a process group
+        return {"loss": loss * world if world > 1 else loss, "value": loss.detach(), "tokens": tokens}
 
     # ------------------------------------------------------------------ LiT
     def lock_image_tower(self) -> int:

@@ -1,0 +1,750 @@
+"""Train SkillNet (+ Wukong's dual-encoder head) on the mini 5-modality benchmark.
+
+    python -m model.train                         # tiny model, mini benchmark, eval table at the end
+    python -m model.train --model base --backend triton --steps 2000
+    python -m model.train --resume                # continue runs/<name> from its last checkpoint
+    torchrun --nproc_per_node 2 -m model.train    # DDP (nccl on GPUs, gloo on CPUs)
+    python -m model.train --set lr=5e-4 skill_every=2 task_weights='{"image_text": 2}'
+
+Each optimiser step trains one task, drawn by a fixed weighted schedule (TrainConfig.task_weights)
+from a seeded generator; a task's global batch is drawn from its own seeded epoch permutation,
+cut into grad_accum micro-batches, and each rank takes its slice of every micro-batch (so DDP
+sees exactly the single-process batch, micro-batch by micro-batch).
+AdamW (no decay on biases, norms, embeddings, the temperature) with linear warmup and cosine
+decay; bf16 autocast on a GPU; gradient accumulation and clipping; `--backend` routes every fused
+layer (SkillFFN, TokenReduction, FILIP loss, evaluation's token similarity).
+
+Outputs in runs/<name>/: metrics.jsonl (one JSON object per step and per evaluation),
+curves.png, ckpt/step_NNNNNN/ (model.safetensors, train_state.pt, rng_rankR.pt, config.json)
+with ckpt/latest naming the newest. A checkpoint is written to a temporary folder and renamed
+(the rename is atomic), so a run killed at any moment leaves the previous checkpoint intact.
+Resuming restores the weights, the optimiser and scheduler, the step, every RNG (python, numpy,
+torch, CUDA, the task sampler, each task's data order) and the metrics so far: a run killed and
+resumed gives the same loss curve as one that was not (bitwise on CPU).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import skillkern
+from model.config import (
+    TASK_KINDS,
+    TASK_MODALITIES,
+    ModelConfig,
+    TrainConfig,
+    model_config,
+    parse_overrides,
+    to_dict,
+    train_config,
+)
+from model.params import peak_flops, step_flops
+from model.wukong import SkillNetWukong, TaskSpec
+
+# Ops that run on a skillkern backend; --backend is checked against each before training.
+FUSED_OPS = ("skill_ffn", "token_reduce", "token_similarity")
+# Names of parameters AdamW does not decay: biases and norms (1-d), embeddings, positions,
+# [CLS] / type vectors and FILIP's temperature.
+NO_DECAY = ("tok.weight", ".pos", ".cls", ".time", "modality_vec", "log_scale")
+
+
+class DataError(RuntimeError):
+    """The benchmark data is missing or does not fit the model; the message says what to do."""
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+class TaskSampler:
+    """One task per step, drawn with probability proportional to its weight from a seeded
+    numpy generator (its state goes into the checkpoint)."""
+
+    def __init__(self, names: list[str], weights: dict, seed: int):
+        self.names = list(names)
+        w = np.array([float(weights.get(n, 1.0)) for n in self.names])
+        if not w.sum() > 0:
+            raise ValueError(f"TrainConfig: `task_weights` give every task ({self.names}) weight 0")
+        self.p = w / w.sum()
+        self.rng = np.random.Generator(np.random.PCG64([seed, 7001]))
+
+    def next(self) -> str:
+        return self.names[int(self.rng.choice(len(self.names), p=self.p))]
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.rng.bit_generator.state = s["rng"]
+
+
+class BatchOrder:
+    """A task's training order: a seeded permutation per epoch, consumed batch by batch (the
+    tail that does not fill a batch is dropped, so every batch has the same shape)."""
+
+    def __init__(self, n: int, batch: int, seed: int, task_index: int, task: str):
+        if n < batch:
+            raise DataError(f"{task}: the train split has {n} examples, fewer than one global batch of "
+                            f"{batch}; lower --batch-size or build a larger benchmark (--data-size mini)")
+        self.n, self.batch = n, batch
+        self.rng = np.random.Generator(np.random.PCG64([seed, 9001, task_index]))
+        self.epoch, self.pos = 0, 0
+        self.perm = self.rng.permutation(n)
+
+    def next(self) -> torch.Tensor:
+        if self.pos + self.batch > self.n:
+            self.epoch, self.pos = self.epoch + 1, 0
+            self.perm = self.rng.permutation(self.n)
+        idx = self.perm[self.pos:self.pos + self.batch]
+        self.pos += self.batch
+        return torch.from_numpy(idx.copy())
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.bit_generator.state, "epoch": self.epoch, "pos": self.pos,
+                "perm": torch.from_numpy(self.perm.copy())}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.rng.bit_generator.state = s["rng"]
+        self.epoch, self.pos, self.perm = s["epoch"], s["pos"], s["perm"].numpy().copy()
+
+
+def lr_lambda(cfg: TrainConfig):
+    """Linear warmup to lr over warmup_steps, then cosine down to lr * min_lr_ratio at the end."""
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+    return f
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def load_tasks(tcfg: TrainConfig, log=print) -> dict:
+    """The benchmark's tasks (model.data.build_benchmark), only those asked for (all by default).
+    Raises DataError when none exists."""
+    try:
+        from model.data import build_benchmark
+    except ImportError as e:
+        raise DataError(f"model.data is not importable ({e}); the benchmark builder is part of this repo") from e
+    asked = list(tcfg.tasks) or list(TASK_KINDS)
+    tasks = build_benchmark(tcfg.data_root or None, tasks=asked, size=tcfg.data_size, seed=tcfg.seed, log=log)
+    missing = [t for t in asked if t not in tasks]
+    if not tasks:
+        raise DataError(f"no benchmark task could be built (asked {asked}); the messages above say which "
+                        "source is missing and how to install it")
+    if missing:
+        log(f"training on {sorted(tasks)}; missing (no source here, see above): {missing}")
+    return tasks
+
+
+def _check_task_data(name: str, task, mcfg: ModelConfig) -> None:
+    """The tensors a task gives fit the model: clear errors instead of shape errors later."""
+    for split in ("train", "val", "test"):
+        if split not in task.splits:
+            raise DataError(f"{name}: the data has no {split!r} split (has {sorted(task.splits)})")
+        s = task.splits[split]
+        need = {"classify": ("ids", "mask", "label"), "retrieve": ("x", "ids", "mask")}[task.kind]
+        if TASK_MODALITIES[name][0] == "code":
+            need = ("x_ids", "x_mask", "ids", "mask")
+        missing = [k for k in need if k not in s]
+        if missing:
+            raise DataError(f"{name}/{split}: missing tensors {missing} (has {sorted(s)})")
+        n = {int(v.shape[0]) for v in s.values()}
+        if len(n) != 1:
+            raise DataError(f"{name}/{split}: tensors disagree on the number of examples: "
+                            f"{ {k: tuple(v.shape) for k, v in s.items()} }")
+        for k in ("ids", "x_ids"):
+            if k in s and s[k].numel() and int(s[k].max()) >= mcfg.vocab_size:
+                raise DataError(f"{name}/{split}: `{k}` holds token id {int(s[k].max())} >= the model's "
+                                f"vocab_size={mcfg.vocab_size} (a different tokenizer built the data?)")
+            if k in s and s[k].shape[1] > mcfg.max_text_len:
+                raise DataError(f"{name}/{split}: `{k}` has {s[k].shape[1]} tokens per item > "
+                                f"max_text_len={mcfg.max_text_len}; raise it with --set max_text_len=...")
+
+
+def _take(split: dict, idx: torch.Tensor, device) -> dict:
+    return {k: v[idx].to(device, non_blocking=True) for k, v in split.items()}
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+def dist_info() -> tuple[int, int, object]:
+    """(rank, world, process group or None)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), dist.group.WORLD
+    return 0, 1, None
+
+
+def maybe_init_distributed(device: torch.device) -> None:
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK: join the group (nccl on GPUs, gloo on CPUs)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+def _barrier():
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+class Trainer:
+    """Builds the model and everything that trains it. fit() runs to TrainConfig.steps (or to
+    `stop_at`, to simulate a killed run) and returns the losses of the steps it ran.
+
+    tasks: {name: Task} as model.data gives them; None loads the benchmark (the only source of
+    data the command line uses). device: default cuda when available (LOCAL_RANK's GPU under
+    torchrun)."""
+
+    def __init__(self, mcfg: ModelConfig, tcfg: TrainConfig, tasks: dict | None = None, *,
+                 device: torch.device | str | None = None, resume: bool = False, log=print, progress: bool = True):
+        tcfg.validate()
+        if device is None:
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        maybe_init_distributed(self.device)
+        self.rank, self.world, self.group = dist_info()
+        self.log = log if self.rank == 0 else (lambda *a, **k: None)
+        self.progress = progress and self.rank == 0
+        self.tcfg = tcfg
+        self.run_dir = os.path.join(tcfg.runs_dir, tcfg.run_name)
+        self.ckpt_dir = os.path.join(self.run_dir, "ckpt")
+        self.metrics_path = os.path.join(self.run_dir, "metrics.jsonl")
+        self._seed_everything(tcfg.seed)
+
+        if tasks is None:
+            tasks = self._load_tasks_once()
+            mcfg = self._fit_vocab(mcfg, tasks)
+        tasks = {n: t for n, t in tasks.items() if not tcfg.tasks or n in tcfg.tasks}
+        if not tasks:
+            raise DataError(f"none of the asked tasks {list(tcfg.tasks)} is in the data")
+        self.tasks = tasks
+        specs = {}
+        for name, t in tasks.items():
+            if name not in TASK_KINDS:
+                raise DataError(f"unknown task {name!r} in the data; the model knows {sorted(TASK_KINDS)}")
+            specs[name] = TaskSpec(name, t.kind, int(getattr(t, "num_classes", 0) or 0))
+        for name, t in tasks.items():
+            _check_task_data(name, t, mcfg)
+        self.mcfg = mcfg.validate()
+        self.model = SkillNetWukong(mcfg, specs).to(self.device)
+        if tcfg.init_from:
+            self._load_weights(tcfg.init_from)
+        self.fused_modules = self.model.set_backend(tcfg.backend)
+        self._check_backend()
+        if mcfg.lit:
+            frozen = self.model.lock_image_tower()
+            self.log(f"LiT: image tower locked ({frozen / 1e6:.2f} M parameter elements frozen)")
+        if self.device.type == "cuda":
+            # routing ids are built by the model from the validated config: skip skillkern's
+            # per-call range check and its host sync
+            skillkern.set_check_ids(False)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+        self.ddp = None
+        if self.world > 1:
+            # one task per step leaves the other tasks' embedders and heads unused
+            self.ddp = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
+        self.optimizer = self._make_optimizer()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(tcfg))
+        names = sorted(tasks)
+        self.sampler = TaskSampler(names, tcfg.task_weights, tcfg.seed)
+        self.orders = {n: BatchOrder(int(next(iter(tasks[n].splits["train"].values())).shape[0]),
+                                     tcfg.batch_size, tcfg.seed, i, n) for i, n in enumerate(names)}
+        if tcfg.batch_size % (tcfg.grad_accum * self.world):
+            raise ValueError(f"TrainConfig: `batch_size`={tcfg.batch_size} must be divisible by grad_accum x "
+                             f"world size = {tcfg.grad_accum} x {self.world}")
+        self.step = 0
+        self.metrics: list[dict] = []
+        self.peak = peak_flops(self.device)
+        self.autocast = self.device.type == "cuda" and tcfg.amp
+        if resume:
+            self.load_checkpoint()
+        elif self.rank == 0:
+            self._fresh_run_dir()
+        _barrier()
+
+    # ------------------------------------------------------------------ set-up helpers
+    def _seed_everything(self, seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    def _load_tasks_once(self) -> dict:
+        # rank 0 builds (and caches) the benchmark first; the others then load the cache
+        if self.rank == 0:
+            tasks = load_tasks(self.tcfg, self.log)
+        _barrier()
+        if self.rank != 0:
+            tasks = load_tasks(self.tcfg, lambda *a, **k: None)
+        return tasks
+
+    def _fit_vocab(self, mcfg: ModelConfig, tasks: dict) -> ModelConfig:
+        """The token table follows the tokenizer that built the data (bert-base-chinese's 21,128,
+        or model.data's fallback vocabulary when its package is missing)."""
+        sizes = {t.meta.get("tokenizer", {}).get("vocab_size") for t in tasks.values() if getattr(t, "meta", None)}
+        sizes.discard(None)
+        if len(sizes) > 1:
+            raise DataError(f"the tasks were tokenized with different vocabularies {sorted(sizes)}; "
+                            "rebuild the benchmark (python -m model.data --rebuild)")
+        if sizes and sizes != {mcfg.vocab_size}:
+            (v,) = sizes
+            self.log(f"vocab_size {mcfg.vocab_size} -> {v} (the data's tokenizer)")
+            mcfg = dataclasses.replace(mcfg, vocab_size=v)
+        return mcfg
+
+    def _check_backend(self) -> None:
+        b = self.tcfg.backend
+        if b in ("auto", "torch"):
+            return
+        problems = []
+        for op in FUSED_OPS:
+            try:
+                skillkern._backend.resolve(op, b, self.device)
+            except skillkern.BackendUnavailable as e:
+                problems.append(str(e))
+        if problems:
+            raise skillkern.BackendUnavailable(f"--backend {b} cannot run every fused layer on {self.device}:\n  "
+                                               + "\n  ".join(problems))
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        decay, no_decay = [], []
+        for n, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.dim() < 2 or any(k in n for k in NO_DECAY) else decay).append(p)
+        groups = [{"params": decay, "weight_decay": self.tcfg.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        fused = {"fused": True} if self.device.type == "cuda" else {}
+        return torch.optim.AdamW(groups, lr=self.tcfg.lr, betas=tuple(self.tcfg.betas), eps=self.tcfg.adam_eps,
+                                 **fused)
+
+    def _load_weights(self, path: str) -> None:
+        from safetensors.torch import load_file
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"TrainConfig: `init_from` file {path!r} does not exist")
+        state = load_file(path, device=str(self.device))
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        self.log(f"init from {path}: {len(state) - len(unexpected)} tensors loaded"
+                 + (f"; not in the file (kept fresh): {missing}" if missing else "")
+                 + (f"; ignored (not in this model): {unexpected}" if unexpected else ""))
+
+    def _fresh_run_dir(self) -> None:
+        if os.path.isdir(self.ckpt_dir) or os.path.exists(self.metrics_path):
+            self.log(f"starting fresh in {self.run_dir} (its old checkpoints and metrics are replaced; "
+                     "--resume continues them instead)")
+            shutil.rmtree(self.ckpt_dir, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.metrics_path)
+        os.makedirs(self.run_dir, exist_ok=True)
+
+    # ------------------------------------------------------------------ one step
+    def _micro_batches(self, task: str) -> list[dict]:
+        """This rank's parts of the next global batch of `task`: the batch is cut into grad_accum
+        micro-batches, and each micro-batch into world contiguous rank slices, so micro-step j
+        covers the same items on any number of ranks (FILIP's contrastive set is the micro-batch)."""
+        idx = self.orders[task].next()
+        split = self.tasks[task].splits["train"]
+        out = []
+        for micro in idx.chunk(self.tcfg.grad_accum):
+            per_rank = len(micro) // self.world
+            out.append(_take(split, micro[self.rank * per_rank:(self.rank + 1) * per_rank], self.device))
+        return out
+
+    def train_step(self) -> dict:
+        t0 = time.perf_counter()
+        task = self.sampler.next()
+        micro = self._micro_batches(task)
+        model = self.ddp or self.model
+        self.model.train()
+        value, tokens, flops = 0.0, 0, 0.0
+        for i, batch in enumerate(micro):
+            sync = i == len(micro) - 1
+            ctx = model.no_sync() if (self.ddp is not None and not sync) else contextlib.nullcontext()
+            with ctx, torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
+                out = model(task, batch, self.group)
+                (out["loss"] / len(micro)).backward()
+            value += out["value"] / len(micro)
+            tokens += out["tokens"] * self.world
+            flops += step_flops(self.model, task, batch) * self.world
+        if self.world > 1 and TASK_KINDS[task] == "classify":
+            # the logged value: the global batch's mean (FILIP's value already is)
+            value = value.clone()
+            dist.all_reduce(value)
+            value /= self.world
+        gnorm = (nn.utils.clip_grad_norm_(self.model.parameters(), self.tcfg.grad_clip)
+                 if self.tcfg.grad_clip > 0 else _grad_norm(self.model))
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.mcfg.lit:
+            self.model.restore_locked()
+        loss = float(value)       # the one host sync of the step (also makes dt honest on a GPU)
+        self.step += 1
+        dt = time.perf_counter() - t0
+        row = {"type": "train", "step": self.step, "task": task, "loss": loss, "lr": lr,
+               "grad_norm": float(gnorm), "tokens": tokens, "step_s": dt, "tok_s": tokens / dt,
+               "mfu": flops / dt / (self.peak * self.world) if self.peak else None}
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"step {self.step} ({task}): loss is {loss}; lower --set lr=... "
+                                     "or check the data")
+        return row
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, stop_at: int | None = None) -> list[float]:
+        """Train to TrainConfig.steps (or stop after step `stop_at`, as a killed run would).
+        Returns the losses of the steps run here."""
+        cfg = self.tcfg
+        last = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+        bar = self._bar(last)
+        losses = []
+        t_start = time.perf_counter()
+        while self.step < last:
+            row = self.train_step()
+            losses.append(row["loss"])
+            self._record(row)
+            self._show(bar, row, t_start)
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                self._record_eval(self.evaluate("val"), "val")
+            if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                self.save_checkpoint()
+        if bar is not None:
+            bar.close()
+        return losses
+
+    def _bar(self, last: int):
+        if not self.progress or not sys.stderr.isatty():
+            return None
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return None
+        return tqdm(total=last, initial=self.step, desc=self.tcfg.run_name, dynamic_ncols=True)
+
+    def _show(self, bar, row: dict, t_start: float) -> None:
+        mfu = f"{100 * row['mfu']:.1f}%" if row["mfu"] is not None else "n/a"
+        if bar is not None:
+            bar.set_postfix_str(f"{row['task']} loss {row['loss']:.3f} | {row['tok_s']:,.0f} tok/s | MFU {mfu}")
+            bar.update(1)
+        elif self.rank == 0 and (self.step % self.tcfg.log_every == 0 or self.step == self.tcfg.steps):
+            self.log(f"step {self.step:5d}/{self.tcfg.steps} {row['task']:11s} loss {row['loss']:.4f} "
+                     f"lr {row['lr']:.2e} | {row['tok_s']:,.0f} tok/s | MFU {mfu} | "
+                     f"{time.perf_counter() - t_start:.0f} s")
+
+    def _record(self, row: dict) -> None:
+        self.metrics.append(row)
+        if self.rank == 0:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def _record_eval(self, results: dict, split: str) -> None:
+        for task, m in results.items():
+            self._record({"type": "eval", "step": self.step, "split": split, "task": task, **m})
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, split: str = "test") -> dict[str, dict]:
+        """Per task: {"n", "accuracy"} or {"n", "i2t_R@1", ..., "t2i_R@10", "mean_R"}, on the
+        whole split, computed by every rank alike (no collectives)."""
+        from model.data import accuracy, retrieval_metrics
+        self.model.eval()
+        out = {}
+        bs = self.tcfg.eval_batch
+        for name in sorted(self.tasks):
+            s = self.tasks[name].splits[split]
+            n = int(next(iter(s.values())).shape[0])
+            chunks = [torch.arange(i, min(n, i + bs)) for i in range(0, n, bs)]
+            with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
+                if TASK_KINDS[name] == "classify":
+                    logits = torch.cat([self.model.classify_logits(name, _take(s, c, self.device)).float()
+                                        for c in chunks])
+                    out[name] = {"n": n, "accuracy": accuracy(logits.cpu(), s["label"])}
+                    continue
+                feats = [self.model.retrieval_features(name, _take(s, c, self.device)) for c in chunks]
+            i2t, t2i = self._similarity(feats)
+            m_i2t, m_t2i = retrieval_metrics(i2t.cpu()), retrieval_metrics(t2i.cpu())
+            res = {k: v for k, v in m_i2t.items() if k.startswith("i2t")}
+            res.update({k: v for k, v in m_t2i.items() if k.startswith("t2i")})
+            res["mean_R"] = sum(res.values()) / len(res)
+            out[name] = {"n": n, **res}
+        self.model.train()
+        return out
+
+    def _similarity(self, feats: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """FILIP similarities (N, N) of every item with every text, both directions, in blocks of
+        items (the torch backend materialises a block x N x n x L tensor)."""
+        def cat(i):
+            parts = [f[i] for f in feats]
+            return None if parts[0] is None else torch.cat(parts)
+        img, img_m, txt, txt_m = cat(0), cat(1), cat(2), cat(3)
+        i2t, t2i = [], []
+        step = max(1, self.tcfg.eval_batch // 2)
+        for a in range(0, img.shape[0], step):
+            r = skillkern.token_similarity(img[a:a + step], txt, None if img_m is None else img_m[a:a + step], txt_m,
+                                           backend=self.tcfg.backend)
+            i2t.append(r[0])
+            t2i.append(r[1])
+        return torch.cat(i2t), torch.cat(t2i)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _train_state(self) -> dict:
+        return {"step": self.step, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
+                "orders": {n: o.state_dict() for n, o in self.orders.items()},
+                "metrics": self.metrics, "world": self.world}
+
+    def _rng_state(self) -> dict:
+        s = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            s["cuda"] = torch.cuda.get_rng_state(self.device)
+        return s
+
+    def save_checkpoint(self) -> str:
+        """Write ckpt/step_NNNNNN atomically (temporary folder, fsync, rename) and point
+        ckpt/latest at it; keep the newest keep_ckpts."""
+        from safetensors.torch import save_file
+        name = f"step_{self.step:06d}"
+        final = os.path.join(self.ckpt_dir, name)
+        tmp = final + ".tmp"
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed while writing
+            os.makedirs(tmp)
+        _barrier()
+        _save_fsync(lambda f: torch.save(self._rng_state(), f), os.path.join(tmp, f"rng_rank{self.rank}.pt"))
+        _barrier()
+        if self.rank == 0:
+            state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
+            save_file(state, os.path.join(tmp, "model.safetensors"))
+            _fsync_path(os.path.join(tmp, "model.safetensors"))
+            _save_fsync(lambda f: torch.save(self._train_state(), f), os.path.join(tmp, "train_state.pt"))
+            cfg = {"model": to_dict(self.mcfg), "train": to_dict(self.tcfg), "step": self.step, "world": self.world}
+            _save_fsync(lambda f: f.write(json.dumps(cfg, indent=1).encode()), os.path.join(tmp, "config.json"))
+            if os.path.isdir(final):  # the same step again (a resumed run re-saving): replace it
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _save_fsync(lambda f: f.write(name.encode()), os.path.join(self.ckpt_dir, "latest.tmp"))
+            os.replace(os.path.join(self.ckpt_dir, "latest.tmp"), os.path.join(self.ckpt_dir, "latest"))
+            old = sorted(d for d in os.listdir(self.ckpt_dir) if d.startswith("step_") and not d.endswith(".tmp"))
+            for d in old[:-self.tcfg.keep_ckpts]:
+                shutil.rmtree(os.path.join(self.ckpt_dir, d), ignore_errors=True)
+        _barrier()
+        return final
+
+    def load_checkpoint(self, path: str | None = None) -> None:
+        """Restore everything save_checkpoint wrote (ckpt/latest by default)."""
+        from safetensors.torch import load_file
+        if path is None:
+            latest = os.path.join(self.ckpt_dir, "latest")
+            if not os.path.isfile(latest):
+                raise FileNotFoundError(f"--resume: no checkpoint in {self.ckpt_dir} (no 'latest' file); "
+                                        "run without --resume to start this run")
+            with open(latest) as f:
+                path = os.path.join(self.ckpt_dir, f.read().strip())
+        rng_path = os.path.join(path, f"rng_rank{self.rank}.pt")
+        state = torch.load(os.path.join(path, "train_state.pt"), map_location="cpu", weights_only=False)
+        if state["world"] != self.world or not os.path.isfile(rng_path):
+            raise ValueError(f"--resume: {path} was written by {state['world']} rank(s), this run has "
+                             f"{self.world}; exact resume needs the same world size")
+        with open(os.path.join(path, "config.json")) as f:
+            saved = json.load(f)
+        if saved["model"] != to_dict(self.mcfg):
+            diff = {k: (saved["model"].get(k), v) for k, v in to_dict(self.mcfg).items() if saved["model"].get(k) != v}
+            raise ValueError(f"--resume: the model config differs from the checkpoint's (saved, now): {diff}")
+        self.model.load_state_dict(load_file(os.path.join(path, "model.safetensors"), device=str(self.device)))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        for n, o in self.orders.items():
+            if n not in state["orders"]:
+                raise ValueError(f"--resume: task {n!r} was not in the checkpointed run ({sorted(state['orders'])})")
+            o.load_state_dict(state["orders"][n])
+        self.step = state["step"]
+        self.metrics = list(state["metrics"])
+        rng = torch.load(rng_path, map_location="cpu", weights_only=False)
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        if self.mcfg.lit:
+            self.model.lock_image_tower()  # re-snapshot the locked skills from the loaded weights
+        if self.rank == 0:  # metrics.jsonl = the checkpoint's rows (a killed run may have logged more)
+            with open(self.metrics_path + ".tmp", "w") as f:
+                for r in self.metrics:
+                    f.write(json.dumps(r) + "\n")
+            os.replace(self.metrics_path + ".tmp", self.metrics_path)
+        self.log(f"resumed {path} at step {self.step}")
+
+
+def _grad_norm(model: nn.Module) -> torch.Tensor:
+    gs = [p.grad for p in model.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in gs])) if gs else torch.zeros(())
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _save_fsync(write, path: str) -> None:
+    with open(path, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def eval_table(results: dict, split: str, step: int) -> str:
+    """The final table: accuracy for classification, R@1/5/10 both ways for retrieval, with
+    chance (1/n classes; K/n for R@K over a gallery of n)."""
+    lines = [f"eval on {split} (step {step})",
+             f"{'task':12s} {'n':>5s} {'acc':>6s} {'i2t R@1':>8s} {'R@5':>6s} {'R@10':>6s} "
+             f"{'t2i R@1':>8s} {'R@5':>6s} {'R@10':>6s} {'mean R':>7s}  chance"]
+    lines.append("-" * len(lines[1]))
+    for task in sorted(results):
+        r = results[task]
+        if "accuracy" in r:
+            lines.append(f"{task:12s} {r['n']:5d} {r['accuracy']:6.3f} {'':>8s} {'':>6s} {'':>6s} {'':>8s} "
+                         f"{'':>6s} {'':>6s} {'':>7s}  acc {r.get('chance', float('nan')):.3f}")
+        else:
+            lines.append(f"{task:12s} {r['n']:5d} {'':>6s} {r['i2t_R@1']:8.3f} {r['i2t_R@5']:6.3f} "
+                         f"{r['i2t_R@10']:6.3f} {r['t2i_R@1']:8.3f} {r['t2i_R@5']:6.3f} {r['t2i_R@10']:6.3f} "
+                         f"{r['mean_R']:7.3f}  R@1 {1 / r['n']:.3f}")
+    return "\n".join(lines)
+
+
+def _add_chance(trainer: Trainer, results: dict, split: str) -> None:
+    for name, r in results.items():
+        if "accuracy" in r:
+            labels = trainer.tasks[name].splits[split]["label"]
+            r["chance"] = float(torch.bincount(labels).max()) / len(labels)  # majority class
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m model.train", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__.split("\n\n", 1)[1])
+    ap.add_argument("--model", default="tiny", help="preset: tiny (CPU main job) or base (SkillNet-base)")
+    ap.add_argument("--name", default=None, help="run name: outputs go to runs/<name>/ (default: the preset)")
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=None, help="global batch per optimiser step")
+    ap.add_argument("--grad-accum", type=int, default=None)
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--backend", default=None, choices=("auto", "torch", "triton", "cuda"),
+                    help="skillkern backend of every fused layer (default auto: the fused Triton kernels on a GPU)")
+    ap.add_argument("--tasks", default=None, help="comma list of tasks (default: every task whose data exists)")
+    ap.add_argument("--data-size", default=None, choices=("mini", "tiny"))
+    ap.add_argument("--data-root", default=None, help="benchmark cache folder (default: model.data's)")
+    ap.add_argument("--lit", action="store_true", help="LiT: lock the image tower (use with --set init_from=...)")
+    ap.add_argument("--resume", action="store_true", help="continue runs/<name> from its latest checkpoint")
+    ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    ap.add_argument("--no-plot", action="store_true", help="skip curves.png")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="any ModelConfig / TrainConfig field, value as JSON (e.g. skill_every=2)")
+    return ap.parse_args(argv)
+
+
+def configs_from_args(args) -> tuple[ModelConfig, TrainConfig]:
+    model_over, train_over = parse_overrides(args.set)
+    for key, val in (("run_name", args.name), ("steps", args.steps), ("batch_size", args.batch_size),
+                     ("grad_accum", args.grad_accum), ("lr", args.lr), ("backend", args.backend),
+                     ("data_size", args.data_size), ("data_root", args.data_root)):
+        if val is not None:
+            train_over[key] = val
+    if args.tasks:
+        train_over["tasks"] = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if args.lit:
+        model_over["lit"] = True
+    if "steps" in train_over and "warmup_steps" not in train_over:
+        # keep the preset's warmup share when only the length changes
+        preset = train_config(args.model) if args.model in ("tiny", "base") else None
+        if preset is not None:
+            train_over["warmup_steps"] = max(0, round(preset.warmup_steps * train_over["steps"] / preset.steps))
+    return model_config(args.model, **model_over), train_config(args.model, **train_over)
+
+
+def _finish(trainer: Trainer, t0: float, plot: bool) -> dict:
+    trainer.fit()
+    results = trainer.evaluate("test")
+    _add_chance(trainer, results, "test")
+    if trainer.rank == 0:
+        trainer._record_eval(results, "test")
+        print("\n" + eval_table(results, "test", trainer.step))
+        if plot:
+            from model.plot import plot_metrics
+            png = os.path.join(trainer.run_dir, "curves.png")
+            plot_metrics(trainer.metrics_path, png)
+            print(f"\ncurves: {png}")
+        print(f"metrics: {trainer.metrics_path} | checkpoints: {trainer.ckpt_dir} | "
+              f"{time.perf_counter() - t0:.0f} s in all")
+    return results
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        mcfg, tcfg = configs_from_args(args)
+    except ValueError as e:
+        print(f"model.train: {e}", file=sys.stderr)
+        return 2
+    try:
+        run_main(mcfg, tcfg, resume=args.resume, device=args.device, plot=not args.no_plot)
+    except (DataError, FileNotFoundError, skillkern.BackendUnavailable) as e:
+        print(f"model.train: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+def run_main(mcfg: ModelConfig, tcfg: TrainConfig, *, resume=False, device=None, plot=True, tasks=None) -> dict:
+    """Train (on the benchmark unless `tasks` is given), evaluate on test, print the table, plot."""
+    t0 = time.perf_counter()
+    trainer = Trainer(mcfg, tcfg, tasks, device=device, resume=resume)
+    if trainer.rank == 0:
+        n = sum(p.numel() for p in trainer.model.parameters())
+        trainer.log(f"model {mcfg.preset}: {n / 1e6:.2f} M parameters | tasks {sorted(trainer.tasks)} | "
+                    f"{tcfg.steps} steps x batch {tcfg.batch_size} | backend {tcfg.backend} -> "
+                    f"{_resolved(trainer)} | {trainer.device}" + (f" x {trainer.world}" if trainer.world > 1 else "")
+                    + (" | bf16 autocast" if trainer.autocast else ""))
+    return _finish(trainer, t0, plot)
+
+
+def _resolved(trainer: Trainer) -> str:
+    return ", ".join(f"{op}: {skillkern._backend.resolve(op, trainer.tcfg.backend, trainer.device)}"
+                     for op in FUSED_OPS)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
