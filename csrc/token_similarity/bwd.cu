@@ -2,9 +2,9 @@
 // arg-max indices the forward saved (no similarity is recomputed).
 //
 // For a pair (a, b) the gradient w.r.t. its similarities is a sparse (Ni, Nt) matrix
-//   P_ab[k, l] = [k, l real] * (g_i2t[a,b] / n_a * [row_idx[a,b,k] == l]
-//                              + g_t2i[a,b] / n_b * [col_idx[a,b,l] == k])
-// (zero for a pair where an item has no real token), and
+//   P_ab[k, l] = c_i2t[a,b] * [k real] * [row_idx[a,b,k] == l] + c_t2i[a,b] * [l real] * [col_idx[a,b,l] == k]
+// with c_i2t = g_i2t / n_a, c_t2i = g_t2i / n_b (zero for a pair where an item has no real
+// token; _coefficients_kernel), and
 //   d_img[a] = sum_b P_ab @ txt[b],   d_txt[b] = sum_a P_ab^T @ img[a].
 // Both are one GEMM whose left operand is generated on the fly: out (X tokens x D) = P (X
 // tokens x Y tokens) @ src (Y tokens x D), with X = img, Y = txt and then the roles exchanged
@@ -15,18 +15,27 @@
 // scattering only its non-zeros into a zeroed buffer:
 //   A. per (row m, Y item y of the slice): the row term at column idxA[x(m), y, i(m)];
 //   B. per (X item x of the block, column c): the column term at row idxB[x, y(c), j(c)]; where
-//      the row term hit the same element, B stores the sum (rounded once, as Triton's p does);
+//      the row term hit the same element (A's picks are kept in shared memory), B stores the
+//      sum, rounded once as Triton's p is;
 // then accumulates P @ src_slice on tensor cores (wmma, fp16/bf16 P and src, fp32 accumulate;
 // P is rounded to the input dtype like Triton's p.to(y.dtype)) or, for fp32, on CUDA cores in
-// exact fp32. src slices come through a 3-stage cp.async pipeline; P is double-buffered (the
-// buffer the MMA just read is zeroed while the next one is built). Two barriers per slice.
+// exact fp32. src slices come through a 3-stage cp.async pipeline; P is double-buffered.
+//
+// Latency, not FLOPs, is what a naive loop would wait on: each slice's terms need an index and a
+// coefficient from global memory (the index arrays, 86 MB at the goal shape, live in HBM). So
+// the loads of slice s + 1's terms (up to kPrefetch per thread and kind; more, e.g. for items
+// of a few tokens, are loaded when used) are issued before slice s's MMA and consumed after it:
+//   sync1 | B(s) stores, src prefetch, zero P(s+1) | sync2 | issue loads A(s+1), B(s+1) |
+//   MMA(s) | A(s+1) stores
+// Every term is one round trip (no load depends on another).
 //
 // No atomics: every output element is owned by one thread of one block and accumulated over
 // the Y tokens in a fixed order, so the result is the same bits on every run. Every output
 // element is written (padding tokens get exact zeros). Offsets that multiply strides are int64.
 //
 // Shared memory (bf16, KC = 32): P 2 x 128 x 40 x 2 B = 20 KB, src 3 x 32 x 136 x 2 B = 26 KB,
-// + 1.1 KB of row metadata = 47 KB (4 blocks per H100 SM). fp32 (KC = 16): 46 KB.
+// + 3.1 KB of row metadata and A's picks = 49 KB; fp32 (KC = 16): 48 KB. 64 accumulators per
+// thread cap residency at 2 blocks (16 warps) per SM, hence the explicit load pipelining.
 //
 // Floor at the goal shape (Bi = Bt = 1024, Ni = 50, Nt = 32, D = 256, bf16): two GEMMs of the
 // forward's size, 1.72e12 FLOP = 2.17 ms at 790 TFLOP/s; the dense P tile costs Ny x the
@@ -45,6 +54,9 @@ namespace skillkern {
 namespace toksim {
 namespace {
 
+constexpr int kPrefetch = 2;  // terms of each kind per thread whose loads run ahead (2 x 256 per slice)
+constexpr int kPickRows = 4;  // Y items per slice whose row picks B reads from shared memory
+
 template <typename T, int KC_>
 struct BwdCfg {
   static constexpr int MT = 128;  // flat X tokens per block
@@ -57,7 +69,7 @@ struct BwdCfg {
   static constexpr int WN = NT / WARPS_N;  // 64
   static constexpr int LDP = operand_pitch<T>(KC);  // P tile [MT][KC]
   static constexpr int LDB = operand_pitch<T>(NT);  // src slice [KC][NT]
-  static_assert(KC % 16 == 0, "KC");
+  static_assert(KC % 16 == 0 && (KC & (KC - 1)) == 0, "KC: a power of two, whole wmma k-steps");
 
   static constexpr size_t kPElems = size_t(MT) * LDP;
   static constexpr size_t kPBytes = kPElems * sizeof(T);
@@ -65,12 +77,44 @@ struct BwdCfg {
   static constexpr size_t kSrc = 2 * kPBytes;  // offsets in bytes
   static constexpr size_t kRowX = kSrc + STAGES * kSrcElems * sizeof(T);  // int [MT]
   static constexpr size_t kRowI = kRowX + sizeof(int) * MT;                // int [MT]
-  static constexpr size_t kRowReal = kRowI + sizeof(int) * MT;             // uint8 [MT]
+  static constexpr size_t kPick = kRowI + sizeof(int) * MT;                // int [kPickRows][MT]
+  static constexpr size_t kRowReal = kPick + sizeof(int) * kPickRows * MT;  // uint8 [MT]
   static constexpr size_t kSmemBytes = kRowReal + MT;
   // The epilogue's per-warp 16 x 16 fp32 scratch reuses the P buffers.
   static_assert(2 * kPBytes >= size_t(kWarps) * 256 * sizeof(float), "epilogue scratch");
   static_assert(kPBytes % 16 == 0 && kSrc % 128 == 0 && (kSrcElems * sizeof(T)) % 128 == 0, "alignment");
 };
+
+// The slice of flat Y tokens [k0, k0 + KC) and its Y items y_lo .. y_lo + n_ys - 1.
+struct Slice {
+  int64_t k0;
+  int64_t y_lo;
+  int first_tok;  // token index of column 0 within item y_lo
+  int n_ys;
+};
+
+// A row term in flight: the pick j (or -1) and the coefficient (0: no term).
+struct RowTerm {
+  int j;
+  float c;
+};
+// A column term in flight: X token i picked by (x, Y token), and both coefficients of the pair
+// (cB = 0: no term, also for a padding Y token or a column past the end).
+struct ColTerm {
+  int i;
+  float cA;
+  float cB;
+};
+
+// Index loads narrowed to int: uint8 / int16 / int32 fit as they are (no use of the loaded value,
+// so the load stays in flight); int64 values outside int range become -1 (match nothing).
+__device__ __forceinline__ int load_index32(const void* base, int bytes, int64_t off) {
+  if (bytes == 8) {
+    const int64_t v = static_cast<const int64_t*>(base)[off];
+    return (v >= 0 && v <= std::numeric_limits<int>::max()) ? static_cast<int>(v) : -1;
+  }
+  return static_cast<int>(load_index(base, bytes, off));
+}
 
 template <typename T, class Cfg>
 __global__ void __launch_bounds__(kThreads, 2)
@@ -82,12 +126,14 @@ __global__ void __launch_bounds__(kThreads, 2)
   T* src_buf = reinterpret_cast<T*>(smem + Cfg::kSrc);  // [STAGES][KC][LDB]
   int* row_x = reinterpret_cast<int*>(smem + Cfg::kRowX);
   int* row_i = reinterpret_cast<int*>(smem + Cfg::kRowI);
+  int* row_pick = reinterpret_cast<int*>(smem + Cfg::kPick);  // [kPickRows][MT]: A's j, or -1
   uint8_t* row_real = smem + Cfg::kRowReal;
 
   const int tid = threadIdx.x;
   const int warp = tid / 32;
   const T* src = static_cast<const T*>(p.src);
-  const int64_t Nx = p.Nx, Ny = p.Ny, D = p.D;
+  const int64_t Nx = p.Nx, D = p.D;
+  const int Ny = static_cast<int>(p.Ny);  // < 2^31 (host check)
   const int64_t x_tokens = p.Bx * Nx;
   const int64_t y_tokens = p.By * Ny;
   // Column tiles of one row tile are consecutive blocks: they share the P inputs in L2.
@@ -100,7 +146,7 @@ __global__ void __launch_bounds__(kThreads, 2)
       const int64_t x = flat / Nx;
       row_x[m] = static_cast<int>(x);
       row_i[m] = static_cast<int>(flat - x * Nx);
-      row_real[m] = (p.x_mask == nullptr || p.x_mask[flat] != 0) && p.n_x[x] > 0.f;
+      row_real[m] = p.x_mask == nullptr || p.x_mask[flat] != 0;
     } else {
       row_x[m] = -1;
       row_i[m] = 0;
@@ -114,6 +160,71 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int64_t x_lo = m0 / Nx;
   const int n_xb = static_cast<int>((std::min(m0 + MT, x_tokens) - 1) / Nx - x_lo + 1);
   const int64_t n_slices = ceil_div(y_tokens, KC);
+  auto slice = [&](int64_t s) {
+    Slice sl;
+    sl.k0 = s * KC;
+    sl.y_lo = sl.k0 / Ny;
+    sl.first_tok = static_cast<int>(sl.k0 - sl.y_lo * Ny);
+    sl.n_ys = static_cast<int>((std::min(sl.k0 + KC, y_tokens) - 1) / Ny - sl.y_lo + 1);
+    return sl;
+  };
+
+  // ---- A: row terms. Item it = (Y item yl of the slice, row m).
+  auto row_load = [&](const Slice& sl, int it) {
+    RowTerm t{-1, 0.f};
+    const int m = it % MT;
+    if (row_real[m]) {
+      const int64_t x = row_x[m];
+      const int64_t y = sl.y_lo + it / MT;
+      t.j = load_index32(p.idxA, p.idxA_bytes, x * p.idxA_sx + y * p.idxA_sy + row_i[m]);
+      t.c = p.cA[x * p.cA_sx + y * p.cA_sy];
+    }
+    return t;
+  };
+  auto row_store = [&](const Slice& sl, int it, const RowTerm& t, T* P) {
+    const int m = it % MT;
+    const int yl = it / MT;
+    int pick = -1;
+    // column of Y token j of item yl; a pick outside this slice belongs to another slice
+    const int c = yl * Ny + t.j - sl.first_tok;
+    if (t.c != 0.f && t.j >= 0 && t.j < Ny && c >= 0 && c < KC) {
+      P[m * LDP + c] = from_f32<T>(t.c);
+      pick = t.j;
+    }
+    if (yl < kPickRows) row_pick[yl * MT + m] = pick;
+  };
+  // ---- B: column terms. Item it = (X item xl of the block, column c).
+  auto col_load = [&](const Slice& sl, int it) {
+    ColTerm t{-1, 0.f, 0.f};
+    const int c = it % KC;
+    const int64_t flat = sl.k0 + c;
+    if (flat < y_tokens) {
+      const int rel = sl.first_tok + c;  // < Ny + KC
+      const int64_t y = sl.y_lo + rel / Ny;
+      const int j = rel % Ny;
+      const int64_t x = x_lo + it / KC;
+      const bool real = p.y_mask == nullptr || p.y_mask[flat] != 0;
+      t.i = load_index32(p.idxB, p.idxB_bytes, x * p.idxB_sx + y * p.idxB_sy + j);
+      t.cB = real ? p.cB[x * p.cB_sx + y * p.cB_sy] : 0.f;
+      t.cA = p.cA[x * p.cA_sx + y * p.cA_sy];
+    }
+    return t;
+  };
+  auto col_store = [&](const Slice& sl, int it, const ColTerm& t, T* P) {
+    if (t.cB == 0.f || t.i < 0 || t.i >= Nx) return;
+    const int c = it % KC;
+    const int64_t x = x_lo + it / KC;
+    const int64_t m = x * Nx + t.i - m0;
+    if (m < 0 || m >= MT || !row_real[m]) return;
+    const int rel = sl.first_tok + c;
+    const int yl = rel / Ny;
+    const int j = rel % Ny;
+    // did the row term (x, i) pick this Y token? then the element holds it: store the sum
+    const bool row_term = yl < kPickRows ? row_pick[yl * MT + m] == j
+                                         : load_index32(p.idxA, p.idxA_bytes,
+                                                        x * p.idxA_sx + (sl.y_lo + yl) * p.idxA_sy + t.i) == j;
+    P[m * LDP + c] = from_f32<T>(row_term ? t.cA + t.cB : t.cB);
+  };
 
   auto load_src = [&](int64_t s) {
     T* dst = src_buf + static_cast<int>(s % STAGES) * Cfg::kSrcElems;
@@ -132,61 +243,60 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int wn = warp % Cfg::WARPS_N;
   __syncthreads();  // row metadata and the zeroed P buffers
 
+  RowTerm ra[kPrefetch] = {};
+  ColTerm rb[kPrefetch] = {};
+  if (n_slices > 0) {  // slice 0's terms: A stored now, B's loads in flight
+    const Slice sl = slice(0);
+    for (int it = tid; it < MT * sl.n_ys; it += kThreads) row_store(sl, it, row_load(sl, it), p_buf);
+#pragma unroll
+    for (int u = 0; u < kPrefetch; ++u) {
+      const int it = tid + u * kThreads;
+      if (it < n_xb * KC) rb[u] = col_load(sl, it);
+    }
+  }
+
   for (int64_t s = 0; s < n_slices; ++s) {
     T* P = p_buf + static_cast<int>(s & 1) * Cfg::kPElems;
-    T* P_other = p_buf + static_cast<int>((s + 1) & 1) * Cfg::kPElems;
-    const int64_t k0 = s * KC;
-    const int64_t y_lo = k0 / Ny;
-    const int n_ys = static_cast<int>((std::min(k0 + KC, y_tokens) - 1) / Ny - y_lo + 1);
+    T* P_next = p_buf + static_cast<int>((s + 1) & 1) * Cfg::kPElems;
+    const Slice sl = slice(s);
+    __syncthreads();  // sync1: A(s) and its picks are in; MMA(s - 1) is done with P_next and its src stage
 
-    // A. row terms: row m's pick among the tokens of Y item y, if it lies in this slice.
-    for (int it = tid; it < MT * n_ys; it += kThreads) {
-      const int m = it % MT;
-      const int64_t y = y_lo + it / MT;
-      if (!row_real[m]) continue;
-      const int64_t x = row_x[m];
-      const float n_y = p.n_y[y];
-      if (!(n_y > 0.f)) continue;
-      const int64_t j = load_index(p.idxA, p.idxA_bytes, x * p.idxA_sx + y * p.idxA_sy + row_i[m]);
-      const int64_t c = y * Ny + j - k0;
-      if (j < 0 || j >= Ny || c < 0 || c >= KC) continue;
-      if (p.y_mask != nullptr && p.y_mask[y * Ny + j] == 0) continue;
-      P[m * LDP + c] = from_f32<T>(p.gA[x * p.gA_sx + y * p.gA_sy] / p.n_x[x]);
+    // B(s): the prefetched terms, then any beyond kPrefetch per thread
+#pragma unroll
+    for (int u = 0; u < kPrefetch; ++u) {
+      const int it = tid + u * kThreads;
+      if (it < n_xb * KC) col_store(sl, it, rb[u], P);
     }
-    __syncthreads();  // B may overwrite A's elements
-
-    // The src stage MMA(s - 1) read is free now (every warp has passed the barrier above).
+    for (int it = tid + kPrefetch * kThreads; it < n_xb * KC; it += kThreads) col_store(sl, it, col_load(sl, it), P);
     if (s + STAGES - 1 < n_slices) load_src(s + STAGES - 1);
     cp_async_commit();
-
-    // B. column terms: Y token (y, j)'s pick among the tokens of X item x, if it is a row here.
-    for (int it = tid; it < n_xb * KC; it += kThreads) {
-      const int c = it % KC;
-      const int64_t x = x_lo + it / KC;
-      const int64_t flat = k0 + c;
-      if (flat >= y_tokens) continue;
-      if (p.y_mask != nullptr && p.y_mask[flat] == 0) continue;
-      const int64_t y = flat / Ny;
-      const int64_t j = flat - y * Ny;
-      const float n_x = p.n_x[x];
-      const float n_y = p.n_y[y];
-      if (!(n_x > 0.f) || !(n_y > 0.f)) continue;
-      const int64_t i = load_index(p.idxB, p.idxB_bytes, x * p.idxB_sx + y * p.idxB_sy + j);
-      const int64_t m = x * Nx + i - m0;
-      if (i < 0 || i >= Nx || m < 0 || m >= MT || !row_real[m]) continue;
-      float v = p.gB[x * p.gB_sx + y * p.gB_sy] / n_y;
-      if (load_index(p.idxA, p.idxA_bytes, x * p.idxA_sx + y * p.idxA_sy + i) == j) {
-        v = p.gA[x * p.gA_sx + y * p.gA_sy] / n_x + v;  // the element A wrote: store the sum
-      }
-      P[m * LDP + c] = from_f32<T>(v);
-    }
-    // MMA(s - 1) read P_other before the barrier above; A(s + 1) writes it after the next one.
-    for (size_t e = tid; e < Cfg::kPBytes / 16; e += kThreads) reinterpret_cast<uint4*>(P_other)[e] = zero4;
+    for (size_t e = tid; e < Cfg::kPBytes / 16; e += kThreads) reinterpret_cast<uint4*>(P_next)[e] = zero4;
     cp_async_wait<STAGES - 1>();  // slice s has landed (this thread's copies) ...
-    __syncthreads();              // ... everyone's, and P is complete
+    __syncthreads();              // sync2: ... everyone's; P complete; P_next zeroed; picks read
 
+    // Slice s + 1's loads go out before the MMA and are consumed after it.
+    const bool more = s + 1 < n_slices;
+    const Slice nx = more ? slice(s + 1) : sl;
+    if (more) {
+#pragma unroll
+      for (int u = 0; u < kPrefetch; ++u) {
+        const int it = tid + u * kThreads;
+        if (it < MT * nx.n_ys) ra[u] = row_load(nx, it);
+        if (it < n_xb * KC) rb[u] = col_load(nx, it);
+      }
+    }
     const T* sb = src_buf + static_cast<int>(s % STAGES) * Cfg::kSrcElems;
     acc.template mma<KC>(P + wm * Cfg::WM * LDP, LDP, sb + wn * Cfg::WN, LDB);
+    if (more) {
+#pragma unroll
+      for (int u = 0; u < kPrefetch; ++u) {
+        const int it = tid + u * kThreads;
+        if (it < MT * nx.n_ys) row_store(nx, it, ra[u], P_next);
+      }
+      for (int it = tid + kPrefetch * kThreads; it < MT * nx.n_ys; it += kThreads) {
+        row_store(nx, it, row_load(nx, it), P_next);
+      }
+    }
   }
   __syncthreads();  // the P buffers become the epilogue's scratch
 
@@ -212,6 +322,21 @@ __global__ void __launch_bounds__(kThreads)
   if (lane == 0) n_out[item] = static_cast<float>(n);
 }
 
+// g / n for pairs whose items both have a real token, else 0 (the reference's `valid`).
+__global__ void __launch_bounds__(kThreads)
+    _coefficients_kernel(const float* __restrict__ g_i2t, const float* __restrict__ g_t2i,
+                         const float* __restrict__ n_img, const float* __restrict__ n_txt, int64_t Bi, int64_t Bt,
+                         float* __restrict__ c_i2t, float* __restrict__ c_t2i) {
+  const int64_t e = int64_t(blockIdx.x) * kThreads + threadIdx.x;
+  if (e >= Bi * Bt) return;
+  const int64_t a = e / Bt;
+  const float na = n_img[a];
+  const float nb = n_txt[e - a * Bt];
+  const bool valid = na > 0.f && nb > 0.f;
+  c_i2t[e] = valid ? g_i2t[e] / na : 0.f;
+  c_t2i[e] = valid ? g_t2i[e] / nb : 0.f;
+}
+
 template <typename T, int KC>
 void launch_typed(const BwdProblem& p, cudaStream_t stream) {
   using Cfg = BwdCfg<T, KC>;
@@ -232,6 +357,15 @@ void launch_count_real(const uint8_t* mask, int64_t B, int64_t N, float* n_out, 
   const int64_t blocks = ceil_div(B, kWarps);
   TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "token_similarity: too many items (", B, ")");
   _count_real_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(mask, B, N, n_out);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void launch_coefficients(const float* g_i2t, const float* g_t2i, const float* n_img, const float* n_txt, int64_t Bi,
+                         int64_t Bt, float* c_i2t, float* c_t2i, cudaStream_t stream) {
+  const int64_t blocks = ceil_div(Bi * Bt, kThreads);
+  TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "token_similarity: too many pairs (", Bi * Bt, ")");
+  _coefficients_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(g_i2t, g_t2i, n_img, n_txt, Bi, Bt,
+                                                                               c_i2t, c_t2i);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

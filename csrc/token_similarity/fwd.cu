@@ -320,21 +320,6 @@ int64_t pick_group_items(int64_t Nc, int64_t CT, int64_t Bc) {
   return best;
 }
 
-template <typename T, class Cfg>
-void launch_cfg(const FwdProblem& p, int tile_items, cudaStream_t stream) {
-  const int64_t n_tiles = ceil_div(p.Br, tile_items);
-  const int64_t group_items = pick_group_items(p.Nc, Cfg::CT, p.Bc);
-  const int64_t n_groups = ceil_div(p.Bc, group_items);
-  TORCH_CHECK(n_tiles * n_groups <= std::numeric_limits<int32_t>::max(),
-              "token_similarity: ", p.Br, " x ", p.Bc, " items need more than 2^31 - 1 CUDA blocks");
-  auto kernel = _token_similarity_fwd_kernel<T, Cfg>;
-  constexpr size_t smem = Cfg::kSmemBytes;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  kernel<<<static_cast<unsigned>(n_tiles * n_groups), kThreads, smem, stream>>>(p, tile_items, group_items,
-                                                                                 n_groups);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
 // Rows of the three configurations and the share of them the R items fill.
 struct RowChoice {
   int rows;
@@ -354,6 +339,21 @@ RowChoice pick_rows(int64_t Nr, int64_t Br) {
     }
   }
   return best;
+}
+
+template <typename T, class Cfg>
+void launch_cfg(const FwdProblem& p, int tile_items, cudaStream_t stream) {
+  const int64_t n_tiles = ceil_div(p.Br, tile_items);
+  const int64_t group_items = pick_group_items(p.Nc, Cfg::CT, p.Bc);
+  const int64_t n_groups = ceil_div(p.Bc, group_items);
+  TORCH_CHECK(n_tiles * n_groups <= std::numeric_limits<int32_t>::max(),
+              "token_similarity: ", p.Br, " x ", p.Bc, " items need more than 2^31 - 1 CUDA blocks");
+  auto kernel = _token_similarity_fwd_kernel<T, Cfg>;
+  constexpr size_t smem = Cfg::kSmemBytes;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  kernel<<<static_cast<unsigned>(n_tiles * n_groups), kThreads, smem, stream>>>(p, tile_items, group_items,
+                                                                                 n_groups);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename T, int KC_SMALL, int KC_LARGE>

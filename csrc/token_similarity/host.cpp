@@ -290,6 +290,14 @@ std::tuple<Tensor, Tensor> token_similarity_bwd_cuda(const Tensor& g_i2t_in, con
   const Tensor n_img = real_counts(img_mask, s.Bi, s.Ni, img);
   const Tensor n_txt = real_counts(txt_mask, s.Bt, s.Nt, img);
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  // upstream gradients over the real-token counts, 0 for pairs without real tokens
+  Tensor c_i2t = at::empty({s.Bi, s.Bt}, g_i2t.options());
+  Tensor c_t2i = at::empty({s.Bi, s.Bt}, g_i2t.options());
+  if (c_i2t.numel() > 0) {
+    toksim::launch_coefficients(g_i2t.const_data_ptr<float>(), g_t2i.const_data_ptr<float>(),
+                                n_img.const_data_ptr<float>(), n_txt.const_data_ptr<float>(), s.Bi, s.Bt,
+                                c_i2t.mutable_data_ptr<float>(), c_t2i.mutable_data_ptr<float>(), stream);
+  }
 
   toksim::BwdProblem p{};
   p.dtype = kernel_dtype(img.scalar_type());
@@ -302,9 +310,8 @@ std::tuple<Tensor, Tensor> token_similarity_bwd_cuda(const Tensor& g_i2t_in, con
     p.src = txt.const_data_ptr();
     p.out = d_img.mutable_data_ptr();
     p.x_mask = mask_ptr(img_mask), p.y_mask = mask_ptr(txt_mask);
-    p.n_x = n_img.const_data_ptr<float>(), p.n_y = n_txt.const_data_ptr<float>();
-    p.gA = g_i2t.const_data_ptr<float>(), p.gA_sx = s.Bt, p.gA_sy = 1;
-    p.gB = g_t2i.const_data_ptr<float>(), p.gB_sx = s.Bt, p.gB_sy = 1;
+    p.cA = c_i2t.const_data_ptr<float>(), p.cA_sx = s.Bt, p.cA_sy = 1;
+    p.cB = c_t2i.const_data_ptr<float>(), p.cB_sx = s.Bt, p.cB_sy = 1;
     p.idxA = row_idx.const_data_ptr(), p.idxA_bytes = row_bytes, p.idxA_sx = s.Bt * s.Ni, p.idxA_sy = s.Ni;
     p.idxB = col_idx.const_data_ptr(), p.idxB_bytes = col_bytes, p.idxB_sx = s.Bt * s.Nt, p.idxB_sy = s.Nt;
     p.Bx = s.Bi, p.Nx = s.Ni, p.By = s.Bt, p.Ny = s.Nt;
@@ -314,9 +321,8 @@ std::tuple<Tensor, Tensor> token_similarity_bwd_cuda(const Tensor& g_i2t_in, con
     p.src = img.const_data_ptr();
     p.out = d_txt.mutable_data_ptr();
     p.x_mask = mask_ptr(txt_mask), p.y_mask = mask_ptr(img_mask);
-    p.n_x = n_txt.const_data_ptr<float>(), p.n_y = n_img.const_data_ptr<float>();
-    p.gA = g_t2i.const_data_ptr<float>(), p.gA_sx = 1, p.gA_sy = s.Bt;
-    p.gB = g_i2t.const_data_ptr<float>(), p.gB_sx = 1, p.gB_sy = s.Bt;
+    p.cA = c_t2i.const_data_ptr<float>(), p.cA_sx = 1, p.cA_sy = s.Bt;
+    p.cB = c_i2t.const_data_ptr<float>(), p.cB_sx = 1, p.cB_sy = s.Bt;
     p.idxA = col_idx.const_data_ptr(), p.idxA_bytes = col_bytes, p.idxA_sx = s.Nt, p.idxA_sy = s.Bt * s.Nt;
     p.idxB = row_idx.const_data_ptr(), p.idxB_bytes = row_bytes, p.idxB_sx = s.Ni, p.idxB_sy = s.Bt * s.Ni;
     p.Bx = s.Bt, p.Nx = s.Nt, p.By = s.Bi, p.Ny = s.Ni;

@@ -47,22 +47,21 @@ struct FwdProblem {
 };
 
 // out[x, i, :] = sum over y, j of P[(x, i), (y, j)] * src[y, j, :] with
-//   P = [x_mask[x, i] and y_mask[y, j]] * (  gA[x, y] / n_x[x] * [idxA[x, y, i] == j]
-//                                          + gB[x, y] / n_y[y] * [idxB[x, y, j] == i] ),
-// zero for a pair where either item has no real token. For X = img: gA = g_i2t, idxA =
-// row_idx, gB = g_t2i, idxB = col_idx; for X = txt the same with the roles exchanged.
+//   P = cA[x, y] * [x_mask[x, i]] * [idxA[x, y, i] == j]  +  cB[x, y] * [y_mask[y, j]] * [idxB[x, y, j] == i]
+// where cA, cB are the upstream gradients over the real-token counts, zero for a pair where an
+// item has no real token (launch_coefficients). For X = img: cA = c_i2t, idxA = row_idx, cB =
+// c_t2i, idxB = col_idx; for X = txt the same arrays with the roles (and strides) exchanged.
+// As in the Triton kernels, a row term needs its X token real and a column term its Y token.
 struct BwdProblem {
   DType dtype;
   const void* src;  // (By, Ny, D) contiguous
   void* out;        // (Bx, Nx, D) contiguous, every element written
   const uint8_t* x_mask;
   const uint8_t* y_mask;
-  const float* n_x;  // real tokens per item, float (Bx,), (By,)
-  const float* n_y;
-  const float* gA;
-  int64_t gA_sx, gA_sy;
-  const float* gB;
-  int64_t gB_sx, gB_sy;
+  const float* cA;  // pair (x, y) at x * cA_sx + y * cA_sy
+  int64_t cA_sx, cA_sy;
+  const float* cB;
+  int64_t cB_sx, cB_sy;
   const void* idxA;  // + token i
   int idxA_bytes;
   int64_t idxA_sx, idxA_sy;
@@ -70,12 +69,16 @@ struct BwdProblem {
   int idxB_bytes;
   int64_t idxB_sx, idxB_sy;
   int64_t Bx, Nx, By, Ny, D;
-  bool vec;  // src and out 16-byte aligned, D * sizeof(T) % 16 == 0
+  bool vec;  // src 16-byte aligned, D * sizeof(T) % 16 == 0
 };
 
 void launch_forward(const FwdProblem& p, cudaStream_t stream);
-// n_out[b] = real tokens of item b (N if mask is null), float.
+// n_out[b] = real tokens of item b (mask non-null), float.
 void launch_count_real(const uint8_t* mask, int64_t B, int64_t N, float* n_out, cudaStream_t stream);
+// c_i2t = g_i2t / n_img[a], c_t2i = g_t2i / n_txt[b] for pairs where both items have a real
+// token, else 0; all (Bi, Bt) fp32 contiguous.
+void launch_coefficients(const float* g_i2t, const float* g_t2i, const float* n_img, const float* n_txt, int64_t Bi,
+                         int64_t Bt, float* c_i2t, float* c_t2i, cudaStream_t stream);
 void launch_backward(const BwdProblem& p, cudaStream_t stream);
 
 }  // namespace toksim
