@@ -4,7 +4,8 @@
 #                when a CUDA toolkit is found (setup.py finds CUDA_HOME and the cuBLAS headers
 #                of torch's nvidia wheels itself). A compile error fails this target.
 #   make test    pytest on tests/ (tests/conftest.py turns on the Triton interpreter without a GPU)
-#   make demo    quick benchmark (benchmarks/bench_skill_ffn.py --quick)
+#   make demo    the main job: train a tiny SkillNet on the offline 5-modality mini benchmark
+#                (python -m model.train; builds the data cache first) and print the eval table
 #   make build   rebuild skillkern._C in place after editing csrc/ (incremental, ninja)
 #   make clean   remove build outputs (keeps .venv)
 #
@@ -52,7 +53,7 @@ test: $(STAMP)
 	$(VPY) -m pytest -q tests
 
 demo: $(STAMP)
-	$(VPY) benchmarks/bench_skill_ffn.py --quick
+	$(VPY) -m model.train
 
 # Order-only: needs an installed venv but does not reinstall it; the stamp is refreshed so
 # the next `make test` does not rebuild what was just built.
