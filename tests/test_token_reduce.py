@@ -275,3 +275,48 @@ def test_gpu_cuda_backend_handles_non_contiguous_inputs():
     out = skillkern.token_reduce(x, w, t["ln_weight"].float(), t["ln_bias"].float(), mask, backend="cuda")
     ref = token_reduce_ref(x.double(), w.double(), t["ln_weight"], t["ln_bias"], mask)
     assert rel_err(out, ref) <= 1e-5
+
+
+# ----------------------------------------------------------------------------- CUDA kernels, no GPU
+# csrc/token_reduce/emu/ compiles the cuda backend's kernels as host code (threads as fibers, the
+# PTX emulated) and runs prep -> forward -> backward -> reduce against reference.py, twice with
+# different thread schedules (a shared-memory race gives different bits). A few cases here; all of
+# them (and AddressSanitizer) with `.venv/bin/python csrc/token_reduce/emu/run_emu.py`.
+# SKILLKERN_EMU_ASAN=1 builds the emulator with sanitizers here too (slower).
+EMU_CASES = [
+    ("ViT-B/32", torch.bfloat16),
+    ("an all-masked row", torch.float32),
+    ("token_pool", torch.bfloat16),
+    ("fp32 parameters with 16-bit x", torch.float16),
+]
+
+
+def _run_emu_module():
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc", "token_reduce", "emu",
+                        "run_emu.py")
+    spec = importlib.util.spec_from_file_location("tokred_run_emu", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    import os
+    import shutil
+    if shutil.which("g++") is None or not any(
+            os.path.exists(os.path.join(p, "include", "cuda_bf16.h"))
+            for p in (os.environ.get("CUDA_HOME", ""), "/usr/local/cuda") if p):
+        pytest.skip("the kernel emulator needs g++ and the CUDA headers (cuda_fp16.h / cuda_bf16.h)")
+    module = _run_emu_module()
+    return module, module.build(asan=os.environ.get("SKILLKERN_EMU_ASAN", "0") == "1")
+
+
+@pytest.mark.parametrize("label,dtype", EMU_CASES, ids=[f"{c[0]}-{str(c[1])[6:]}" for c in EMU_CASES])
+def test_cuda_kernels_emulated_on_cpu(emulator, label, dtype, tmp_path):
+    module, exe = emulator
+    case = next(c for c in module.CASES if c["label"].startswith(label))
+    errors, log = module.run_case(exe, case, dtype, str(tmp_path))
+    assert not errors, f"{label} {dtype}: {log}\n" + "\n".join(errors)

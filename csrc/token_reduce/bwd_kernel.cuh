@@ -294,7 +294,9 @@ __global__ void __launch_bounds__(kThreads, 1) token_reduce_bwd_kernel(const Bwd
       }
       const float A = valid ? expf(z - s_lse[s]) : 0.f;
       const float dz = valid ? A * (dA - s_delta[s]) : 0.f;
-      if (p.scores_given && chunk == 0 && s < S && n < N) store_any(p.dscores, p.scores_dtype, (bi * N + n) * S + s, dz);
+      if (p.scores_given && chunk == 0 && s < S && n < N) {
+        store_any(p.dscores, p.scores_dtype, (bi * N + n) * S + s, dz);
+      }
       if (s < SKR) {
         split<T>(A, awh[r * LDA + s], awl[r * LDA + s]);
         split<T>(dz, dzh[r * LDA + s], dzl[r * LDA + s]);

@@ -19,6 +19,9 @@
 // The subtraction x . W' - mean c1 (and acc - corr) uses the same represented W' (p') on both
 // sides, so it cancels exactly up to fp32 accumulation rounding, even for large row means.
 // A token of an item with no real position gets out = 0 and lse = +inf, as the Triton kernel.
+// No atomics: each output element has one writer and every sum has a fixed order, so the
+// results are bitwise reproducible. Precision: see mma.cuh (x exact, fp32 intermediates
+// split hi + lo; fp32 inputs 3xTF32).
 //
 // Shared memory (bf16, D = 768, S = 24, TN = 32, two stages): x tiles 2 x 32 x 776 x 2 B =
 // 99 KB, K-split partials 4 x 32 x 24 x 4 B = 12 KB, scores 3 KB, p' 3.8 KB: ~119 KB (the host

@@ -1,7 +1,7 @@
 // Template launchers of the forward / backward kernels: the compile-time tile shapes (n-tiles
 // of output tokens NT = ceil(S / 8), position m-tiles MTN per forward tile) are picked here from
-// the run-time geometry. Each tokred_fwd_<dtype>.cu / tokred_bwd_<dtype>.cu instantiates one dtype, so the
-// build compiles them in parallel.
+// the run-time geometry. Each tokred_fwd_<dtype>.cu / tokred_bwd_<dtype>.cu instantiates one
+// dtype, so the build compiles them in parallel.
 #pragma once
 
 #include <c10/cuda/CUDAException.h>

@@ -58,7 +58,10 @@ def build(asan: bool) -> str:
     wheel = os.path.join(site, "nvidia", "cu13", "include")
     if os.path.isdir(wheel):
         incs += ["-isystem", wheel]
-    flags = ["-std=c++20", "-O1", "-g", "-ffp-contract=off", "-fno-omit-frame-pointer", "-Wall", "-Wextra", "-Wno-unknown-pragmas", "-Wno-clobbered"]
+    # -ffp-contract=off: no FMA contraction, as the kernels' explicitly rounded ops expect;
+    # -Wno-clobbered: swapcontext looks like setjmp to g++ (false positive)
+    flags = ["-std=c++20", "-O1", "-g", "-ffp-contract=off", "-fno-omit-frame-pointer", "-Wall", "-Wextra",
+             "-Wno-unknown-pragmas", "-Wno-clobbered"]
     if asan:
         flags += ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
     cmd = ["g++", *flags, *incs, os.path.join(HERE, "tokred_emu.cc"), "-o", exe + ".tmp"]
@@ -141,18 +144,24 @@ def rel_err(a, ref):
     return ((a - ref).norm() / ref.norm().clamp_min(1e-300)).item()
 
 
+def per_dtype(v, dtype):
+    """An option given per dtype ({dtype: value}) or for all."""
+    return v[dtype] if isinstance(v, dict) else v
+
+
 def run_case(exe, c, dtype, workdir):
     t, mask, d_out = make(c, dtype)
     B, N, D, S = c["B"], c["N"], c["D"], c["S"]
     pool_input = bool(c.get("pool_input"))
-    meta = {"x_dtype": CODES[dtype], "B": B, "N": N, "D": D, "S": S, "eps": 1e-5, "has_w": int("w_score" in t),
-                "has_scores": int("scores" in t), "has_lnw": int("ln_weight" in t), "has_lnb": int("ln_bias" in t),
-                "has_mask": int(mask is not None), "pool_input": int(pool_input),
-                "w_dtype": CODES[t["w_score"].dtype] if "w_score" in t else 0,
-                "sc_dtype": CODES[t["scores"].dtype] if "scores" in t else 0,
-                "lnw_dtype": CODES[t["ln_weight"].dtype] if "ln_weight" in t else 0,
-                "lnb_dtype": CODES[t["ln_bias"].dtype] if "ln_bias" in t else 0,
-                "smem_limit": c.get("smem", H100), "n_sm": c.get("n_sm", 132)}
+    codes = {n: CODES[v.dtype] for n, v in t.items()}
+    meta = {"x_dtype": CODES[dtype], "B": B, "N": N, "D": D, "S": S, "eps": 1e-5,
+            "has_w": int("w_score" in t), "has_scores": int("scores" in t), "has_lnw": int("ln_weight" in t),
+            "has_lnb": int("ln_bias" in t), "has_mask": int(mask is not None), "pool_input": int(pool_input),
+            "w_dtype": codes.get("w_score", 0), "sc_dtype": codes.get("scores", 0),
+            "lnw_dtype": codes.get("ln_weight", 0), "lnb_dtype": codes.get("ln_bias", 0),
+            "smem_limit": per_dtype(c.get("smem", H100), dtype), "n_sm": c.get("n_sm", 132)}
+    if "smem_fwd" in c:
+        meta["fwd_smem_limit"] = per_dtype(c["smem_fwd"], dtype)
     files = {"x": t["x"], "w": t.get("w_score"), "scores": t.get("scores"), "lnw": t.get("ln_weight"),
              "lnb": t.get("ln_bias"), "mask": mask, "dout": d_out}
     for name, v in files.items():
@@ -214,26 +223,30 @@ def run_case(exe, c, dtype, workdir):
     return errors, log + " | " + ", ".join(report)
 
 
-# label, sizes and options; every case runs in each of its dtypes
+def case(label, B, N, D, S, seed, **opts):
+    """One case: sizes, seed and options (ln, lnb, masked, empty, pool, pool_input, param_dtype,
+    smem / smem_fwd limits (bytes, or {dtype: bytes}), n_sm, dtypes, slow)."""
+    return {"label": label, "B": B, "N": N, "D": D, "S": S, "seed": seed, **opts}
+
+
+# every case runs in each of its dtypes (default fp32 and bf16)
 CASES = [
-    {"label": "ViT-B/32: N=49 -> S=12, LN", "B": 3, "N": 49, "D": 32, "S": 12, "ln": True, "lnb": True, "seed": 1},
-    {"label": "odd N and D (element loads), LN weight only, masks", "B": 3, "N": 37, "D": 33, "S": 5, "ln": True, "masked": True,
-         "seed": 2},
-    {"label": "S=1, no LN, masks (W exact in bf16)", "B": 4, "N": 20, "D": 24, "S": 1, "masked": True, "seed": 3},
-    {"label": "an all-masked row", "B": 4, "N": 19, "D": 24, "S": 3, "ln": True, "lnb": True, "masked": True, "empty": True, "seed": 4},
-    {"label": "pool_input (Wukong's layer), masks", "B": 3, "N": 30, "D": 40, "S": 8, "ln": True, "lnb": True, "masked": True,
-         "pool_input": True, "seed": 5},
-    {"label": "token_pool: scores given, an empty row", "B": 3, "N": 21, "D": 40, "S": 12, "pool": True, "masked": True, "empty": True,
-         "seed": 6},
-    {"label": "S=32 (4 token tiles), N=70 (3 tiles of 32)", "B": 2, "N": 70, "D": 64, "S": 32, "ln": True, "lnb": True, "seed": 7},
-    {"label": "N=9 <= 16: 16-row tiles, S=24", "B": 2, "N": 9, "D": 48, "S": 24, "ln": True, "lnb": True, "seed": 8},
-    {"label": "groups of 3 items per block, single stage (small smem)", "B": 7, "N": 33, "D": 136, "S": 17, "ln": True, "lnb": True,
-         "masked": True, "n_sm": 3, "smem": 40000, "seed": 9},
-    {"label": "fp32 parameters with 16-bit x (W' split both ways)", "B": 2, "N": 25, "D": 48, "S": 6, "ln": True, "lnb": True,
-         "param_dtype": torch.float32, "seed": 10, "dtypes": (torch.bfloat16, torch.float16)},
-    {"label": "A100 smem limit, D=520", "B": 2, "N": 40, "D": 520, "S": 24, "ln": True, "lnb": True, "masked": True, "smem": A100,
-         "seed": 11},
-    {"label": "two D chunks (D=1100 > 1024)", "B": 2, "N": 18, "D": 1100, "S": 20, "ln": True, "lnb": True, "seed": 12, "slow": True},
+    case("ViT-B/32: N=49 -> S=12, LN", 3, 49, 32, 12, 1, ln=True, lnb=True),
+    case("odd N and D (element loads), LN weight only, masks", 3, 37, 33, 5, 2, ln=True, masked=True),
+    case("S=1, no LN, masks (W exact in bf16)", 4, 20, 24, 1, 3, masked=True),
+    case("an all-masked row", 4, 19, 24, 3, 4, ln=True, lnb=True, masked=True, empty=True),
+    case("pool_input (Wukong's layer), masks", 3, 30, 40, 8, 5, ln=True, lnb=True, masked=True, pool_input=True),
+    case("token_pool: scores given, an empty row", 3, 21, 40, 12, 6, pool=True, masked=True, empty=True),
+    case("S=32 (4 token tiles), N=70 (3 tiles of 32)", 2, 70, 64, 32, 7, ln=True, lnb=True),
+    case("N=9 <= 16: 16-row tiles, S=24", 2, 9, 48, 24, 8, ln=True, lnb=True),
+    # limits (bytes) that leave one x tile of 16 rows in flight: forward and backward single-stage
+    case("groups of 3 items per block, single stage (small smem)", 7, 33, 136, 17, 9, ln=True, lnb=True,
+         masked=True, n_sm=3, smem={torch.float32: 65000, torch.bfloat16: 52000, torch.float16: 52000},
+         smem_fwd={torch.float32: 35000, torch.bfloat16: 25000, torch.float16: 25000}),
+    case("fp32 parameters with 16-bit x (W' split both ways)", 2, 25, 48, 6, 10, ln=True, lnb=True,
+         param_dtype=torch.float32, dtypes=(torch.bfloat16, torch.float16)),
+    case("A100 smem limit, D=520", 2, 40, 520, 24, 11, ln=True, lnb=True, masked=True, smem=A100),
+    case("two D chunks (D=1100 > 1024)", 2, 18, 1100, 20, 12, ln=True, lnb=True, slow=True),
 ]
 
 

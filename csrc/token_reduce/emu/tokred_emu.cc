@@ -144,7 +144,8 @@ int main(int argc, char** argv) {
   const bool has_w = m["has_w"] != 0, has_sc = m["has_scores"] != 0, has_lnw = m["has_lnw"] != 0;
   const bool has_lnb = m["has_lnb"] != 0, has_mask = m["has_mask"] != 0, pool_input = m["pool_input"] != 0;
   const int wd = int(m["w_dtype"]), scd = int(m["sc_dtype"]), lnwd = int(m["lnw_dtype"]), lnbd = int(m["lnb_dtype"]);
-  const size_t smem_limit = size_t(m["smem_limit"]);
+  const size_t smem_limit = size_t(m["smem_limit"]);  // backward; the forward's may be smaller
+  const size_t fwd_smem_limit = m.count("fwd_smem_limit") ? size_t(m["fwd_smem_limit"]) : smem_limit;
   const int n_sm = int(m["n_sm"]);
   const float eps = float(m["eps"]);
   std::mt19937_64 rng{static_cast<uint64_t>(m["seed"])};
@@ -163,9 +164,9 @@ int main(int argc, char** argv) {
 
   // ---------------------------------------------------------------- forward (tokred_host.cpp: fwd_cuda)
   const Geometry geo = make_geometry(es, D, S);
-  const FwdConfig fcfg = pick_fwd_config(es, N, geo, smem_limit);
+  const FwdConfig fcfg = pick_fwd_config(es, N, geo, fwd_smem_limit);
   if (fcfg.smem == 0) {
-    std::fprintf(stderr, "tokred_emu: forward does not fit %zu bytes of shared memory\n", smem_limit);
+    std::fprintf(stderr, "tokred_emu: forward does not fit %zu bytes of shared memory\n", fwd_smem_limit);
     return 3;
   }
   std::vector<unsigned char> out(size_t(B) * S * D * es, 0xCD);  // poisoned: every element must be written
@@ -291,7 +292,9 @@ int main(int argc, char** argv) {
     r.DS = int64_t(D) * S;
     r.D = D;
     const int64_t total = (r.dw ? r.DS : 0) + (r.dg ? D : 0) + (r.db ? D : 0);
-    if (total > 0) launch(&token_reduce_sum_partials_kernel, r, std::min<int64_t>((total + 255) / 256, 4096), 256, 0, rng);
+    if (total > 0) {
+      launch(&token_reduce_sum_partials_kernel, r, std::min<int64_t>((total + 255) / 256, 4096), 256, 0, rng);
+    }
   }
   write_bin(dir + "/dx.bin", dx.data(), dx.size());
   write_bin(dir + "/dw.bin", dw.data(), dw.size());
