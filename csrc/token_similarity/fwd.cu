@@ -243,8 +243,9 @@ __global__ void __launch_bounds__(kThreads, 2)
       // the 32 reads on 32 banks (LDS = 4 mod 32). The tie rule makes the order irrelevant.
       int j = jb + ((r >> 3) & 3) % len;
       const float* row = S + r * LDS;
+      const int q_of_j = col_tok[jb] - jb;  // an item's tokens sit in consecutive columns
       for (int s = 0; s < len; ++s) {
-        if (col_real[j]) argmax_update(row[j], col_tok[j], best, best_q);
+        if (col_real[j]) argmax_update(row[j], q_of_j + j, best, best_q);
         if (++j == je) j = jb;
       }
       if (al == 0 && first_started_before) argmax_update(carry_v[cin * RT + r], carry_q[cin * RT + r], best, best_q);
