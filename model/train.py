@@ -228,7 +228,6 @@ class Trainer:
         self.run_dir = os.path.join(tcfg.runs_dir, tcfg.run_name)
         self.ckpt_dir = os.path.join(self.run_dir, "ckpt")
         self.metrics_path = os.path.join(self.run_dir, "metrics.jsonl")
-        self._seed_everything(tcfg.seed)
 
         if tasks is None:
             tasks = self._load_tasks_once()
@@ -245,6 +244,9 @@ class Trainer:
         for name, t in tasks.items():
             _check_task_data(name, t, mcfg)
         self.mcfg = mcfg.validate()
+        # seeded here, after the data: building the benchmark (vs. loading its cache) must not
+        # change the initial weights
+        self._seed_everything(tcfg.seed)
         self.model = SkillNetWukong(mcfg, specs).to(self.device)
         if tcfg.init_from:
             self._load_weights(tcfg.init_from)

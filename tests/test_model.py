@@ -381,7 +381,7 @@ def test_bad_model_config_names_the_field(field, value):
 
 
 @pytest.mark.parametrize("field,value", [
-    ("batch_size", 0), ("grad_accum", 3), ("warmup_steps", 500), ("backend", "fast"),
+    ("batch_size", 0), ("grad_accum", 3), ("warmup_steps", 5000), ("backend", "fast"),
     ("lr", -1.0), ("tasks", ("image_text", "ocr")), ("task_weights", {"image_text": -1}),
     ("run_name", "a/b"), ("data_size", "huge"), ("betas", (0.9,)),
 ])
