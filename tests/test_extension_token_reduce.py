@@ -14,7 +14,7 @@ import torch
 from skillkern import _backend
 
 if not _backend.has_cuda_extension():
-    pytest.skip("the CUDA extension skillkern._C is not built (see csrc/build_dev.py / setup.py)",
+    pytest.skip(f"the CUDA extension is not available: {_backend._extension_import_error()}",
                 allow_module_level=True)
 
 FWD = torch.ops.skillkern.token_reduce_fwd_cuda.default
@@ -175,6 +175,23 @@ def test_compile_fullgraph_and_autograd_on_meta(pool, dtype):
     grads_e = torch.autograd.grad(loss_e, leaves)
     for g, t in zip(grads_e, leaves):
         assert (g.shape, g.dtype) == (t.shape, t.dtype)
+
+
+def test_compile_dynamic_shapes_on_meta():
+    """dynamic=True: the Meta kernels see symbolic B and N (their checks guard on them); one
+    compiled graph serves two batch shapes, with gradients of the right shapes."""
+    def f(x, w, lw, lb, mask):
+        out, lse = torch.ops.skillkern.token_reduce_fwd_cuda(x, w, None, lw, lb, mask, 1e-5, False)
+        return out.float().square().sum() + lse.sum(), out
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager", dynamic=True)
+    for B, N in [(3, 13), (5, 17)]:
+        a = inputs(B, N, 24, 5, torch.bfloat16)
+        leaves = [a[n].requires_grad_() for n in ["x", "w_score", "ln_weight", "ln_bias"]]
+        loss, out = compiled(*leaves, a["mask"])
+        assert out.shape == (B, 5, 24)
+        for g, t in zip(torch.autograd.grad(loss, leaves), leaves):
+            assert (g.shape, g.dtype) == (t.shape, t.dtype)
 
 
 def test_public_api_refuses_cuda_backend_for_cpu_tensors():
