@@ -254,7 +254,9 @@ class Trainer:
         self._check_backend()
         if mcfg.lit:
             frozen = self.model.lock_image_tower()
-            self.log(f"LiT: image tower locked ({frozen / 1e6:.2f} M parameter elements frozen)")
+            self.log(f"LiT: image tower locked ({frozen / 1e6:.2f} M parameter elements frozen)"
+                     + ("" if tcfg.init_from or resume else "; without --set init_from=<model.safetensors> "
+                        "the locked tower is the random initialisation"))
         if self.device.type == "cuda":
             # routing ids are built by the model from the validated config: skip skillkern's
             # per-call range check and its host sync
@@ -591,7 +593,7 @@ class Trainer:
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         if self.mcfg.lit:
-            self.model.lock_image_tower()  # re-snapshot the locked skills from the loaded weights
+            self.model.snapshot_locked()  # the locked skills as the checkpoint has them
         if self.rank == 0:  # metrics.jsonl = the checkpoint's rows (a killed run may have logged more)
             with open(self.metrics_path + ".tmp", "w") as f:
                 for r in self.metrics:

@@ -227,15 +227,19 @@ class SkillNetWukong(nn.Module):
                 frozen += p.numel()
         locked = sorted({SKILL_ID[s] for t in self.specs if TASK_MODALITIES[t][0] == "image"
                          for s in self.cfg.skills_for(t, "image")})
-        self._locked = []
-        for ffn in enc.skill_layers():
-            for p in (ffn.w1, ffn.w2, ffn.b1, ffn.b2):
-                if p is None:
-                    continue
-                self._locked.append((p, locked, p.detach()[locked].clone()))
-                p.register_hook(_zero_rows_hook(locked))
-                frozen += p[locked].numel()
-        return frozen
+        if not self._locked:  # hooks once, however often this is called (a resumed run calls it again)
+            for ffn in enc.skill_layers():
+                for p in (ffn.w1, ffn.w2, ffn.b1, ffn.b2):
+                    if p is not None:
+                        p.register_hook(_zero_rows_hook(locked))
+                        self._locked.append((p, locked, None))
+        self.snapshot_locked()
+        return frozen + sum(p[rows].numel() for p, rows, _ in self._locked)
+
+    @torch.no_grad()
+    def snapshot_locked(self) -> None:
+        """Remember the locked skills' current values (restore_locked puts them back)."""
+        self._locked = [(p, rows, p.detach()[rows].clone()) for p, rows, _ in self._locked]
 
     @torch.no_grad()
     def restore_locked(self) -> None:

@@ -232,6 +232,32 @@ def test_ddp_matches_single_process_on_the_same_global_batch(tmp_path):
     assert len(changed) > len(ref) // 2    # the comparison is about trained weights, not the init
 
 
+# ----------------------------------------------------------------------------- LiT
+
+
+def test_lit_run_keeps_the_image_features_through_training_and_resume(tmp_path):
+    """--lit: after AdamW steps (weight decay on) and a resume, the image side's features are
+    bit for bit those of the start; the text side's are not."""
+    tasks = make_tasks(names=("image_text", "text_cls"))
+    m, t = cfgs(tmp_path, "lit", model={"lit": True}, steps=4, ckpt_every=2, weight_decay=0.5)
+    tr = Trainer(m, t, tasks, progress=False)
+    batch = {k: v[:6] for k, v in tasks["image_text"].splits["val"].items()}
+
+    def feats(trainer):
+        trainer.model.eval()
+        with torch.no_grad():
+            f_img, _, f_txt, _ = trainer.model.retrieval_features("image_text", batch)
+        return f_img, f_txt
+
+    img0, txt0 = feats(tr)
+    tr.fit(stop_at=3)
+    resumed = Trainer(m, t, tasks, resume=True, progress=False)
+    resumed.fit()
+    img1, txt1 = feats(resumed)
+    assert torch.equal(img0, img1)
+    assert not torch.equal(txt0, txt1)
+
+
 # ----------------------------------------------------------------------------- accumulation
 
 
