@@ -359,6 +359,20 @@ def test_missing_data_is_a_clear_error(tmp_path, monkeypatch):
     assert main(["--no-plot", "--set", f"runs_dir={tmp_path}"]) == 2
 
 
+def test_missing_tasks_are_skipped_and_named(tmp_path, monkeypatch):
+    """The benchmark builder leaves out tasks whose source is missing: the trainer trains on
+    the rest and says which are missing."""
+    import model.data as data
+    have = make_tasks(names=("text_cls", "code_text"))
+    asked = []
+    monkeypatch.setattr(data, "build_benchmark", lambda root, **k: asked.append(k["tasks"]) or have)
+    lines = []
+    _, t = cfgs(tmp_path)
+    assert load_tasks(t, log=lines.append) is have
+    assert asked == [list(TASK_MODALITIES)]
+    assert any("missing" in x and "image_text" in x and "sound_text" in x and "video_text" in x for x in lines)
+
+
 def test_data_that_does_not_fit_the_model_is_named(tmp_path):
     tasks = make_tasks(names=("image_text",))
     tasks["image_text"].splits["train"]["ids"][0, 1] = 5000        # beyond vocab_size=100
