@@ -52,7 +52,7 @@ from model.config import (
     train_config,
 )
 from model.params import peak_flops, step_flops
-from model.wukong import SkillNetWukong, TaskSpec
+from model.wukong import SkillNetWukong, specs_from_tasks
 
 # Ops that run on a skillkern backend; --backend is checked against each before training.
 FUSED_OPS = ("skill_ffn", "token_reduce", "token_similarity")
@@ -236,11 +236,10 @@ class Trainer:
         if not tasks:
             raise DataError(f"none of the asked tasks {list(tcfg.tasks)} is in the data")
         self.tasks = tasks
-        specs = {}
-        for name, t in tasks.items():
-            if name not in TASK_KINDS:
-                raise DataError(f"unknown task {name!r} in the data; the model knows {sorted(TASK_KINDS)}")
-            specs[name] = TaskSpec(name, t.kind, int(getattr(t, "num_classes", 0) or 0))
+        try:
+            specs = specs_from_tasks(tasks)
+        except ValueError as e:
+            raise DataError(str(e)) from None
         for name, t in tasks.items():
             _check_task_data(name, t, mcfg)
         self.mcfg = mcfg.validate()

@@ -247,9 +247,6 @@ class SkillNetWukong(nn.Module):
         for p, rows, saved in self._locked:
             p[rows] = saved
 
-    def locked_skill_rows(self) -> list[tuple[Tensor, list[int]]]:
-        return [(p, rows) for p, rows, _ in self._locked]
-
 
 def _is_skill_param(enc: SkillNetEncoder, name: str) -> bool:
     return ".ffn." in name and enc.blocks[int(name.split(".")[1])].skilled
