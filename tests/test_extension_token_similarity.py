@@ -1,12 +1,18 @@
 """The native token_similarity ops (csrc/token_similarity/) without a GPU: schemas, the Meta
-(shape) kernels and their argument errors, and torch.compile + autograd through
-token_similarity_fwd_cuda on meta tensors, which runs the Python autograd registration
-(op.py) and the backward's Meta kernel. The numbers are checked on a GPU in
-test_token_similarity.py (backend="cuda") and by csrc/token_similarity/sanitize.py.
+(shape) kernels and their argument errors, torch.compile + autograd through
+token_similarity_fwd_cuda on meta tensors (runs the Python autograd registration in op.py and
+the backward's Meta kernel), and the CUDA kernels' own source on a CPU emulation against a
+float64 reference. On a GPU: test_token_similarity.py (backend="cuda") and
+csrc/token_similarity/sanitize.py under compute-sanitizer.
 
 Run against a development build with
     SKILLKERN_EXTENSION_LIB=$(.venv/bin/python csrc/build_dev.py token_similarity | tail -1) pytest ...
 """
+import os
+import shutil
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -14,17 +20,29 @@ import skillkern
 from skillkern import _backend
 from skillkern.ops.token_similarity.op import index_dtype
 
-if not _backend.has_cuda_extension():
-    pytest.skip(f"the CUDA extension is not loaded: {_backend._extension_import_error()}",
-                allow_module_level=True)
-if not hasattr(torch.ops.skillkern, "token_similarity_fwd_cuda"):
-    pytest.skip("this build of the extension has no token_similarity kernels", allow_module_level=True)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-FWD = torch.ops.skillkern.token_similarity_fwd_cuda.default
-BWD = torch.ops.skillkern.token_similarity_bwd_cuda.default
+
+def _extension_state():
+    """(loaded with the token_similarity ops, why not)."""
+    try:
+        if not _backend.has_cuda_extension():
+            return False, f"the CUDA extension is not loaded: {_backend._extension_import_error()}"
+    except (AttributeError, RuntimeError) as e:  # another op's load hook failing (stale build): report it here
+        return False, f"loading the CUDA extension failed: {type(e).__name__}: {e}"
+    if not hasattr(torch.ops.skillkern, "token_similarity_fwd_cuda"):
+        return False, "this build of the extension has no token_similarity kernels"
+    return True, ""
+
+
+HAS_EXT, NO_EXT_REASON = _extension_state()
+needs_ext = pytest.mark.skipif(not HAS_EXT, reason=NO_EXT_REASON)
+FWD = torch.ops.skillkern.token_similarity_fwd_cuda.default if HAS_EXT else None
+BWD = torch.ops.skillkern.token_similarity_bwd_cuda.default if HAS_EXT else None
 META = torch.device("meta")
 
 
+@needs_ext
 def test_schemas():
     assert str(FWD._schema) == (
         "skillkern::token_similarity_fwd_cuda(Tensor img, Tensor txt, Tensor? img_mask, Tensor? txt_mask) "
@@ -57,6 +75,7 @@ SHAPES = [
 ]
 
 
+@needs_ext
 @pytest.mark.parametrize("shape", SHAPES, ids=[s[0] for s in SHAPES])
 def test_meta_shapes_and_dtypes(shape):
     _, Bi, Bt, Ni, Nt, D, dtype, masks = shape
@@ -72,6 +91,7 @@ def test_meta_shapes_and_dtypes(shape):
     assert d_txt.shape == txt.shape and d_txt.dtype == dtype and d_txt.device == META
 
 
+@needs_ext
 def test_meta_backward_takes_other_index_and_gradient_dtypes():
     """Direct calls may pass wider indices (int64) or a bf16 upstream gradient."""
     img, txt, im, tm = meta_inputs(2, 3, 6, 5, 8, torch.float16, "both")
@@ -104,6 +124,7 @@ def _fwd_cases():
     ]
 
 
+@needs_ext
 @pytest.mark.parametrize("base,name,mutate", _fwd_cases())
 def test_meta_fwd_errors_name_the_argument(base, name, mutate):
     kwargs = base()
@@ -132,6 +153,7 @@ def _bwd_cases():
     ]
 
 
+@needs_ext
 @pytest.mark.parametrize("base,name,mutate", _bwd_cases())
 def test_meta_bwd_errors_name_the_argument(base, name, mutate):
     kwargs = base()
@@ -140,6 +162,7 @@ def test_meta_bwd_errors_name_the_argument(base, name, mutate):
         BWD(*kwargs.values())
 
 
+@needs_ext
 @pytest.mark.parametrize("masks", [None, "both"])
 def test_autograd_on_meta_tensors(masks):
     """Eager autograd through the C++ op: register_autograd (op.py) + the bwd Meta kernel."""
@@ -155,6 +178,7 @@ def test_autograd_on_meta_tensors(masks):
     assert d_img.shape == img.shape and d_txt.shape == txt.shape
 
 
+@needs_ext
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_torch_compile_fullgraph_forward_backward_on_meta(dtype):
     img, txt, im, tm = meta_inputs(4, 3, 9, 6, 16, dtype, "both", requires_grad=True)
@@ -171,6 +195,7 @@ def test_torch_compile_fullgraph_forward_backward_on_meta(dtype):
     assert d_txt.shape == txt.shape and d_txt.dtype == dtype
 
 
+@needs_ext
 def test_torch_compile_dynamic_batch_sizes_compile_once():
     """The Meta kernels keep Bi, Bt (and D) symbolic: new batch sizes reuse the graph. Token
     counts are specialised (they pick the index dtypes)."""
@@ -190,14 +215,48 @@ def test_torch_compile_dynamic_batch_sizes_compile_once():
     assert counter.frame_count == 1
 
 
+@needs_ext
 def test_cuda_backend_on_cpu_tensors_says_why():
     x = torch.randn(2, 3, 8)
     with pytest.raises(_backend.BackendUnavailable, match="CUDA tensors"):
         skillkern.token_similarity(x, x, backend="cuda")
 
 
+@needs_ext
 def test_cuda_kernel_rejects_cpu_tensors():
     """A direct call with CPU tensors finds no CPU kernel (the op is CUDA + Meta only)."""
     x = torch.randn(2, 3, 8)
     with pytest.raises(NotImplementedError, match="token_similarity_fwd_cuda"):
         FWD(x, x, None, None)
+
+
+# ----------------------------------------------------------------------------- CPU emulation
+
+
+def _emulation_skip_reason():
+    sys.path.insert(0, REPO)
+    import setup as sk_setup
+
+    if shutil.which("g++") is None:
+        return "no g++"
+    if sk_setup.find_cuda_home() is None:
+        return "no CUDA toolkit: the emulation needs its cuda_fp16.h / cuda_bf16.h"
+    return None
+
+
+@pytest.mark.slow
+def test_cuda_kernels_on_the_cpu_emulation():
+    """fwd.cu / bwd.cu / tile.cuh as they are, on 256 CPU threads per block (barriers, shuffles,
+    cp.async and wmma stand-ins: csrc/token_similarity/cpu_emulation/), in fp32, fp16 and bf16
+    over every tiling case (the three row tiles, images across chunks, swapped roles, items
+    without real tokens, D = 0, element-wise loads, backward terms past the prefetch), against
+    float64: scores, clear and exactly tied arg-maxes, gradients, padding gradients exactly 0,
+    every output written. ~1-3 min (g++ build + run). The sanitizer runs are manual:
+    run.py --sanitizer address (out of bounds) and --sanitizer thread (races)."""
+    reason = _emulation_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    run = subprocess.run([sys.executable, os.path.join(REPO, "csrc", "token_similarity", "cpu_emulation", "run.py"),
+                          "--sanitizer", "none", "--copies", "wait"],
+                         capture_output=True, text=True, timeout=3600, check=False)
+    assert run.returncode == 0 and "\n0 failure(s)" in run.stdout, run.stdout[-6000:] + run.stderr[-3000:]

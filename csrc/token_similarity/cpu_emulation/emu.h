@@ -26,6 +26,15 @@
 #include <algorithm>
 #include "common.h"  // the stub run.py writes next to the generated sources
 
+// The CUDA headers (for __half / __nv_bfloat16) define these for nvcc; plain C++ here.
+#undef __global__
+#undef __device__
+#undef __host__
+#undef __forceinline__
+#undef __launch_bounds__
+#undef __restrict__
+#undef __shared__
+#undef __align__
 #define __global__
 #define __device__
 #define __host__
@@ -122,37 +131,50 @@ inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, 
 }
 }}
 
-// Runs body() on 256 threads per block for blocks 0..grid-1, sequentially.
+// Runs body() on 256 threads per block for blocks 0..grid-1, one block at a time. The 256
+// threads are created once per launch and meet the launching thread at a pool barrier before
+// and after every block (which also orders the block's setup and teardown for TSan).
 template <class F>
 void emu_launch(unsigned grid, size_t smem_bytes, F body) {
+  if (grid == 0) return;
+  std::barrier<> pool(257);
+  std::unique_ptr<EmuBlock> blk;
+  std::unique_ptr<EmuWarpScratch> wscr;
+  std::vector<std::thread> th;
+  th.reserve(256);
+  for (unsigned t = 0; t < 256; ++t) {
+    th.emplace_back([&, t] {
+      threadIdx.x = t;
+      for (unsigned b = 0; b < grid; ++b) {
+        pool.arrive_and_wait();  // the block is set up
+        t_groups.clear();
+        t_current.clear();
+        body();
+        // whatever is still pending must be empty groups
+        for (auto& g : t_groups)
+          if (!g.empty()) { std::fprintf(stderr, "EMU: cp.async copies never waited for\n"); std::abort(); }
+        if (!t_current.empty()) { std::fprintf(stderr, "EMU: cp.async copies never committed\n"); std::abort(); }
+        blk->warp_bar[t / 32]->arrive_and_drop();  // a returned thread leaves the barriers
+        blk->block_bar.arrive_and_drop();
+        pool.arrive_and_wait();  // the block is done
+      }
+    });
+  }
   for (unsigned b = 0; b < grid; ++b) {
     blockIdx.x = b;
-    EmuBlock blk;
-    g_block = &blk;
-    EmuWarpScratch wscr;
-    g_wmma = &wscr;
+    blk.reset(new EmuBlock());
+    wscr.reset(new EmuWarpScratch());
+    g_block = blk.get();
+    g_wmma = wscr.get();
     void* sm = nullptr;
     if (smem_bytes) {
       sm = std::malloc(smem_bytes);
       std::memset(sm, 0xff, smem_bytes);  // NaN floats, -1 ints: uninitialised reads show up
     }
     emu_smem = static_cast<unsigned char*>(sm);
-    std::vector<std::thread> th;
-    th.reserve(256);
-    for (unsigned t = 0; t < 256; ++t) {
-      th.emplace_back([&, t] {
-        threadIdx.x = t;
-        t_groups.clear();
-        t_current.clear();
-        body();
-        // pending copies of finished threads must be empty groups
-        for (auto& g : t_groups) if (!g.empty()) { std::fprintf(stderr, "EMU: copies never waited for\n"); std::abort(); }
-        if (!t_current.empty()) { std::fprintf(stderr, "EMU: copies never committed\n"); std::abort(); }
-        blk.warp_bar[t / 32]->arrive_and_drop();
-        blk.block_bar.arrive_and_drop();
-      });
-    }
-    for (auto& x : th) x.join();
+    pool.arrive_and_wait();
+    pool.arrive_and_wait();
     std::free(sm);
   }
+  for (auto& x : th) x.join();
 }

@@ -96,25 +96,28 @@ def cuda_include() -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sanitizer", choices=("address", "thread"), default="address",
-                    help="address: ASan + UBSan (out of bounds); thread: TSan (races)")
+    ap.add_argument("--sanitizer", choices=("address", "thread", "none"), default="address",
+                    help="address: ASan + UBSan (out of bounds); thread: TSan (races); none: results only")
     ap.add_argument("--big", action="store_true", help="also the slower cases (512-row tile, ...)")
     ap.add_argument("--dtypes", default="all", choices=("all", "f32", "f16", "bf16"))
+    ap.add_argument("--copies", default="issue,wait",
+                    help="cp.async timings to run: issue (copy when issued), wait (copy at the retiring wait)")
     ap.add_argument("--timeout", type=int, default=3000, help="seconds per run (a deadlock hangs)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="toksim_emu_") as tmp:
         generate(tmp)
         exe = os.path.join(tmp, "driver")
-        san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"] if args.sanitizer == "address" \
-            else ["-fsanitize=thread"]
-        cmd = ["g++", "-std=c++20", "-O1", "-g", "-pthread", *san, "-I", HERE, "-I", tmp, "-isystem", cuda_include(),
-               os.path.join(HERE, "driver.cc"), "-o", exe]
+        san = {"address": ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"],
+               "thread": ["-fsanitize=thread"], "none": []}[args.sanitizer]
+        cmd = ["g++", "-std=c++20", "-O1", "-g", "-pthread", "-Wall", "-Wextra", "-Wno-unknown-pragmas", *san,
+               "-I", HERE, "-I", tmp, "-isystem", cuda_include(), os.path.join(HERE, "driver.cc"), "-o", exe]
         print(" ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
         env = dict(os.environ, TSAN_OPTIONS="halt_on_error=1 exitcode=66",
                    UBSAN_OPTIONS="halt_on_error=1 print_stacktrace=1")
         status = 0
-        for copy_at_wait in ("0", "1"):
+        for mode in args.copies.split(","):
+            copy_at_wait = {"issue": "0", "wait": "1"}[mode]
             print(f"--- cp.async copies {'at the wait' if copy_at_wait == '1' else 'when issued'}", flush=True)
             try:
                 run = subprocess.run([exe, copy_at_wait, "1" if args.big else "0", args.dtypes], env=env,
