@@ -388,6 +388,14 @@ def test_data_that_does_not_fit_the_model_is_named(tmp_path):
         Trainer(m, t, make_tasks(), progress=False)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the cuda backend may run everything on a GPU")
+def test_unavailable_backend_is_named_before_training(tmp_path):
+    import skillkern
+    m, t = cfgs(tmp_path, backend="cuda")
+    with pytest.raises(skillkern.BackendUnavailable, match="--backend cuda cannot run every fused layer"):
+        Trainer(m, t, make_tasks(names=("image_text",)), progress=False)
+
+
 def test_command_line_config_errors_exit_2(capsys):
     assert main(["--set", "colour=red"]) == 2
     assert "`colour`" in capsys.readouterr().err
