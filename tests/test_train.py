@@ -334,6 +334,21 @@ def test_run_writes_metrics_plot_checkpoint_and_eval_table(tmp_path, capsys):
     assert (run / "ckpt" / "latest").read_text() == "step_000004"
 
 
+def test_progress_bar_shows_loss_tokens_and_mfu(tmp_path, monkeypatch):
+    import io
+
+    class FakeTTY(io.StringIO):
+        def isatty(self):
+            return True
+
+    err = FakeTTY()
+    monkeypatch.setattr(sys, "stderr", err)
+    m, t = cfgs(tmp_path, steps=2, warmup_steps=1)
+    Trainer(m, t, make_tasks(names=("text_cls",)), log=lambda *a: None).fit()
+    bar = err.getvalue().split("\r")[-1]
+    assert "2/2" in bar and "text_cls loss" in bar and "tok/s" in bar and "MFU n/a" in bar
+
+
 def test_eval_is_a_pure_function_of_the_weights(tmp_path):
     """Evaluating twice gives the same numbers (eval mode, no state touched)."""
     m, t = cfgs(tmp_path, steps=2, warmup_steps=1)
