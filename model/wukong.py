@@ -92,7 +92,11 @@ class SkillNetWukong(nn.Module):
         self.encoder = SkillNetEncoder(cfg)
         retrieve = [s for s in self.specs.values() if s.kind == "retrieve"]
         other = sorted({s.modalities[0] for s in retrieve})
-        self.proj = nn.ModuleDict({m: nn.Linear(cfg.d_model, cfg.proj_dim) for m in sorted(set(other) | ({"text"} if retrieve else set()))})
+        # projections without bias, as CLIP's and Wukong's: a bias is one vector added to every
+        # token of every item; growing it makes all similarities alike (loss ln B) and shrinks
+        # every gradient through the L2 norm by 1/|bias|, a collapse seen here from scratch
+        self.proj = nn.ModuleDict({m: nn.Linear(cfg.d_model, cfg.proj_dim, bias=False)
+                                   for m in sorted(set(other) | ({"text"} if retrieve else set()))})
         self.reduce = nn.ModuleDict({m: skillkern.nn.TokenReduction(cfg.proj_dim, cfg.reduced_tokens, cfg.reduce_groups)
                                      for m in other})
         for red in self.reduce.values():
@@ -106,7 +110,8 @@ class SkillNetWukong(nn.Module):
                                        for s in self.specs.values() if s.kind == "classify"})
         for lin in [*self.proj.values(), *self.cls_head.values()]:
             nn.init.trunc_normal_(lin.weight, std=INIT_STD, a=-2 * INIT_STD, b=2 * INIT_STD)
-            nn.init.zeros_(lin.bias)
+            if lin.bias is not None:
+                nn.init.zeros_(lin.bias)
         self.backend = "auto"
         self._locked: list[tuple[Tensor, list[int], Tensor]] = []
 
