@@ -23,8 +23,8 @@
 //   g_s = dz W'^T (GEMM5, K = S), dx, then dx overwrites those x columns in smem;
 //   the dx tile leaves with 16-byte stores.
 // Shared memory (bf16, D = 768, S = 24, 2 stages): x 2 x 16 x 776 x 2 B = 50 KB, d_out rows
-// 32 x 776 x 2 B = 50 KB, K-split partials 8 x 16 x 48 x 4 B = 25 KB, ln_weight / d_ln sums
-// 9 KB, operands 8 KB: ~142 KB.
+// 32 x 776 x 2 B = 50 KB, K-split partials 8 x 16 x 48 x 4 B = 25 KB, ln_weight 3 KB, operands
+// 8 KB: ~136 KB (fp32, one stage: 165 KB, which still fits an A100's 163 KB at D = 768).
 // Floor at the typical shape (B = 1024, N = 256, D = 768, S = 24, bf16): read x + write dx
 // = 805 MB, d_out / out 75 MB: ~0.29 ms at 3 TB/s; tensor cores ~2 x 4 x 2 B N D S = 80 GFLOP
 // of split products (~0.12 ms of mma.sync).
@@ -106,8 +106,6 @@ __global__ void __launch_bounds__(kThreads, 1) token_reduce_bwd_kernel(const Bwd
   float* s_e1 = reinterpret_cast<float*>(smem + L.e1);
   float* s_e2 = reinterpret_cast<float*>(smem + L.e2);
   float* c34 = reinterpret_cast<float*>(smem + L.c34);
-  float* s_dg = reinterpret_cast<float*>(smem + L.dg);
-  float* s_db = reinterpret_cast<float*>(smem + L.db);
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
@@ -125,6 +123,11 @@ __global__ void __launch_bounds__(kThreads, 1) token_reduce_bwd_kernel(const Bwd
   const float inf = __int_as_float(0x7f800000);
   const bool ln_bwd = p.has_ln && (p.pool_ln || !p.scores_given);  // does dx go through LN?
 
+  // This block's d_ln_weight / d_ln_bias sums: its chunk's columns of row grp of the partial
+  // buffers, each column read-modify-written only by the one thread that owns it at that point
+  // (barriers order the owners of the two phases that add to it). Deterministic.
+  float* dg_row = p.has_ln ? p.dg_part + grp * D : nullptr;
+  float* db_row = p.has_ln ? p.db_part + grp * D : nullptr;
   {  // block set-up: zero pads and accumulators, ln_weight in fp32
     const T zero = from_f32<T>(0.f);
     const int padw = dp - D;
@@ -135,11 +138,15 @@ __global__ void __launch_bounds__(kThreads, 1) token_reduce_bwd_kernel(const Bwd
     for (int i = threadIdx.x; i < SKR * ldx; i += kThreads) dos[i] = zero;  // rows >= S, cols >= D stay 0
     for (int d = threadIdx.x; d < dp; d += kThreads) {
       gs[d] = (p.has_ln && d < D) ? load_any(p.ln_w, p.ln_w_dtype, d) : 0.f;
-      s_dg[d] = 0.f;
-      s_db[d] = 0.f;
+    }
+    if (p.has_ln) {
+      for (int c = threadIdx.x; c < width; c += kThreads) {
+        dg_row[c0 + c] = 0.f;
+        db_row[c0 + c] = 0.f;
+      }
     }
   }
-  __syncthreads();  // the zeroed dos rows before the first item's d_out rows land in them
+  __syncthreads();  // the zeroed dos rows / sums before the first item's d_out rows land in them
   float c3acc = 0.f, c4acc = 0.f;  // sum_n mean_n dz'[n, s], sum_n dz[n, s] of this warp's rows, s = lane
   float R[MT_MAX][NT][4];          // x^T dz' of this warp's features
 #pragma unroll
@@ -423,10 +430,10 @@ __global__ void __launch_bounds__(kThreads, 1) token_reduce_bwd_kernel(const Bwd
                   vg += __shfl_xor_sync(kFull, vg, o);
                   vb += __shfl_xor_sync(kFull, vb, o);
                 }
-                if (g == 0) {  // one lane per column; columns are this warp's own
-                  const int d = d0 + h * 8 + 2 * t + e;
-                  s_dg[d] += vg;
-                  s_db[d] += vb;
+                const int d = d0 + h * 8 + 2 * t + e;
+                if (g == 0 && d < D) {  // one lane per column; columns are this warp's own
+                  dg_row[d] += vg;
+                  db_row[d] += vb;
                 }
               }
           }
@@ -520,20 +527,13 @@ __global__ void __launch_bounds__(kThreads, 1) token_reduce_bwd_kernel(const Bwd
             vg += __shfl_xor_sync(kFull, vg, 2);
             vb += __shfl_xor_sync(kFull, vb, 2);
             const int d = dt * 16 + g + 8 * h;
-            if (t == 0 && d < D) {
-              s_dg[d] += vg;
-              s_db[d] += vb;
+            if (t == 0 && d < D) {  // after the barriers above: phase B's adds are visible
+              dg_row[d] += vg;
+              db_row[d] += vb;
             }
           }
         }
       }
-    }
-  }
-  if (p.has_ln) {
-    __syncthreads();
-    for (int c = threadIdx.x; c < width; c += kThreads) {
-      p.dg_part[grp * D + c0 + c] = s_dg[c0 + c];
-      p.db_part[grp * D + c0 + c] = s_db[c0 + c];
     }
   }
 }

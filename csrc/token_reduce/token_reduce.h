@@ -64,10 +64,11 @@ __host__ __device__ inline FwdSmem fwd_smem(int elem, int tn, int sp, int ldx, i
 //   xs: x tiles (dx is staged in place); dos: d_out[b] rows (skr rows, zero past S);
 //   gs: ln_weight in fp32; part: GEMM3 K-split partials [ksplit][tn][2 sp];
 //   aw*/dz*: softmax weights and d scores as split A operands [tn][lda];
-//   dzb*: rstd * d scores as split B operands [sp][ldp]; dg/db: the block's d_ln_* sums.
+//   dzb*: rstd * d scores as split B operands [sp][ldp]. (The block's d_ln_* sums live in its
+//   own row of the global partial buffers: 2 x 4 D bytes less shared memory.)
 struct BwdSmem {
   size_t xs, dos, gs, part, awh, awl, dzh, dzl, dzbh, dzbl, mean, rstd, valid, s1, s2, lse, delta,
-      e1, e2, c34, dg, db, total;
+      e1, e2, c34, total;
 };
 
 __host__ __device__ inline BwdSmem bwd_smem(int elem, int tn, int sp, int skr, int dp, int ldx, int stages,
@@ -95,8 +96,6 @@ __host__ __device__ inline BwdSmem bwd_smem(int elem, int tn, int sp, int skr, i
   L.e1 = o;    o = align16(o + size_t(sp) * 4);
   L.e2 = o;    o = align16(o + size_t(sp) * 4);
   L.c34 = o;   o = align16(o + size_t(2) * (kWarps + 1) * sp * 4);
-  L.dg = o;    o = align16(o + size_t(dp) * 4);
-  L.db = o;    o = align16(o + size_t(dp) * 4);
   L.total = o;
   return L;
 }
@@ -154,7 +153,7 @@ struct BwdParams {
   const float* c2;
   void* dx;                // (B, N, D) T
   float* dw_part;          // [groups][D][S]
-  float* dg_part;          // [groups][D]
+  float* dg_part;          // [groups][D]; block (group, chunk) accumulates its columns in place
   float* db_part;          // [groups][D]
   int64_t B;
   int N, D, S;

@@ -7,8 +7,8 @@
 // contiguous here (a copy only when they are not); outputs are fresh contiguous tensors;
 // S <= 32 (register accumulators); D is bounded by shared memory, checked with a clear error.
 // Largest D (token_reduce.h's configurations, S = 24; the backward is the binding one):
-//   bf16/fp16: forward 4480, backward 1824 on an H100 (227 KB); 3120 / 1216 on an A100 (163 KB)
-//   fp32:      forward 2224, backward 1120 on an H100;          1536 /  736 on an A100
+//   bf16/fp16: forward 4480, backward 1968 on an H100 (227 KB); 3120 / 1312 on an A100 (163 KB)
+//   fp32:      forward 2224, backward 1168 on an H100;          1536 /  768 on an A100
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>

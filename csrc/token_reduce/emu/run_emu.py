@@ -247,6 +247,8 @@ CASES = [
          param_dtype=torch.float32, dtypes=(torch.bfloat16, torch.float16)),
     case("A100 smem limit, D=520", 2, 40, 520, 24, 11, ln=True, lnb=True, masked=True, smem=A100),
     case("two D chunks (D=1100 > 1024)", 2, 18, 1100, 20, 12, ln=True, lnb=True, slow=True),
+    case("fp32 D=768 S=24 at the A100 limit (single-stage backward)", 2, 20, 768, 24, 13, ln=True, lnb=True,
+         masked=True, smem=A100, dtypes=(torch.float32,), slow=True),
 ]
 
 

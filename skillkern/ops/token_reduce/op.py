@@ -143,7 +143,10 @@ def token_reduce(x: Tensor, w_score: Tensor, ln_weight: Optional[Tensor] = None,
     released layer does that. Returns (B, S, D) in x.dtype (fp32 statistics and accumulation);
     a row with no real position gives zeros. Differentiable w.r.t. x, w_score, ln_weight, ln_bias.
     The Triton path reads x once in the forward (LN statistics, scores, online softmax over
-    position tiles and pooling fused) and once in the backward.
+    position tiles and pooling fused) and once in the backward. backend="cuda" (csrc/token_reduce/)
+    does the same in one block per item, with S <= 32 and D up to ~1900 (bf16 training on an
+    H100; csrc/token_reduce/tokred_host.cpp lists the limits); beyond, it raises naming the
+    argument.
     """
     op = "token_reduce"
     _check_x_mask(op, x, mask)
@@ -174,7 +177,8 @@ def token_pool(x: Tensor, scores: Tensor, mask: Optional[Tensor] = None, *, back
         out[b, s, :] = sum_n softmax over real n of scores[b, :, s] [n] * x[b, n, :]
 
     x: (B, N, D); scores: (B, N, S) float; mask: bool (B, N). Returns (B, S, D) in x.dtype; a
-    row with no real position gives zeros. Differentiable w.r.t. x and scores.
+    row with no real position gives zeros. Differentiable w.r.t. x and scores. backend="cuda"
+    takes S <= 32 (see token_reduce).
     """
     op = "token_pool"
     _check_x_mask(op, x, mask)
