@@ -27,8 +27,8 @@ from torch import nn
 from model.config import MODALITIES, model_config, parse_overrides
 from model.wukong import SkillNetWukong, default_specs
 
-_EMBED_PREFIX = {"text": ("encoder.text.tok.", "encoder.text.pos", "encoder.text.modality_vec.text"),
-                 "code": ("encoder.text.tok.", "encoder.text.pos", "encoder.text.modality_vec.code"),
+_EMBED_PREFIX = {"text": ("encoder.text.tok.", "encoder.text.pos", "encoder.text.norm.", "encoder.text.modality_vec.text"),
+                 "code": ("encoder.text.tok.", "encoder.text.pos", "encoder.text.norm.", "encoder.text.modality_vec.code"),
                  "image": ("encoder.image.",), "sound": ("encoder.sound.",), "video": ("encoder.video.",)}
 
 

@@ -61,14 +61,20 @@ def plot_metrics(metrics_path: str, png_path: str) -> str:
         ax.plot([r["step"] for r in train], _smooth([r["tok_s"] for r in train], SMOOTH))
     ax.set(title="tokens / s (moving average)", xlabel="step")
     ax = axes[1][1]
-    for (task, split) in sorted({(r["task"], r["split"]) for r in evals}):
-        pts = [(r["step"], r.get("accuracy", r.get("mean_R"))) for r in evals
-               if r["task"] == task and r["split"] == split]
-        steps, vals = zip(*pts)
-        ax.plot(steps, vals, marker="o", label=f"{task} ({split})")
-    ax.set(title="eval: accuracy (classify) / mean R@1,5,10 (retrieve)", xlabel="step", ylim=(0, 1))
+    colors = {}
+    for task in sorted({r["task"] for r in evals}):
+        for split, style in (("val", dict(marker="o", linestyle="-")), ("test", dict(marker="*", markersize=12, linestyle=""))):
+            pts = [(r["step"], r.get("accuracy", r.get("mean_R"))) for r in evals
+                   if r["task"] == task and r["split"] == split]
+            if not pts:
+                continue
+            steps, vals = zip(*pts)
+            kw = {"color": colors[task]} if task in colors else {}
+            line, = ax.plot(steps, vals, label=f"{task} ({split})", **style, **kw)
+            colors.setdefault(task, line.get_color())
+    ax.set(title="eval: accuracy (classify) / mean R@1,5,10 (retrieve); * = test", xlabel="step", ylim=(0, 1))
     if evals:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="center right", ncol=2)  # accuracies sit high, recalls low
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
     tmp = png_path + ".tmp.png"

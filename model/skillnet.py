@@ -15,6 +15,12 @@ part (LayerNorms, residuals, the FFN) runs on all streams' tokens packed into on
 matrix, so a skill layer is one grouped SkillFFN call over the tokens of several skills, the
 case skillkern's fused kernel is built for.
 
+Each embedder ends in its own LayerNorm (BERT's embedding LayerNorm, CLIP's ln_pre): the
+residual stream starts at unit scale per feature. Without it the tokens start at the 0.02 scale
+of their initialisation, and in the first ~20 AdamW steps the shared biases (lr 1e-3 a step)
+outgrew them: every token's output became one common vector and the contrastive losses sat at
+ln(batch) with vanishing gradients (measured on the tiny preset).
+
 Embedders (model inputs as model/data gives them):
   text, code  Chinese BERT WordPiece ids (B, L) + bool mask: one token table (both are
               WordPiece text), learned positions, a per-modality type vector
@@ -64,6 +70,7 @@ class TokenEmbed(nn.Module):
         self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos = nn.Parameter(torch.empty(cfg.max_text_len, cfg.d_model))
         self.modality_vec = nn.ParameterDict({m: nn.Parameter(torch.empty(cfg.d_model)) for m in self.modalities})
+        self.norm = nn.LayerNorm(cfg.d_model)
         for p in (self.tok.weight, self.pos, *self.modality_vec.values()):
             _trunc_normal_(p)
 
@@ -75,7 +82,7 @@ class TokenEmbed(nn.Module):
         _expect_input(mask.dtype == torch.bool and mask.shape == ids.shape, modality, "mask",
                       f"must be a bool tensor of the ids' shape {tuple(ids.shape)}")
         x = self.tok(ids) + self.pos[: ids.shape[1]] + self.modality_vec[modality]
-        return x, mask
+        return self.norm(x), mask
 
 
 class ImageEmbed(nn.Module):
@@ -87,6 +94,7 @@ class ImageEmbed(nn.Module):
         self.proj = nn.Conv2d(3, cfg.d_model, cfg.image_patch, stride=cfg.image_patch)
         self.cls = nn.Parameter(torch.empty(cfg.d_model))
         self.pos = nn.Parameter(torch.empty(cfg.image_tokens, cfg.d_model))
+        self.norm = nn.LayerNorm(cfg.d_model)
         for p in (self.proj.weight, self.cls, self.pos):
             _trunc_normal_(p)
         nn.init.zeros_(self.proj.bias)
@@ -97,7 +105,7 @@ class ImageEmbed(nn.Module):
         x = _pixels(x, self.proj.weight.dtype)
         t = self.proj(x).flatten(2).transpose(1, 2)                          # (B, P, d)
         t = torch.cat([self.cls.to(t.dtype).expand(t.shape[0], 1, -1), t], 1)
-        return t + self.pos, None
+        return self.norm(t + self.pos), None
 
 
 def _pixels(x: Tensor, dtype) -> Tensor:
@@ -158,6 +166,7 @@ class SoundEmbed(nn.Module):
         self.proj = nn.Conv2d(1, cfg.d_model, self.patch, stride=self.patch)
         self.cls = nn.Parameter(torch.empty(cfg.d_model))
         self.pos = nn.Parameter(torch.empty(cfg.sound_tokens, cfg.d_model))
+        self.norm = nn.LayerNorm(cfg.d_model)
         for p in (self.proj.weight, self.cls, self.pos):
             _trunc_normal_(p)
         nn.init.zeros_(self.proj.bias)
@@ -170,7 +179,7 @@ class SoundEmbed(nn.Module):
         spec = spec[:, : self.grid[0] * self.patch[0], : self.grid[1] * self.patch[1]]  # whole patches
         t = self.proj(spec.unsqueeze(1).to(self.proj.weight.dtype)).flatten(2).transpose(1, 2)
         t = torch.cat([self.cls.to(t.dtype).expand(t.shape[0], 1, -1), t], 1)
-        return t + self.pos, None
+        return self.norm(t + self.pos), None
 
 
 class VideoEmbed(nn.Module):
@@ -187,6 +196,7 @@ class VideoEmbed(nn.Module):
         self.cls = nn.Parameter(torch.empty(cfg.d_model))
         self.pos = nn.Parameter(torch.empty(n_patch, cfg.d_model))                              # spatial
         self.time = nn.Parameter(torch.empty(cfg.video_frames // cfg.video_tubelet, cfg.d_model))  # temporal
+        self.norm = nn.LayerNorm(cfg.d_model)
         for p in (self.proj.weight, self.cls, self.pos, self.time):
             _trunc_normal_(p)
         nn.init.zeros_(self.proj.bias)
@@ -200,7 +210,7 @@ class VideoEmbed(nn.Module):
         t = self.proj(v)                                                        # (B, d, F/t, H/p, W/p)
         t = t.flatten(3).permute(0, 2, 3, 1)                                    # (B, F/t, P, d)
         t = (t + self.pos + self.time[:, None, :]).reshape(B, -1, t.shape[-1])  # time-major
-        return torch.cat([self.cls.to(t.dtype).expand(B, 1, -1), t], 1), None
+        return self.norm(torch.cat([self.cls.to(t.dtype).expand(B, 1, -1), t], 1)), None
 
 
 # ----------------------------------------------------------------------------- Transformer
