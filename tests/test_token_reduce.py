@@ -314,6 +314,7 @@ def emulator():
     return module, module.build(asan=os.environ.get("SKILLKERN_EMU_ASAN", "0") == "1")
 
 
+@pytest.mark.slow  # compiles the emulator with g++ first (~10 s idle, cached by source hash)
 @pytest.mark.parametrize("label,dtype", EMU_CASES, ids=[f"{c[0]}-{str(c[1])[6:]}" for c in EMU_CASES])
 def test_cuda_kernels_emulated_on_cpu(emulator, label, dtype, tmp_path):
     module, exe = emulator
