@@ -91,10 +91,6 @@ def _extension_import_error() -> str | None:
     return None
 
 
-def has_triton() -> bool:
-    return _triton_import_error() is None
-
-
 def has_cuda_extension() -> bool:
     """True when skillkern._C (the CUDA C++ extension) was built and imports."""
     return _extension_import_error() is None
@@ -128,13 +124,29 @@ def _triton_reason(device: torch.device) -> str | None:
     )
 
 
-def _cuda_reason(op: str, device: torch.device) -> str | None:
+def has_native_op(op: str) -> bool:
+    """True when the loaded extension provides torch.ops.skillkern.<_CUDA_OPS[op]> (False for
+    an op without native kernels, without the extension, or with a build older than its op)."""
+    if op not in _CUDA_OPS or not has_cuda_extension():
+        return False
+    try:
+        getattr(torch.ops.skillkern, _CUDA_OPS[op])
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+def _cuda_reason(op: str) -> str | None:
+    """None if the extension can run `op` (on CUDA tensors), else why not."""
     if op not in _CUDA_OPS:
         return f"skillkern.{op} has no CUDA C++ kernels; use backend='triton' or 'torch'"
     try:
         load_cuda_extension()
     except BackendUnavailable as e:
         return str(e)
+    if not has_native_op(op):
+        return (f"the loaded extension lacks torch.ops.skillkern.{_CUDA_OPS[op]} (built from older "
+                "sources): rebuild it (`make build`)")
     return None
 
 
@@ -151,7 +163,7 @@ def resolve(op: str, backend: str, device: torch.device) -> str:
             raise BackendUnavailable(f"backend='triton' for skillkern.{op}: {reason}")
         return "triton"
     if backend == "cuda":
-        reason = _cuda_reason(op, device)
+        reason = _cuda_reason(op)
         if reason is None and device.type != "cuda":
             reason = f"the CUDA backend needs CUDA tensors (got device {device})"
         if reason is not None:
@@ -165,7 +177,7 @@ def resolve(op: str, backend: str, device: torch.device) -> str:
             return "torch"
         if cand == "triton" and _triton_reason(device) is None:
             return "triton"
-        if cand == "cuda" and _cuda_reason(op, device) is None:
+        if cand == "cuda" and _cuda_reason(op) is None:
             return "cuda"
     return "torch"
 
@@ -176,6 +188,6 @@ def available_backends(op: str, device: torch.device | str = "cuda") -> list[str
     out = ["torch"]
     if _triton_reason(device) is None:
         out.append("triton")
-    if device.type == "cuda" and _cuda_reason(op, device) is None:
+    if device.type == "cuda" and _cuda_reason(op) is None:
         out.append("cuda")
     return out

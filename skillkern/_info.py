@@ -127,19 +127,11 @@ def backends() -> dict:
                 avail = ["torch"] + (["triton"] if _backend._triton_reason(dev) is None else [])
                 entry["cuda_error"] = f"{type(e).__name__}: {e}"
             entry.update(available=avail, auto=auto)
-            if "cuda" in avail and not _has_native_op(op):
-                entry["cuda_missing"] = (f"the loaded extension lacks torch.ops.skillkern.{_backend._CUDA_OPS[op]} "
+            if _backend.has_cuda_extension() and not _backend.has_native_op(op):
+                entry["cuda_missing"] = (f"the loaded extension lacks torch.ops.skillkern.{_backend._CUDA_OPS.get(op, op)} "
                                          "(built from older sources: rebuild)")
             out[op][dev.type] = entry
     return out
-
-
-def _has_native_op(op: str) -> bool:
-    try:
-        getattr(torch.ops.skillkern, _backend._CUDA_OPS[op])
-    except (AttributeError, KeyError, RuntimeError):
-        return False
-    return True
 
 
 def info() -> dict:
@@ -194,8 +186,8 @@ def format_info(d: dict) -> str:
         row = f"{op:18s}"
         for dev in devs:
             b = per.get(dev, {})
-            avail = [a + ("(missing in _C)" if a == "cuda" and b.get("cuda_missing") else "")
-                     for a in b.get("available", [])] + (["cuda(error)"] if b.get("cuda_error") else [])
+            avail = (list(b.get("available", [])) + (["cuda(missing in _C)"] if b.get("cuda_missing") else [])
+                     + (["cuda(error)"] if b.get("cuda_error") else []))
             row += f"  {', '.join(avail):36s}  {b.get('auto', '-'):8s}"
         lines.append(row.rstrip())
     if no_gpu and "cuda" in devs:

@@ -11,6 +11,8 @@ if not torch.cuda.is_available():
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from skillkern.ops._common import rel_err  # noqa: E402,F401  (tests import it from here)
+
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -55,12 +57,6 @@ def _patch_interpreter_bf16():
 
 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
     _patch_interpreter_bf16()
-
-
-def rel_err(a, ref):
-    """Relative error of a whole tensor: ||a - ref|| / ||ref|| in float64 (0 when both are 0)."""
-    a, ref = a.detach().double().cpu(), ref.detach().double().cpu()
-    return ((a - ref).norm() / ref.norm().clamp_min(1e-300)).item()
 
 
 def bad_arg_params(base, cases):
