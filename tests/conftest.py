@@ -66,11 +66,15 @@ def bad_arg_params(base, cases):
 
 
 def assert_error_names(fn, base, name, mutate):
-    """fn(**kwargs) with one bad argument raises a ValueError whose message names it."""
+    """fn(**kwargs) with one bad argument raises a ValueError (a TypeError where the argument has
+    the wrong Python type) whose message names it, and leaves every tensor argument bit-identical."""
     kwargs = base()
     mutate(kwargs)
-    with pytest.raises(ValueError, match=name):
+    before = {k: v.clone() for k, v in kwargs.items() if isinstance(v, torch.Tensor) and not v.is_meta}
+    with pytest.raises((ValueError, TypeError), match=name):
         fn(**kwargs)
+    for k, v in before.items():
+        torch.testing.assert_close(kwargs[k], v, rtol=0, atol=0, equal_nan=True, msg=f"`{k}` was changed")
 
 
 @pytest.fixture
