@@ -17,6 +17,8 @@ import json
 import math
 from dataclasses import dataclass, field
 
+from skillkern.ops._common import expect
+
 MODALITIES = ("text", "image", "sound", "video", "code")
 # Skill ids: one skill per modality, then the shared "general" skill (SkillNet's six skills;
 # the ids are fixed so a checkpoint's skill banks mean the same thing under any task config).
@@ -37,10 +39,6 @@ TASK_KINDS = {"text_cls": "classify", "image_text": "retrieve", "sound_text": "r
 
 _ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu", "swiglu")  # skillkern's skill_ffn activations
 BACKENDS = ("auto", "torch", "triton", "cuda")
-
-
-def _fail(cls: str, name: str, msg: str):
-    raise ValueError(f"{cls}: `{name}` {msg}")
 
 
 @dataclass
@@ -144,60 +142,52 @@ class ModelConfig:
                      "image_patch", "sample_rate", "sound_samples", "n_fft", "hop_length", "n_mels",
                      "sound_patch_freq", "sound_patch_time", "video_frames", "video_size", "video_patch", "video_tubelet",
                      "proj_dim", "reduced_tokens", "reduce_groups"):
-            if getattr(self, name) < 1:
-                _fail(c, name, f"must be a positive int, got {getattr(self, name)}")
-        if self.d_model % self.n_heads:
-            _fail(c, "n_heads", f"must divide d_model={self.d_model}, got {self.n_heads}")
-        if (self.d_model // self.n_heads) % 2:
-            _fail(c, "n_heads", f"gives head size {self.d_model // self.n_heads}; use an even head size")
-        if self.activation not in _ACTIVATIONS:
-            _fail(c, "activation", f"must be one of {_ACTIVATIONS}, got {self.activation!r}")
-        if self.skill_every not in (1, 2):
-            _fail(c, "skill_every", f"must be 1 (every layer) or 2 (every other layer), got {self.skill_every}")
-        if self.skill_every > self.n_layers:
-            _fail(c, "skill_every", f"={self.skill_every} leaves no skill layer in {self.n_layers} layer(s)")
-        if not 0.0 <= self.dropout < 1.0:
-            _fail(c, "dropout", f"must be in [0, 1), got {self.dropout}")
-        if not self.temperature > 0:
-            _fail(c, "temperature", f"must be > 0, got {self.temperature}")
+            expect(getattr(self, name) >= 1, c, name, f"must be a positive int, got {getattr(self, name)}")
+        expect(self.d_model % self.n_heads == 0, c, "n_heads",
+               f"must divide d_model={self.d_model}, got {self.n_heads}")
+        expect((self.d_model // self.n_heads) % 2 == 0, c, "n_heads",
+               f"gives head size {self.d_model // self.n_heads}; use an even head size")
+        expect(self.activation in _ACTIVATIONS, c, "activation",
+               f"must be one of {_ACTIVATIONS}, got {self.activation!r}")
+        expect(self.skill_every in (1, 2), c, "skill_every",
+               f"must be 1 (every layer) or 2 (every other layer), got {self.skill_every}")
+        expect(self.skill_every <= self.n_layers, c, "skill_every",
+               f"={self.skill_every} leaves no skill layer in {self.n_layers} layer(s)")
+        expect(0.0 <= self.dropout < 1.0, c, "dropout", f"must be in [0, 1), got {self.dropout}")
+        expect(self.temperature > 0, c, "temperature", f"must be > 0, got {self.temperature}")
         for size, patch, what in ((self.image_size, self.image_patch, "image"),
                                   (self.video_size, self.video_patch, "video")):
-            if size % patch:
-                _fail(c, f"{what}_patch", f"={patch} must divide {what}_size={size}")
-        if self.video_frames % self.video_tubelet:
-            _fail(c, "video_tubelet", f"={self.video_tubelet} must divide video_frames={self.video_frames}")
-        if self.n_fft > self.sound_samples:
-            _fail(c, "n_fft", f"={self.n_fft} is longer than sound_samples={self.sound_samples}")
-        if self.n_mels > self.n_fft // 2 + 1:
-            _fail(c, "n_mels", f"={self.n_mels} exceeds the {self.n_fft // 2 + 1} frequency bins of n_fft={self.n_fft}")
+            expect(size % patch == 0, c, f"{what}_patch", f"={patch} must divide {what}_size={size}")
+        expect(self.video_frames % self.video_tubelet == 0, c, "video_tubelet",
+               f"={self.video_tubelet} must divide video_frames={self.video_frames}")
+        expect(self.n_fft <= self.sound_samples, c, "n_fft",
+               f"={self.n_fft} is longer than sound_samples={self.sound_samples}")
+        expect(self.n_mels <= self.n_fft // 2 + 1, c, "n_mels",
+               f"={self.n_mels} exceeds the {self.n_fft // 2 + 1} frequency bins of n_fft={self.n_fft}")
         empty = _empty_mel_filters(self.sample_rate, self.n_fft, self.n_mels)
-        if empty:
-            _fail(c, "n_mels", f"={self.n_mels} is too many for n_fft={self.n_fft} at {self.sample_rate} Hz: "
-                  f"mel filter(s) {empty} fall between two FFT bins and would always be empty "
-                  "(lower n_mels or raise n_fft)")
+        expect(not empty, c, "n_mels",
+               f"={self.n_mels} is too many for n_fft={self.n_fft} at {self.sample_rate} Hz: "
+               f"mel filter(s) {empty} fall between two FFT bins and would always be empty "
+               "(lower n_mels or raise n_fft)")
         f, t = self.sound_grid
-        if f < 1:
-            _fail(c, "sound_patch_freq", f"={self.sound_patch_freq} is larger than n_mels={self.n_mels}")
-        if t < 1:
-            _fail(c, "sound_patch_time", f"={self.sound_patch_time} is longer than the {self.sound_frames} frames")
-        if self.proj_dim % self.reduce_groups:
-            _fail(c, "reduce_groups", f"={self.reduce_groups} must divide proj_dim={self.proj_dim} "
-                  "(TokenReduction's grouped 1x1 convs)")
-        if not isinstance(self.task_skills, dict):
-            _fail(c, "task_skills", f"must be a dict task -> {{modality: [skills]}}, got {type(self.task_skills).__name__}")
+        expect(f >= 1, c, "sound_patch_freq", f"={self.sound_patch_freq} is larger than n_mels={self.n_mels}")
+        expect(t >= 1, c, "sound_patch_time",
+               f"={self.sound_patch_time} is longer than the {self.sound_frames} frames")
+        expect(self.proj_dim % self.reduce_groups == 0, c, "reduce_groups",
+               f"={self.reduce_groups} must divide proj_dim={self.proj_dim} (TokenReduction's grouped 1x1 convs)")
+        expect(isinstance(self.task_skills, dict), c, "task_skills",
+               f"must be a dict task -> {{modality: [skills]}}, got {type(self.task_skills).__name__}")
         for task, per_mod in self.task_skills.items():
-            if task not in TASK_MODALITIES:
-                _fail(c, "task_skills", f"names unknown task {task!r}; tasks: {sorted(TASK_MODALITIES)}")
-            if not isinstance(per_mod, dict):
-                _fail(c, "task_skills", f"[{task!r}] must be a dict modality -> [skills]")
+            expect(task in TASK_MODALITIES, c, "task_skills",
+                   f"names unknown task {task!r}; tasks: {sorted(TASK_MODALITIES)}")
+            expect(isinstance(per_mod, dict), c, "task_skills", f"[{task!r}] must be a dict modality -> [skills]")
             for mod, skills in per_mod.items():
-                if mod not in TASK_MODALITIES[task]:
-                    _fail(c, "task_skills", f"[{task!r}] names modality {mod!r}, but {task} encodes "
-                          f"{TASK_MODALITIES[task]}")
-                if (not isinstance(skills, (list, tuple)) or not skills
-                        or any(s not in SKILLS for s in skills) or len(set(skills)) != len(skills)):
-                    _fail(c, "task_skills", f"[{task!r}][{mod!r}] must be a non-empty list of distinct "
-                          f"skills from {SKILLS}, got {skills!r}")
+                expect(mod in TASK_MODALITIES[task], c, "task_skills",
+                       f"[{task!r}] names modality {mod!r}, but {task} encodes {TASK_MODALITIES[task]}")
+                ok = (isinstance(skills, (list, tuple)) and len(skills) > 0
+                      and all(s in SKILLS for s in skills) and len(set(skills)) == len(skills))
+                expect(ok, c, "task_skills", f"[{task!r}][{mod!r}] must be a non-empty list of distinct "
+                       f"skills from {SKILLS}, got {skills!r}")
         return self
 
 
@@ -238,40 +228,33 @@ class TrainConfig:
         c = "TrainConfig"
         _check_types(self, c)
         for name in ("steps", "batch_size", "grad_accum", "eval_batch", "ckpt_every", "keep_ckpts", "log_every"):
-            if getattr(self, name) < 1:
-                _fail(c, name, f"must be a positive int, got {getattr(self, name)}")
-        if self.eval_every < 0:
-            _fail(c, "eval_every", f"must be >= 0, got {self.eval_every}")
-        if self.warmup_steps < 0 or self.warmup_steps >= self.steps:
-            _fail(c, "warmup_steps", f"must be in [0, steps={self.steps}), got {self.warmup_steps}")
-        if not self.lr > 0:
-            _fail(c, "lr", f"must be > 0, got {self.lr}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            _fail(c, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
-        if self.weight_decay < 0:
-            _fail(c, "weight_decay", f"must be >= 0, got {self.weight_decay}")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            _fail(c, "betas", f"must be two floats in [0, 1), got {self.betas}")
-        if not self.adam_eps > 0:
-            _fail(c, "adam_eps", f"must be > 0, got {self.adam_eps}")
-        if self.grad_clip < 0:
-            _fail(c, "grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip}")
-        if self.backend not in BACKENDS:
-            _fail(c, "backend", f"must be one of {BACKENDS}, got {self.backend!r}")
-        if self.data_size not in ("mini", "tiny"):
-            _fail(c, "data_size", f"must be 'mini' or 'tiny', got {self.data_size!r}")
-        if self.batch_size % self.grad_accum:
-            _fail(c, "grad_accum", f"={self.grad_accum} must divide batch_size={self.batch_size}")
-        if not self.run_name or any(ch in self.run_name for ch in "/\\") or self.run_name in (".", ".."):
-            _fail(c, "run_name", f"must be a plain folder name, got {self.run_name!r}")
+            expect(getattr(self, name) >= 1, c, name, f"must be a positive int, got {getattr(self, name)}")
+        expect(self.eval_every >= 0, c, "eval_every", f"must be >= 0, got {self.eval_every}")
+        expect(0 <= self.warmup_steps < self.steps, c, "warmup_steps",
+               f"must be in [0, steps={self.steps}), got {self.warmup_steps}")
+        expect(self.lr > 0, c, "lr", f"must be > 0, got {self.lr}")
+        expect(0.0 <= self.min_lr_ratio <= 1.0, c, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        expect(self.weight_decay >= 0, c, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        expect(len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas), c, "betas",
+               f"must be two floats in [0, 1), got {self.betas}")
+        expect(self.adam_eps > 0, c, "adam_eps", f"must be > 0, got {self.adam_eps}")
+        expect(self.grad_clip >= 0, c, "grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip}")
+        expect(self.backend in BACKENDS, c, "backend", f"must be one of {BACKENDS}, got {self.backend!r}")
+        expect(self.data_size in ("mini", "tiny"), c, "data_size",
+               f"must be 'mini' or 'tiny', got {self.data_size!r}")
+        expect(self.batch_size % self.grad_accum == 0, c, "grad_accum",
+               f"={self.grad_accum} must divide batch_size={self.batch_size}")
+        plain = (bool(self.run_name) and not any(ch in self.run_name for ch in "/\\")
+                 and self.run_name not in (".", ".."))
+        expect(plain, c, "run_name", f"must be a plain folder name, got {self.run_name!r}")
         for t in self.tasks:
-            if t not in TASK_MODALITIES:
-                _fail(c, "tasks", f"names unknown task {t!r}; tasks: {sorted(TASK_MODALITIES)}")
+            expect(t in TASK_MODALITIES, c, "tasks", f"names unknown task {t!r}; tasks: {sorted(TASK_MODALITIES)}")
         for t, w in self.task_weights.items():
-            if t not in TASK_MODALITIES:
-                _fail(c, "task_weights", f"names unknown task {t!r}; tasks: {sorted(TASK_MODALITIES)}")
-            if isinstance(w, bool) or not isinstance(w, (int, float)) or not (w >= 0 and math.isfinite(w)):
-                _fail(c, "task_weights", f"[{t!r}] must be a finite number >= 0, got {w!r}")
+            expect(t in TASK_MODALITIES, c, "task_weights",
+                   f"names unknown task {t!r}; tasks: {sorted(TASK_MODALITIES)}")
+            number = isinstance(w, (int, float)) and not isinstance(w, bool)
+            expect(number and w >= 0 and math.isfinite(w), c, "task_weights",
+                   f"[{t!r}] must be a finite number >= 0, got {w!r}")
         return self
 
 
@@ -302,8 +285,7 @@ def _check_types(cfg, cls: str) -> None:
         if want is tuple and isinstance(v, list):
             setattr(cfg, f.name, tuple(v))
             ok = True
-        if not ok:
-            _fail(cls, f.name, f"must be {want.__name__}, got {type(v).__name__} {v!r}")
+        expect(ok, cls, f.name, f"must be {want.__name__}, got {type(v).__name__} {v!r}")
 
 
 def _default(f: dataclasses.Field):
@@ -369,8 +351,3 @@ def parse_overrides(items: list[str]) -> tuple[dict, dict]:
 
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
-
-
-def from_dict(cls, values: dict):
-    """A config saved by to_dict (checkpoints), validated."""
-    return _build(cls, dict(values)).validate()

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 import skillkern
 from model.config import MODALITIES, SKILL_ID, ModelConfig
 from skillkern.ops.skill_ffn.reference import activation_ref
+from skillkern.ops._common import expect
 
 # Init scale of every Linear / embedding (BERT's and ViT's 0.02).
 INIT_STD = 0.02
@@ -48,11 +49,6 @@ INIT_STD = 0.02
 
 def _trunc_normal_(t: Tensor) -> None:
     nn.init.trunc_normal_(t, std=INIT_STD, a=-2 * INIT_STD, b=2 * INIT_STD)
-
-
-def _expect_input(cond: bool, modality: str, name: str, msg: str) -> None:
-    if not cond:
-        raise ValueError(f"SkillNet {modality} input: `{name}` {msg}")
 
 
 # ----------------------------------------------------------------------------- embedders
@@ -75,12 +71,13 @@ class TokenEmbed(nn.Module):
             _trunc_normal_(p)
 
     def forward(self, ids: Tensor, mask: Tensor, modality: str) -> tuple[Tensor, Tensor]:
-        _expect_input(ids.dim() == 2 and not ids.is_floating_point(), modality, "ids",
-                      f"must be integer token ids (B, L), got {ids.dtype} {tuple(ids.shape)}")
-        _expect_input(ids.shape[1] <= self.max_len, modality, "ids",
-                      f"has {ids.shape[1]} tokens per item; the model takes max_text_len={self.max_len}")
-        _expect_input(mask.dtype == torch.bool and mask.shape == ids.shape, modality, "mask",
-                      f"must be a bool tensor of the ids' shape {tuple(ids.shape)}")
+        where = f"SkillNet {modality} input"
+        expect(ids.dim() == 2 and not ids.is_floating_point(), where, "ids",
+               f"must be integer token ids (B, L), got {ids.dtype} {tuple(ids.shape)}")
+        expect(ids.shape[1] <= self.max_len, where, "ids",
+               f"has {ids.shape[1]} tokens per item; the model takes max_text_len={self.max_len}")
+        expect(mask.dtype == torch.bool and mask.shape == ids.shape, where, "mask",
+               f"must be a bool tensor of the ids' shape {tuple(ids.shape)}")
         x = self.tok(ids) + self.pos[: ids.shape[1]] + self.modality_vec[modality]
         return self.norm(x), mask
 
@@ -100,8 +97,8 @@ class ImageEmbed(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, x: Tensor) -> tuple[Tensor, None]:
-        _expect_input(x.dim() == 4 and tuple(x.shape[1:]) == (3, self.size, self.size), "image", "x",
-                      f"must be (B, 3, {self.size}, {self.size}) (image_size={self.size}), got {tuple(x.shape)}")
+        expect(x.dim() == 4 and tuple(x.shape[1:]) == (3, self.size, self.size), "SkillNet image input", "x",
+               f"must be (B, 3, {self.size}, {self.size}) (image_size={self.size}), got {tuple(x.shape)}")
         x = _pixels(x, self.proj.weight.dtype)
         t = self.proj(x).flatten(2).transpose(1, 2)                          # (B, P, d)
         t = torch.cat([self.cls.to(t.dtype).expand(t.shape[0], 1, -1), t], 1)
@@ -172,9 +169,9 @@ class SoundEmbed(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, wave: Tensor) -> tuple[Tensor, None]:
-        _expect_input(wave.dim() == 2 and wave.shape[1] == self.samples and wave.is_floating_point(),
-                      "sound", "x", f"must be a float waveform (B, {self.samples}) (sound_samples), "
-                      f"got {wave.dtype} {tuple(wave.shape)}")
+        expect(wave.dim() == 2 and wave.shape[1] == self.samples and wave.is_floating_point(),
+               "SkillNet sound input", "x", f"must be a float waveform (B, {self.samples}) (sound_samples), "
+               f"got {wave.dtype} {tuple(wave.shape)}")
         spec = self.logmel(wave)                                               # (B, M, T)
         spec = spec[:, : self.grid[0] * self.patch[0], : self.grid[1] * self.patch[1]]  # whole patches
         t = self.proj(spec.unsqueeze(1).to(self.proj.weight.dtype)).flatten(2).transpose(1, 2)
@@ -203,8 +200,8 @@ class VideoEmbed(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, None]:
         want = (self.frames, 3, self.size, self.size)
-        _expect_input(x.dim() == 5 and tuple(x.shape[1:]) == want, "video", "x",
-                      f"must be (B, {', '.join(map(str, want))}) (video_frames, video_size), got {tuple(x.shape)}")
+        expect(x.dim() == 5 and tuple(x.shape[1:]) == want, "SkillNet video input", "x",
+               f"must be (B, {', '.join(map(str, want))}) (video_frames, video_size), got {tuple(x.shape)}")
         B = x.shape[0]
         v = _pixels(x, self.proj.weight.dtype).transpose(1, 2)                 # (B, 3, F, H, W)
         t = self.proj(v)                                                        # (B, d, F/t, H/p, W/p)

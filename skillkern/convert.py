@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from skillkern.ops.skill_ffn.module import SkillFFN
 from skillkern.ops.skill_ffn.reference import activation_ref
+from skillkern.ops._common import expect
 
 __all__ = ["SkillEncoderLayer", "SkillFFNBlock", "set_skill_ids", "skill_ffn_blocks", "to_skill_ffn"]
 
@@ -48,10 +49,6 @@ SUPPORTED = ("nn.TransformerEncoderLayer; a Hugging Face layer with .intermediat
 _ACT_ATTRS = ("activation_fn", "act_fn", "act", "activation")  # names HF gives an MLP's activation
 # Activations a dense FFN may use: skillkern's element-wise ones (swiglu needs a gated fc1).
 _PROBE_ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
-
-
-def _error(fn: str, name: str, msg: str) -> ValueError:
-    return ValueError(f"{fn}: `{name}` {msg}")
 
 
 # ----------------------------------------------------------------------------- modules
@@ -162,13 +159,14 @@ def _activation_name(fn, where: str) -> str:
     try:
         out = fn(z)
     except Exception as e:  # noqa: BLE001 - any failure means "not an element-wise activation"
-        raise _error("to_skill_ffn", "model", f"layer {where!r}: its activation {fn!r} could not be "
-                     f"evaluated on a float32 tensor ({type(e).__name__}: {e})") from e
+        # raised inside the handler, so the probe's own exception stays attached as the context
+        expect(False, "to_skill_ffn", "model", f"layer {where!r}: its activation {fn!r} could not be "
+               f"evaluated on a float32 tensor ({type(e).__name__}: {e})")
     for name in _PROBE_ACTIVATIONS:
         if isinstance(out, Tensor) and out.shape == z.shape and torch.allclose(out, activation_ref(z, name), rtol=0, atol=1e-6):
             return name
-    raise _error("to_skill_ffn", "model", f"layer {where!r}: its activation {fn!r} is none of skillkern's "
-                 f"{_PROBE_ACTIVATIONS}; convert only the layers that use one (argument `layers`)")
+    expect(False, "to_skill_ffn", "model", f"layer {where!r}: its activation {fn!r} is none of skillkern's "
+           f"{_PROBE_ACTIVATIONS}; convert only the layers that use one (argument `layers`)")
 
 
 def _mlp_parts(module: nn.Module):
@@ -218,17 +216,14 @@ def _select(model: nn.Module, layers) -> list[tuple[str, nn.Module, str]]:
     if layers is None or callable(layers):
         picked = [(n, m, k) for n, m in named.items() if (k := _kind(m)) and (layers is None or layers(n, m))]
     else:
-        if isinstance(layers, str):
-            raise _error("to_skill_ffn", "layers", f"must be an iterable of module names or a callable "
-                         f"(name, module) -> bool, got the string {layers!r} (write [{layers!r}])")
+        expect(not isinstance(layers, str), "to_skill_ffn", "layers", "must be an iterable of module names or a "
+               f"callable (name, module) -> bool, got the string {layers!r} (write [{layers!r}])")
         picked = []
         for n in layers:
-            if n not in named:
-                raise _error("to_skill_ffn", "layers", f"names {n!r}, which is not a module of `model`")
+            expect(n in named, "to_skill_ffn", "layers", f"names {n!r}, which is not a module of `model`")
             k = _kind(named[n])
-            if k is None:
-                raise _error("to_skill_ffn", "layers", f"names {n!r}, a {type(named[n]).__name__}, which is not "
-                             f"a supported FFN block (supported: {SUPPORTED})")
+            expect(k is not None, "to_skill_ffn", "layers", f"names {n!r}, a {type(named[n]).__name__}, which is "
+                   f"not a supported FFN block (supported: {SUPPORTED})")
             picked.append((n, named[n], k))
     # A converted layer's submodules are not converted again (a layer nested in another).
     out = []
@@ -266,14 +261,12 @@ def to_skill_ffn(model: nn.Module, num_skills: int, *, general_skill: bool = Fal
     the model. Raises ValueError naming the argument: no supported block (`model`), a named
     layer that is missing or unsupported (`layers`), an activation skillkern lacks (`model`).
     """
-    if not isinstance(model, nn.Module):
-        raise _error("to_skill_ffn", "model", f"must be an nn.Module, got {type(model).__name__}")
-    if isinstance(num_skills, bool) or not isinstance(num_skills, int) or num_skills < 1:
-        raise _error("to_skill_ffn", "num_skills", f"must be a positive int, got {num_skills!r}")
+    expect(isinstance(model, nn.Module), "to_skill_ffn", "model", f"must be an nn.Module, got {type(model).__name__}")
+    expect(isinstance(num_skills, int) and not isinstance(num_skills, bool) and num_skills >= 1, "to_skill_ffn",
+           "num_skills", f"must be a positive int, got {num_skills!r}")
     blocks = _select(model, layers)
-    if not blocks:
-        raise _error("to_skill_ffn", "model", "has no FFN block to convert "
-                     + ("among `layers` " if layers is not None else "") + f"(supported: {SUPPORTED})")
+    expect(len(blocks) > 0, "to_skill_ffn", "model", "has no FFN block to convert "
+           + ("among `layers` " if layers is not None else "") + f"(supported: {SUPPORTED})")
     E = num_skills + (1 if general_skill else 0)
     general_id = num_skills if general_skill else None
     plans = []
@@ -345,25 +338,22 @@ class set_skill_ids:
 
     def __init__(self, model: nn.Module, skill_ids: Tensor | None, skill_weights: Tensor | None = None):
         blocks = skill_ffn_blocks(model) if isinstance(model, nn.Module) else []
-        if not blocks:
-            raise _error("set_skill_ids", "model", "has no converted FFN blocks; convert it first with "
-                         "skillkern.convert.to_skill_ffn(model, num_skills)")
+        expect(len(blocks) > 0, "set_skill_ids", "model", "has no converted FFN blocks; convert it first with "
+               "skillkern.convert.to_skill_ffn(model, num_skills)")
         if skill_ids is not None:
-            if not isinstance(skill_ids, Tensor) or skill_ids.dtype.is_floating_point or skill_ids.dtype.is_complex \
-                    or skill_ids.dtype == torch.bool:
-                raise _error("set_skill_ids", "skill_ids", "must be an integer tensor, got "
-                             + (str(skill_ids.dtype) if isinstance(skill_ids, Tensor) else type(skill_ids).__name__))
-            if skill_ids.dim() not in (1, 2, 3):
-                raise _error("set_skill_ids", "skill_ids", f"must be (B,), (B, L) or (B, L, k), got shape "
-                             f"{tuple(skill_ids.shape)}")
+            integer = (isinstance(skill_ids, Tensor) and not skill_ids.dtype.is_floating_point
+                       and not skill_ids.dtype.is_complex and skill_ids.dtype != torch.bool)
+            expect(integer, "set_skill_ids", "skill_ids", "must be an integer tensor, got "
+                   + (str(skill_ids.dtype) if isinstance(skill_ids, Tensor) else type(skill_ids).__name__))
+            expect(skill_ids.dim() in (1, 2, 3), "set_skill_ids", "skill_ids",
+                   f"must be (B,), (B, L) or (B, L, k), got shape {tuple(skill_ids.shape)}")
         if skill_weights is not None:
-            if skill_ids is None or not isinstance(skill_weights, Tensor) or skill_weights.shape != skill_ids.shape \
-                    or not skill_weights.dtype.is_floating_point:
-                raise _error("set_skill_ids", "skill_weights", "must be a float tensor shaped like skill_ids "
-                             f"{None if skill_ids is None else tuple(skill_ids.shape)}")
-            if any(b.general_id is not None for b in blocks):
-                raise _error("set_skill_ids", "skill_weights", "cannot be given to a model converted with "
-                             "general_skill=True (the general slot's weight would be unspecified)")
+            like = (skill_ids is not None and isinstance(skill_weights, Tensor)
+                    and skill_weights.shape == skill_ids.shape and skill_weights.dtype.is_floating_point)
+            expect(like, "set_skill_ids", "skill_weights", "must be a float tensor shaped like skill_ids "
+                   f"{None if skill_ids is None else tuple(skill_ids.shape)}")
+            expect(all(b.general_id is None for b in blocks), "set_skill_ids", "skill_weights", "cannot be given to "
+                   "a model converted with general_skill=True (the general slot's weight would be unspecified)")
         self._previous = [(b, b.skill_ids, b.skill_weights) for b in blocks]
         for b in blocks:
             b.skill_ids, b.skill_weights = skill_ids, skill_weights
