@@ -34,13 +34,23 @@ _TANH_A = tl.constexpr(0.044715)
 
 
 @triton.jit
+def _bucket(ids_ptr, offs, valid, E):
+    """The routing bucket (int32) of each slot: its skill id, or E when the id is outside
+    [0, E) (-1 = empty slot, an unchecked bad id, or a slot past N). The id is compared in its
+    own dtype (uint8 ... int64) and only then narrowed: an int64 id of 2^32 + 1 must not wrap
+    to skill 1."""
+    ids = tl.load(ids_ptr + offs, mask=valid, other=0)
+    active = valid & (ids >= 0) & (ids < E)
+    return tl.where(active, ids, E).to(tl.int32)
+
+
+@triton.jit
 def _route_hist_kernel(ids_ptr, counts_ptr, N, E, BLOCK: tl.constexpr, E_PAD: tl.constexpr):
     """counts[b, e] = number of slots of block b in bucket e (bucket E = inactive)."""
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     valid = offs < N
-    ids = tl.load(ids_ptr + offs, mask=valid, other=-1).to(tl.int32)
-    bucket = tl.where((ids >= 0) & (ids < E), ids, E)
+    bucket = _bucket(ids_ptr, offs, valid, E)
     buckets = tl.arange(0, E_PAD)
     onehot = (bucket[:, None] == buckets[None, :]) & valid[:, None]
     tl.store(counts_ptr + pid * E_PAD + buckets, tl.sum(onehot.to(tl.int32), axis=0))
@@ -69,8 +79,7 @@ def _route_scatter_kernel(ids_ptr, counts_ptr, order_ptr, offsets_ptr, N, E, n_b
 
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = offs < N
-    ids = tl.load(ids_ptr + offs, mask=valid, other=-1).to(tl.int32)
-    bucket = tl.where((ids >= 0) & (ids < E), ids, E)
+    bucket = _bucket(ids_ptr, offs, valid, E)
     onehot = ((bucket[:, None] == buckets[None, :]) & valid[:, None]).to(tl.int32)
     rank = tl.cumsum(onehot, axis=0) - 1 + (start + before)[None, :]
     dest = tl.sum(tl.where(onehot != 0, rank, 0), axis=1)

@@ -4,50 +4,53 @@ Ops in the skillkern:: namespace (torch.library.custom_op + register_fake + regi
 so torch.compile(fullgraph=True) sees one opaque node per phase and opcheck passes):
   skillkern::skill_ffn_fwd(x, skill_ids, scale, w1, w2, b1?, b2?, activation) -> (y, order, offsets)
   skillkern::skill_ffn_bwd(dy, x, scale, w1, w2, b1?, b2?, order, offsets, activation, need_dscale)
+      -> [dx, dw1, dw2, db1, db2, dscale]                                  (the Triton backend)
+  skillkern::skill_ffn_fwd_torch / skill_ffn_bwd_torch: the same contract, computed by the
+      pure-PyTorch reference (the torch backend: its per-skill loop has data-dependent shapes,
+      so torch.compile(fullgraph=True) and meta tensors need it behind an opaque op)
   skillkern::skill_route_triton(skill_ids, num_skills) -> (order, offsets)
   skillkern::skill_ids_checked(skill_ids, num_skills) -> copy of skill_ids (the id range check
-      of the cuda backend, as an opaque op)
+      of every backend, as an opaque op so that compiled graphs keep it)
 The compiled extension (csrc/skill_ffn/) registers skillkern::skill_route and the native
-backend skillkern::skill_ffn_fwd_cuda / _bwd_cuda (same arguments and outputs as the Triton
-ops; their Meta kernels are C++). Their autograd is registered here once the library loads and
-shares setup_context and the backward formula with the Triton op.
+backend skillkern::skill_ffn_fwd_cuda / _bwd_cuda (same arguments and outputs; their Meta
+kernels are C++). One autograd formula (_make_backward + _fwd_setup_context) serves all three
+forward ops.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
 from torch import Tensor
 
 from skillkern import _backend, _config
-from skillkern.ops._common import FLOAT_DTYPES, expect
-from skillkern.ops.skill_ffn.reference import ACTIVATIONS, route_ref, skill_ffn_ref, slot_scale
-
-
+from skillkern.ops._common import FLOAT_DTYPES, expect, register_autograd_pair
+from skillkern.ops.skill_ffn.reference import (ACTIVATIONS, ID_DTYPES, route_ref, skill_ffn_bwd_ref,
+                                               skill_ffn_ref, slot_scale, wide_ids)
 
 # ----------------------------------------------------------------------------- checks
 
 
-def _expect(cond: bool, name: str, msg: str) -> None:
-    expect(cond, "skill_ffn", name, msg)
-
-
 def _expect_like(t, name: str, x: Tensor, shape: tuple) -> None:
-    _expect(isinstance(t, Tensor), name, f"must be a Tensor, got {type(t).__name__}")
-    _expect(t.device == x.device, name, f"is on {t.device} but x is on {x.device}")
-    _expect(t.dtype == x.dtype, name, f"has dtype {t.dtype} but x has {x.dtype} (cast the "
-                                       "weights, e.g. under torch.autocast, before the call)")
-    _expect(tuple(t.shape) == shape, name, f"must have shape {shape}, got {tuple(t.shape)}")
+    expect(isinstance(t, Tensor), "skill_ffn", name, f"must be a Tensor, got {type(t).__name__}", TypeError)
+    expect(t.device == x.device, "skill_ffn", name, f"is on {t.device} but x is on {x.device}")
+    expect(t.dtype == x.dtype, "skill_ffn", name, f"has dtype {t.dtype} but x has {x.dtype} (cast the "
+           "weights, e.g. under torch.autocast, before the call)")
+    expect(tuple(t.shape) == shape, "skill_ffn", name, f"must have shape {shape}, got {tuple(t.shape)}")
 
 
 def check_ids_in_range(skill_ids: Tensor, num_skills: int) -> None:
     """Raise if an id is outside [-1, num_skills). Reads one bool back (a host sync on a GPU);
-    skipped when skillkern.set_check_ids(False) (then such ids count as empty slots)."""
-    if not _config.check_ids_enabled() or skill_ids.numel() == 0:
+    nothing to read on the meta device. Called inside skillkern::skill_ids_checked, which the
+    public functions call only while skillkern.check_ids_enabled() (with the check off, such
+    ids count as empty slots)."""
+    if skill_ids.numel() == 0 or skill_ids.device.type == "meta":
         return
-    bad = (skill_ids < -1) | (skill_ids >= num_skills)
+    ids = wide_ids(skill_ids)
+    bad = (ids < -1) | (ids >= num_skills)
     if bool(bad.any()):
-        vals = skill_ids[bad]
+        vals = ids[bad]
         raise ValueError(
             f"skillkern: `skill_ids` must lie in [0, {num_skills}) or be -1 (empty slot); found "
             f"{int(bad.sum())} out of range (min {int(vals.min())}, max {int(vals.max())}). "
@@ -56,30 +59,33 @@ def check_ids_in_range(skill_ids: Tensor, num_skills: int) -> None:
 
 def _validate(x, skill_ids, w1, w2, b1, b2, skill_weights, activation):
     """Check every argument; returns (T, k, E, d, h). Metadata only, no device reads."""
-    _expect(isinstance(x, Tensor), "x", f"must be a Tensor, got {type(x).__name__}")
-    _expect(x.dtype in FLOAT_DTYPES, "x", f"must be float32, float16 or bfloat16, got {x.dtype}")
-    _expect(x.dim() >= 1, "x", "must have shape (..., d)")
-    _expect(activation in ACTIVATIONS, "activation", f"must be one of {ACTIVATIONS}, got {activation!r}")
-    _expect(isinstance(skill_ids, Tensor), "skill_ids", "must be a Tensor")
-    _expect(not skill_ids.dtype.is_floating_point and not skill_ids.dtype.is_complex
-            and skill_ids.dtype != torch.bool, "skill_ids",
-            f"must be an integer tensor, got {skill_ids.dtype}")
-    _expect(skill_ids.device == x.device, "skill_ids", f"is on {skill_ids.device} but x is on {x.device}")
+    expect(isinstance(x, Tensor), "skill_ffn", "x", f"must be a Tensor, got {type(x).__name__}", TypeError)
+    expect(x.dtype in FLOAT_DTYPES, "skill_ffn", "x",
+           f"must be float32, float16 or bfloat16, got {x.dtype}")
+    expect(x.dim() >= 1, "skill_ffn", "x", "must have shape (..., d)")
+    expect(activation in ACTIVATIONS, "skill_ffn", "activation",
+           f"must be one of {ACTIVATIONS}, got {activation!r}")
+    expect(isinstance(skill_ids, Tensor), "skill_ffn", "skill_ids",
+           f"must be a Tensor, got {type(skill_ids).__name__}", TypeError)
+    expect(skill_ids.dtype in ID_DTYPES, "skill_ffn", "skill_ids",
+           f"must have an integer dtype of {ID_DTYPES}, got {skill_ids.dtype}")
+    expect(skill_ids.device == x.device, "skill_ffn", "skill_ids",
+           f"is on {skill_ids.device} but x is on {x.device}")
     lead = tuple(x.shape[:-1])
     if tuple(skill_ids.shape) == lead:
         k = 1
     else:
-        _expect(skill_ids.dim() == len(lead) + 1 and tuple(skill_ids.shape[:-1]) == lead
-                and skill_ids.shape[-1] >= 1, "skill_ids",
-                f"must have shape x.shape[:-1] = {lead} or {lead} + (k,), got {tuple(skill_ids.shape)}")
+        expect(skill_ids.dim() == len(lead) + 1 and tuple(skill_ids.shape[:-1]) == lead
+               and skill_ids.shape[-1] >= 1, "skill_ffn", "skill_ids",
+               f"must have shape x.shape[:-1] = {lead} or {lead} + (k,), got {tuple(skill_ids.shape)}")
         k = skill_ids.shape[-1]
     d = x.shape[-1]
-    _expect(isinstance(w1, Tensor) and w1.dim() == 3, "w1", "must be a 3-d Tensor (E, d, h) "
-            "((E, d, 2h) for swiglu)")
+    expect(isinstance(w1, Tensor), "skill_ffn", "w1", f"must be a Tensor, got {type(w1).__name__}", TypeError)
+    expect(w1.dim() == 3, "skill_ffn", "w1", "must be a 3-d Tensor (E, d, h) ((E, d, 2h) for swiglu)")
     E, _, h1 = w1.shape
-    _expect(E >= 1, "w1", "must hold at least one skill (E >= 1)")
+    expect(E >= 1, "skill_ffn", "w1", "must hold at least one skill (E >= 1)")
     swiglu = activation == "swiglu"
-    _expect(not swiglu or h1 % 2 == 0, "w1", f"must have an even last dim for swiglu, got {h1}")
+    expect(not swiglu or h1 % 2 == 0, "skill_ffn", "w1", f"must have an even last dim for swiglu, got {h1}")
     h = h1 // 2 if swiglu else h1
     _expect_like(w1, "w1", x, (E, d, h1))
     _expect_like(w2, "w2", x, (E, h, d))
@@ -88,14 +94,17 @@ def _validate(x, skill_ids, w1, w2, b1, b2, skill_weights, activation):
     if b2 is not None:
         _expect_like(b2, "b2", x, (E, d))
     if skill_weights is not None:
-        _expect(isinstance(skill_weights, Tensor) and skill_weights.dtype.is_floating_point,
-                "skill_weights", "must be a floating-point Tensor")
-        _expect(skill_weights.device == x.device, "skill_weights",
-                f"is on {skill_weights.device} but x is on {x.device}")
-        _expect(tuple(skill_weights.shape) == tuple(skill_ids.shape), "skill_weights",
-                f"must have the shape of skill_ids {tuple(skill_ids.shape)}, got {tuple(skill_weights.shape)}")
-    T = x.numel() // d if d else 0
-    _expect(T * k < 2**31, "skill_ids", "has too many slots (T*k must be < 2^31)")
+        expect(isinstance(skill_weights, Tensor), "skill_ffn", "skill_weights",
+               f"must be a Tensor or None, got {type(skill_weights).__name__}", TypeError)
+        expect(skill_weights.dtype.is_floating_point, "skill_ffn", "skill_weights",
+               f"must be a floating-point Tensor, got {skill_weights.dtype}")
+        expect(skill_weights.device == x.device, "skill_ffn", "skill_weights",
+               f"is on {skill_weights.device} but x is on {x.device}")
+        expect(tuple(skill_weights.shape) == tuple(skill_ids.shape), "skill_ffn", "skill_weights",
+               f"must have the shape of skill_ids {tuple(skill_ids.shape)}, "
+               f"got {tuple(skill_weights.shape)}")
+    T = math.prod(lead)
+    expect(T * k < 2**31, "skill_ffn", "skill_ids", "has too many slots (T*k must be < 2^31)")
     return T, k, E, d, h
 
 
@@ -114,22 +123,49 @@ def _(skill_ids, num_skills):
             skill_ids.new_empty(num_skills + 1, dtype=torch.int32))
 
 
+@torch.library.custom_op("skillkern::skill_ids_checked", mutates_args=())
+def _skill_ids_checked_op(skill_ids: Tensor, num_skills: int) -> Tensor:
+    """check_ids_in_range as an opaque op, so torch.compile(fullgraph=True) keeps the check in
+    its graph (a host sync; dynamo cannot trace its data-dependent branch). Returns a copy of
+    the ids (T*k integers) that the caller routes with: an op without outputs would be dropped."""
+    check_ids_in_range(skill_ids, num_skills)
+    return skill_ids.clone()
+
+
+@_skill_ids_checked_op.register_fake
+def _(skill_ids, num_skills):
+    return torch.empty_like(skill_ids)
+
+
+def _fwd_fake(x, skill_ids, scale, w1, w2, b1, b2, activation):
+    T, k = skill_ids.shape
+    return (x.new_empty(x.shape), x.new_empty(T * k, dtype=torch.int32),
+            x.new_empty(w1.shape[0] + 1, dtype=torch.int32))
+
+
+def _bwd_fake(dy, x, scale, w1, w2, b1, b2, order, offsets, activation, need_dscale):
+    return [x.new_empty(x.shape), w1.new_empty(w1.shape), w2.new_empty(w2.shape),
+            b1.new_empty(b1.shape) if b1 is not None else x.new_empty(0),
+            b2.new_empty(b2.shape) if b2 is not None else x.new_empty(0),
+            scale.new_empty(scale.shape) if need_dscale else x.new_empty(0)]
+
+
+def _present(grads, x: Tensor) -> list[Tensor]:
+    """A custom op returns Tensors: absent gradients (no bias, dscale not needed) as 0-element ones."""
+    return [g if g is not None else x.new_empty(0) for g in grads]
+
+
+def _contiguous(*ts):
+    return tuple(None if t is None else t.contiguous() for t in ts)
+
+
 @torch.library.custom_op("skillkern::skill_ffn_fwd", mutates_args=())
 def _skill_ffn_fwd_op(x: Tensor, skill_ids: Tensor, scale: Tensor, w1: Tensor, w2: Tensor,
                       b1: Optional[Tensor], b2: Optional[Tensor], activation: str
                       ) -> tuple[Tensor, Tensor, Tensor]:
     from skillkern.ops.skill_ffn import triton_impl
-    check_ids_in_range(skill_ids, w1.shape[0])  # inside the opaque op: no graph break
-    return triton_impl.skill_ffn_fwd(
-        x.contiguous(), skill_ids.contiguous(), scale.contiguous(), w1, w2,
-        None if b1 is None else b1.contiguous(), None if b2 is None else b2.contiguous(), activation)
-
-
-@_skill_ffn_fwd_op.register_fake
-def _(x, skill_ids, scale, w1, w2, b1, b2, activation):
-    T, k = skill_ids.shape
-    return (x.new_empty(x.shape), x.new_empty(T * k, dtype=torch.int32),
-            x.new_empty(w1.shape[0] + 1, dtype=torch.int32))
+    x, skill_ids, scale, b1, b2 = _contiguous(x, skill_ids, scale, b1, b2)
+    return triton_impl.skill_ffn_fwd(x, skill_ids, scale, w1, w2, b1, b2, activation)
 
 
 @torch.library.custom_op("skillkern::skill_ffn_bwd", mutates_args=())
@@ -138,19 +174,31 @@ def _skill_ffn_bwd_op(dy: Tensor, x: Tensor, scale: Tensor, w1: Tensor, w2: Tens
                       activation: str, need_dscale: bool) -> list[Tensor]:
     """Returns [dx, dw1, dw2, db1, db2, dscale]; absent ones are empty (0-element) tensors."""
     from skillkern.ops.skill_ffn import triton_impl
-    grads = triton_impl.skill_ffn_bwd(
-        dy.contiguous(), x.contiguous(), scale.contiguous(), w1, w2,
-        None if b1 is None else b1.contiguous(), None if b2 is None else b2.contiguous(),
-        order, offsets, activation, need_dscale)
-    return [g if g is not None else x.new_empty(0) for g in grads]
+    dy, x, scale, b1, b2 = _contiguous(dy, x, scale, b1, b2)
+    return _present(triton_impl.skill_ffn_bwd(dy, x, scale, w1, w2, b1, b2, order, offsets,
+                                              activation, need_dscale), x)
 
 
-@_skill_ffn_bwd_op.register_fake
-def _(dy, x, scale, w1, w2, b1, b2, order, offsets, activation, need_dscale):
-    return [x.new_empty(x.shape), w1.new_empty(w1.shape), w2.new_empty(w2.shape),
-            b1.new_empty(b1.shape) if b1 is not None else x.new_empty(0),
-            b2.new_empty(b2.shape) if b2 is not None else x.new_empty(0),
-            scale.new_empty(scale.shape) if need_dscale else x.new_empty(0)]
+@torch.library.custom_op("skillkern::skill_ffn_fwd_torch", mutates_args=())
+def _skill_ffn_fwd_torch_op(x: Tensor, skill_ids: Tensor, scale: Tensor, w1: Tensor, w2: Tensor,
+                            b1: Optional[Tensor], b2: Optional[Tensor], activation: str
+                            ) -> tuple[Tensor, Tensor, Tensor]:
+    order, offsets = route_ref(skill_ids, w1.shape[0])
+    return skill_ffn_ref(x, skill_ids, scale, w1, w2, b1, b2, activation), order, offsets
+
+
+@torch.library.custom_op("skillkern::skill_ffn_bwd_torch", mutates_args=())
+def _skill_ffn_bwd_torch_op(dy: Tensor, x: Tensor, scale: Tensor, w1: Tensor, w2: Tensor,
+                            b1: Optional[Tensor], b2: Optional[Tensor], order: Tensor, offsets: Tensor,
+                            activation: str, need_dscale: bool) -> list[Tensor]:
+    return _present(skill_ffn_bwd_ref(dy, x, scale, w1, w2, b1, b2, order, offsets, activation,
+                                      need_dscale), x)
+
+
+for _op in (_skill_ffn_fwd_op, _skill_ffn_fwd_torch_op):
+    _op.register_fake(_fwd_fake)
+for _op in (_skill_ffn_bwd_op, _skill_ffn_bwd_torch_op):
+    _op.register_fake(_bwd_fake)
 
 
 def _fwd_setup_context(ctx, inputs, output):
@@ -162,7 +210,8 @@ def _fwd_setup_context(ctx, inputs, output):
 
 def _make_backward(bwd_op_name: str):
     """The autograd backward of a forward op, calling torch.ops.skillkern.<bwd_op_name> (the
-    Triton skill_ffn_bwd or the native skill_ffn_bwd_cuda: same arguments and outputs)."""
+    Triton skill_ffn_bwd, the reference skill_ffn_bwd_torch or the native skill_ffn_bwd_cuda:
+    same arguments and outputs)."""
 
     def backward(ctx, dy, _d_order, _d_offsets):
         x, scale, w1, w2, b1, b2, order, offsets = ctx.saved_tensors
@@ -175,54 +224,45 @@ def _make_backward(bwd_op_name: str):
     return backward
 
 
-_skill_ffn_fwd_op.register_autograd(_make_backward("skill_ffn_bwd"), setup_context=_fwd_setup_context)
-
-
-@_backend.on_extension_load
-def _register_cuda_autograd():
-    # the C++ ops exist only once the extension is loaded (their Meta kernels are C++); a
-    # library built before they existed lacks them, and then the cuda backend's call fails
-    if hasattr(torch.ops.skillkern, "skill_ffn_fwd_cuda"):
-        torch.library.register_autograd("skillkern::skill_ffn_fwd_cuda", _make_backward("skill_ffn_bwd_cuda"),
-                                        setup_context=_fwd_setup_context)
-
-
-@torch.library.custom_op("skillkern::skill_ids_checked", mutates_args=())
-def _skill_ids_checked_op(skill_ids: Tensor, num_skills: int) -> Tensor:
-    """check_ids_in_range as an opaque op, so torch.compile(fullgraph=True) keeps the check
-    of the cuda backend in its graph (a host sync, like the Triton op's check inside its op).
-    Returns a copy of the ids (T*k integers): an op without outputs would be dropped."""
-    check_ids_in_range(skill_ids, num_skills)
-    return skill_ids.clone()
-
-
-@_skill_ids_checked_op.register_fake
-def _(skill_ids, num_skills):
-    return torch.empty_like(skill_ids)
+register_autograd_pair("skill_ffn", _make_backward, _fwd_setup_context)
+torch.library.register_autograd("skillkern::skill_ffn_fwd_torch", _make_backward("skill_ffn_bwd_torch"),
+                                setup_context=_fwd_setup_context)
 
 
 # ----------------------------------------------------------------------------- public API
 
 
+def _checked(skill_ids: Tensor, num_skills: int) -> Tensor:
+    """skill_ids through the range check while it is on (see skillkern.set_check_ids)."""
+    if _config.check_ids_enabled():
+        return torch.ops.skillkern.skill_ids_checked(skill_ids, num_skills)
+    return skill_ids
+
+
 def skill_route(skill_ids: Tensor, num_skills: int, *, backend: str = "auto") -> tuple[Tensor, Tensor]:
     """Stable counting sort of token slots by skill (the routing step of skill_ffn).
 
-    skill_ids: integer tensor of any shape (flattened to N slots); -1 = empty slot.
+    skill_ids: tensor of any shape (flattened to N slots) of an integer dtype (uint8, int8,
+    int16, int32, int64); -1 = empty slot.
     Returns order (N,) int32 (slot index at each sorted position, skills in order, empty
     slots last) and offsets (num_skills + 1,) int32 (skill e owns [offsets[e], offsets[e+1])).
     """
-    if not isinstance(skill_ids, Tensor) or skill_ids.dtype.is_floating_point or skill_ids.dtype == torch.bool:
-        raise ValueError("skill_route: `skill_ids` must be an integer Tensor")
-    if not isinstance(num_skills, int) or num_skills < 1:
-        raise ValueError(f"skill_route: `num_skills` must be a positive int, got {num_skills!r}")
-    check_ids_in_range(skill_ids, num_skills)
+    expect(isinstance(skill_ids, Tensor), "skill_route", "skill_ids",
+           f"must be a Tensor, got {type(skill_ids).__name__}", TypeError)
+    expect(skill_ids.dtype in ID_DTYPES, "skill_route", "skill_ids",
+           f"must have an integer dtype of {ID_DTYPES}, got {skill_ids.dtype}")
+    expect(isinstance(num_skills, int) and not isinstance(num_skills, bool), "skill_route", "num_skills",
+           f"must be an int, got {type(num_skills).__name__}", TypeError)
+    expect(num_skills >= 1, "skill_route", "num_skills", f"must be positive, got {num_skills}")
     which = _backend.resolve("skill_route", backend, skill_ids.device)
+    ids = _checked(skill_ids, num_skills)
     if which == "torch":
-        return route_ref(skill_ids, num_skills)
+        return route_ref(ids, num_skills)
     if which == "cuda":
-        _backend.load_cuda_extension()
-        return torch.ops.skillkern.skill_route(skill_ids.reshape(-1).contiguous(), num_skills)
-    return torch.ops.skillkern.skill_route_triton(skill_ids, num_skills)
+        if not torch.compiler.is_compiling():  # resolve() loaded it; dynamo cannot trace a load
+            _backend.load_cuda_extension()
+        return torch.ops.skillkern.skill_route(ids.reshape(-1).contiguous(), num_skills)
+    return torch.ops.skillkern.skill_route_triton(ids, num_skills)
 
 
 def skill_ffn(x: Tensor, skill_ids: Tensor, w1: Tensor, w2: Tensor, b1: Optional[Tensor] = None,
@@ -233,37 +273,39 @@ def skill_ffn(x: Tensor, skill_ids: Tensor, w1: Tensor, w2: Tensor, b1: Optional
         y[t] = sum_j c[t,j] * ( act(x[t] @ w1[s] + b1[s]) @ w2[s] + b2[s] ),  s = skill_ids[t,j]
 
     over active slots; c = skill_weights, else 1 / (number of active slots) (SkillNet's
-    average). A token with no active slot gets zeros.
+    average). A token with no active slot gets zeros. The weight of an empty slot is never
+    read (NaN or inf there is harmless and gets a zero gradient), nor is x of a token
+    without an active slot.
 
-    x: (..., d) float32/float16/bfloat16.  skill_ids: integer, x.shape[:-1] (one skill per
-    token) or x.shape[:-1] + (k,); -1 = empty slot.  skill_weights: None or float, shaped
-    like skill_ids.  w1: (E, d, h) ((E, d, 2h) for "swiglu", gate half first); b1: (E, h|2h);
-    w2: (E, h, d); b2: (E, d); all of x's dtype and device.
+    x: (..., d) float32/float16/bfloat16 (any number of tokens, 0 included).  skill_ids:
+    uint8/int8/int16/int32/int64, x.shape[:-1] (one skill per token) or x.shape[:-1] + (k,);
+    -1 = empty slot.  skill_weights: None or float, shaped like skill_ids.  w1: (E, d, h)
+    ((E, d, 2h) for "swiglu", gate half first); b1: (E, h|2h); w2: (E, h, d); b2: (E, d); all
+    of x's dtype and device.
     activation: "gelu" (erf), "gelu_tanh", "relu", "silu", "swiglu" (silu(gate) * up).
-    backend: "auto" | "torch" | "triton" | "cuda" (see skillkern._backend).
+    backend: "auto" | "torch" | "triton" | "cuda" (see skillkern._backend); every backend is
+    one registered op pair, so torch.compile(fullgraph=True) and meta tensors work on each.
     Returns (..., d) in x.dtype (fp32 accumulation); differentiable w.r.t. x, w1, w2, b1, b2
-    and skill_weights. Under torch.autocast, x and the weights are cast to the autocast dtype. Ids are range-checked (a host sync) unless skillkern.set_check_ids(False).
+    and skill_weights. Under torch.autocast, x and the weights are cast to the autocast dtype.
+    Ids are range-checked (a host sync) unless skillkern.set_check_ids(False).
     """
-    if isinstance(x, Tensor) and torch.is_autocast_enabled(x.device.type):
+    if (isinstance(x, Tensor) and torch.amp.is_autocast_available(x.device.type)
+            and torch.is_autocast_enabled(x.device.type)):
         # custom ops are invisible to autocast: cast like an autocast matmul would, so
         # SkillFFN's fp32 parameters work under torch.autocast (grads flow back in fp32)
         dt = torch.get_autocast_dtype(x.device.type)
         x, w1, w2, b1, b2 = (t.to(dt) if isinstance(t, Tensor) and t.is_floating_point() else t
                              for t in (x, w1, w2, b1, b2))
     T, k, E, d, h = _validate(x, skill_ids, w1, w2, b1, b2, skill_weights, activation)
+    which = _backend.resolve("skill_ffn", backend, x.device)
     ids = skill_ids.reshape(T, k)
     scale = slot_scale(ids, E, None if skill_weights is None else skill_weights.reshape(T, k))
-    x2 = x.reshape(T, d)
-    which = _backend.resolve("skill_ffn", backend, x.device)
-    if which == "torch" or T == 0:
-        check_ids_in_range(ids, E)
-        y = skill_ffn_ref(x2, ids, scale, w1, w2, b1, b2, activation)
-    elif which == "cuda":
+    ids = _checked(ids, E)
+    if which == "cuda":
         if not torch.compiler.is_compiling():  # resolve() loaded it; dynamo cannot trace a load
             _backend.load_cuda_extension()
-        if _config.check_ids_enabled():
-            ids = torch.ops.skillkern.skill_ids_checked(ids, E)
-        y = torch.ops.skillkern.skill_ffn_fwd_cuda(x2, ids, scale, w1, w2, b1, b2, activation)[0]
+        fwd = torch.ops.skillkern.skill_ffn_fwd_cuda
     else:
-        y = torch.ops.skillkern.skill_ffn_fwd(x2, ids, scale, w1, w2, b1, b2, activation)[0]
+        fwd = getattr(torch.ops.skillkern, "skill_ffn_fwd_torch" if which == "torch" else "skill_ffn_fwd")
+    y = fwd(x.reshape(T, d), ids, scale, w1, w2, b1, b2, activation)[0]
     return y.reshape(x.shape)

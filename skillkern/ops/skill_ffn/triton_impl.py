@@ -111,6 +111,8 @@ def skill_ffn_fwd(x, ids, scale, w1, w2, b1, b2, activation):
     h = w2.shape[1]
     N = T * k
     order, offsets = route(ids.reshape(-1), E)
+    if N == 0:  # no token: nothing to launch (offsets are all 0)
+        return x.new_zeros((T, d)), order, offsets
     hid = torch.empty((N, h), dtype=x.dtype, device=x.device)
     prec = dot_precision(x.dtype)
     n_bucket = triton.next_power_of_2(N)
@@ -138,6 +140,11 @@ def skill_ffn_bwd(dy, x, scale, w1, w2, b1, b2, order, offsets, activation, need
     E, _, h1 = w1.shape
     h = w2.shape[1]
     N = T * k
+    if N == 0:  # no token: every gradient is 0 (an unused skill's weight grads are exact zeros)
+        return (torch.zeros_like(x), torch.zeros_like(w1), torch.zeros_like(w2),
+                torch.zeros_like(b1) if b1 is not None else None,
+                torch.zeros_like(b2) if b2 is not None else None,
+                scale.new_zeros(scale.shape) if need_dscale else None)
     prec = dot_precision(x.dtype)
     n_bucket = triton.next_power_of_2(N)
     hid = torch.empty((N, h), dtype=x.dtype, device=x.device)
