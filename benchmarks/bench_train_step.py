@@ -60,9 +60,10 @@ import torch
 # _common.py beside this file; importing it puts the repo root (skillkern, model/) on sys.path.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (CPU_NOTE, DTYPES, FAILED_NOTE, Unavailable, add_run_args, backend_reason,  # noqa: E402
-                     default_out, env_info, first_line, free_memory, met, new_parser, parse_providers,
+                     default_out, env_info, first_line, free_memory, new_parser, parse_providers,
                      pick_device, pick_shapes, print_header, run_shapes, setup_failed, stamp_rows, sync,
                      time_ms)
+from goals import met  # noqa: E402
 
 try:
     import skillkern

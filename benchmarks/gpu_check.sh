@@ -125,7 +125,7 @@ if [ "$BENCH" = all ] || [ "$BENCH" = ffn ]; then
     SHAPES=()
     [ "$QUICK" = 1 ] && SHAPES=(--shapes gpu-quick)
     echo "== bench skill_ffn: time budget ${LEFT} s (log: $OUT/bench.log)"
-    PYTHONUNBUFFERED=1 timeout $(( LEFT + 30 )) python3 benchmarks/bench_skill_ffn.py \
+    PYTHONUNBUFFERED=1 timeout $(( LEFT + 30 )) python3 benchmarks/bench.py skill_ffn \
         --out "$OUT/skill_ffn.jsonl" --time-budget "$LEFT" "${SHAPES[@]}" "${BENCH_EXTRA[@]}" 2>&1 | tee "$OUT/bench.log"
     BENCH_RC=${PIPESTATUS[0]}
     [ "$BENCH_RC" = 124 ] && echo "!!! bench killed at its time limit; rows of finished shapes are in $OUT/skill_ffn.jsonl !!!"
@@ -155,7 +155,7 @@ if [ "$BENCH" = all ] || [ "$BENCH" = toksim ]; then
     TOKSIM_EXTRA=(${TOKSIM_BENCH_ARGS:-})
     echo "== bench token_similarity: time budget ${LEFT} s (log: $OUT/toksim.log)"
     PYTHONPATH="$PEER_SITE${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 timeout $(( LEFT + 30 )) \
-        python3 benchmarks/bench_token_similarity.py --out "$OUT/token_similarity.jsonl" --time-budget "$LEFT" \
+        python3 benchmarks/bench.py token_similarity --out "$OUT/token_similarity.jsonl" --time-budget "$LEFT" \
         "${SHAPES[@]}" "${TOKSIM_EXTRA[@]}" 2>&1 | tee "$OUT/toksim.log"
     TOKSIM_RC=${PIPESTATUS[0]}
     [ "$TOKSIM_RC" = 124 ] && echo "!!! token_similarity bench killed at its time limit; rows of finished shapes are in $OUT/token_similarity.jsonl !!!"
@@ -171,7 +171,7 @@ if [ "$BENCH" = all ] || [ "$BENCH" = tokred ]; then
     TOKRED_EXTRA=(${TOKRED_BENCH_ARGS:-})
     echo "== bench token_reduce: time budget ${LEFT} s (log: $OUT/tokred.log)"
     PYTHONUNBUFFERED=1 timeout $(( LEFT + 30 )) \
-        python3 benchmarks/bench_token_reduce.py --out "$OUT/token_reduce.jsonl" --time-budget "$LEFT" \
+        python3 benchmarks/bench.py token_reduce --out "$OUT/token_reduce.jsonl" --time-budget "$LEFT" \
         "${SHAPES[@]}" "${TOKRED_EXTRA[@]}" 2>&1 | tee "$OUT/tokred.log"
     TOKRED_RC=${PIPESTATUS[0]}
     [ "$TOKRED_RC" = 124 ] && echo "!!! token_reduce bench killed at its time limit; rows of finished shapes are in $OUT/token_reduce.jsonl !!!"
@@ -200,6 +200,8 @@ if [ "$BENCH" = cli ]; then
         --history "$OUT/history.jsonl" --plot "$RAW/plots" --markdown "$OUT/bench.md" "${CLI_EXTRA[@]}" \
         "${PASS[@]}" 2>&1 | tee "$OUT/cli.log"
     CLI_RC=${PIPESTATUS[0]}
+    # the project's goal verdicts on the op benchmarks' raw rows (benchmarks/goals.py)
+    python3 benchmarks/goals.py "$RAW"/*.jsonl 2>&1 | tee -a "$OUT/cli.log"
     tar -cf "$OUT/results.tar" -C "$RAW" . 2>/dev/null
     rm -rf "$RAW"
 fi

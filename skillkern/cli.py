@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="run the op benchmarks, record history, compare, plot",
                        description=suite.__doc__.split("\n\n")[0],
                        epilog="Arguments after `--` go to every op benchmark (e.g. -- --providers a,b --modes fwd+bwd; "
-                              "see python benchmarks/bench_<op>.py --help).")
+                              "see python benchmarks/bench.py <op> --help).")
     suite.add_args(b)
     p = sub.add_parser("profile", help="profile one op at one shape (torch.profiler, Chrome trace, ncu line)",
                        description=profile.__doc__.split("\n\n")[0])

@@ -1,11 +1,12 @@
-"""skillkern's benchmark harness: the op benchmarks, the device ceilings, the history file and
-the charts behind the `skillkern bench` and `skillkern profile` commands.
+"""skillkern's benchmark harness: one runner (runner.py) that the op benchmarks declare
+themselves to (skill_ffn.py, token_similarity.py, token_reduce.py: shapes, providers, reference,
+FLOPs / bytes), the device ceilings, the history file and the charts behind the `skillkern
+bench` and `skillkern profile` commands.
 
 It lives in the package, not only in the repo's benchmarks/ folder, so that an installed
-skillkern can measure itself (`pip install skillkern; skillkern bench`) and so that there is
-one implementation: benchmarks/bench_<op>.py are thin wrappers around the modules here.
-Scripts that exist only in a checkout (benchmarks/bench_<name>.py without a module here, e.g.
-bench_train_step.py) are found by `ops()` and run by `skillkern bench` the same way.
+skillkern can measure itself (`pip install skillkern; skillkern bench`). In a checkout,
+benchmarks/bench.py <op> runs the same and adds the project's goal verdicts; scripts there named
+bench_<name>.py (bench_train_step.py) are found by `ops()` and run by `skillkern bench` too.
 
 Nothing here is imported by `import skillkern`.
 """
@@ -19,8 +20,7 @@ from dataclasses import dataclass
 
 from skillkern.bench._common import REPO
 
-# The op benchmarks that ship with the package: name -> module. Each module has main(argv),
-# accepts the options of _common.new_parser / add_run_args and appends JSON-lines rows to --out.
+# The op benchmarks that ship with the package: name -> module holding its runner.OpSpec, SPEC.
 BUILTIN = {
     "skill_ffn": "skillkern.bench.skill_ffn",
     "token_similarity": "skillkern.bench.token_similarity",
@@ -35,6 +35,20 @@ class OpBench:
     name: str
     module: str | None = None  # dotted module of a built-in
     path: str | None = None  # benchmarks/bench_<name>.py of a checkout
+
+    def child_cmd(self) -> list[str]:
+        """The command that runs it in a child process (options follow)."""
+        if self.module:
+            return [sys.executable, "-m", "skillkern.bench.runner", self.name]
+        return [sys.executable, self.path]
+
+    def main(self, argv) -> int:
+        """Runs it in this process: the runner for a built-in, the script's main() otherwise."""
+        if self.module:
+            from skillkern.bench import runner
+
+            return runner.main(self.name, argv)
+        return self.load().main(argv)
 
     def load(self):
         """The imported module (a repo script is imported from its file, with benchmarks/ on

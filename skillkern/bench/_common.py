@@ -1,13 +1,10 @@
 """Pieces every skillkern benchmark shares: the command line they have in common, the
-environment of a row (device, versions, git commit), timing, peak memory, relative error, the
-run over shapes with its time budget, the per-provider check and timing steps, JSON-lines rows
-and the summary table's parts.
+environment of a row (device, versions, git commit), timing, peak memory and JSON-lines rows.
 
-Imported by the op benchmarks beside it (skill_ffn.py, token_similarity.py, token_reduce.py),
-by `skillkern bench` (skillkern/bench/suite.py) and, through the shim benchmarks/_common.py, by
-scripts in the repo's benchmarks/ folder. Each op benchmark keeps what is its op's own: shapes,
-providers, FLOPs / bytes, the correctness reference, the goal. Nothing here imports skillkern or
-touches CUDA at import time.
+The loop over shapes and providers is runner.py's; the op benchmarks (skill_ffn.py,
+token_similarity.py, token_reduce.py) declare themselves to it. Scripts in the repo's
+benchmarks/ folder (bench_train_step.py) reach both through the shim benchmarks/_common.py.
+Nothing here imports skillkern or touches CUDA at import time.
 """
 from __future__ import annotations
 
@@ -15,18 +12,13 @@ import argparse
 import datetime
 import gc
 import json
-import math
 import os
 import platform
 import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict
-
 import torch
-
-
 
 def _find_repo() -> str | None:
     """The source checkout this package runs from (skillkern/ beside benchmarks/), else None
@@ -87,28 +79,16 @@ class Unavailable(Exception):
 
 
 def backend_reason(op: str, backend: str, device) -> str | None:
-    """None when skillkern's `backend` can run `op` on `device` here, else why not (the
-    provider is then reported unavailable with that reason). Asks skillkern's one backend
-    chooser, and for "cuda" also whether the loaded extension has the op (a library built from
-    older sources loads but lacks newer ops)."""
+    """None when skillkern's `backend` can run `op` on `device` here, else why not: the one
+    backend chooser's BackendUnavailable message (it also knows whether the loaded extension
+    has the op). Any other exception is a bug and propagates."""
     import skillkern
     from skillkern import _backend
 
-    if backend == "triton" and torch.device(device).type == "cpu" and not interpreting():
-        return ("skipped on CPU by default: Triton needs CUDA; set TRITON_INTERPRET=1 (tiny shapes, "
-                "--dtype fp32: the interpreter's bf16 dot is wrong)")
     try:
         _backend.resolve(op, backend, torch.device(device))
     except skillkern.BackendUnavailable as e:
         return first_line(e, with_type=False)
-    except Exception as e:  # e.g. a stale extension whose registration hooks fail: cannot run either
-        return f"choosing the backend raised {first_line(e)}"
-    if backend == "cuda":
-        from skillkern.info import _has_native_op
-
-        if not _has_native_op(op):
-            return (f"the loaded extension has no torch.ops.skillkern.{_backend._CUDA_OPS[op]} "
-                    "(built from older sources: rebuild it)")
     return None
 
 
@@ -120,18 +100,6 @@ def importable(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         return False
-
-
-def no_skillkern(script: str, e: BaseException):
-    """A broken install: say why instead of a traceback, and exit 2."""
-    print(f"{script}: import skillkern failed ({type(e).__name__}: {e}); run `make demo` "
-          "(it installs the package first).", file=sys.stderr)
-    raise SystemExit(2)
-
-
-def interpreting() -> bool:
-    """TRITON_INTERPRET=1: Triton kernels run on CPU tensors through the interpreter."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def first_line(e: BaseException, with_type: bool = True) -> str:
@@ -147,13 +115,6 @@ def now_iso() -> str:
 
 
 # ----------------------------------------------------------------------------- measuring
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """||out - ref|| / ||ref|| in float64; inf for NaN or inf (NaN never passes a check)."""
-    out, ref = out.detach().double(), ref.detach().double()
-    e = ((out - ref).norm() / ref.norm().clamp(min=1e-30)).item()
-    return e if math.isfinite(e) else float("inf")
 
 
 def sync(device):
@@ -386,110 +347,6 @@ def print_header(header: str, env: dict, shapes, modes, providers) -> None:
     print(f"shapes: {len(shapes)} x modes: {len(modes)} x providers: {len(providers)} ({', '.join(providers)})")
 
 
-# ----------------------------------------------------------------------------- the run
-
-
-def run_shapes(shapes, run_one, args, device, env: dict, rows: list[dict], t0: float) -> bool:
-    """run_one(shape) -> (its rows, all right?) for each shape in order, starting none once
-    args.time_budget seconds (0 = no limit) have passed since t0. A shape that raises (e.g. out of
-    memory in the reference) gets one failed row and the run goes on. Every shape's rows get its
-    label, are appended to args.out at once (a run cut short keeps them) and added to rows, whose
-    count is printed at the end. Returns whether every shape was right."""
-    all_ok = True
-    for i, shape in enumerate(shapes):
-        print(f"\n[shape {i + 1}/{len(shapes)}, {time.time() - t0:.0f} s elapsed]", flush=True)
-        if args.time_budget and time.time() - t0 > args.time_budget:
-            print(f"\n!!! time budget of {args.time_budget:g} s spent: skipping {len(shapes) - i} "
-                  f"shape(s): {', '.join(s.label() for s in shapes[i:])} !!!")
-            break
-        try:
-            srows, ok = run_one(shape)
-        except Exception as e:
-            msg = first_line(e)
-            print(f"\n!!! {shape.label()}: FAILED before timing: {msg[:300]} !!!")
-            srows, ok = [dict(time=now_iso(), **env, dtype=args.dtype, **asdict(shape), provider="(all)",
-                              mode=None, status="failed", reason=msg[:500])], False
-            free_memory(device)
-        all_ok &= ok
-        for r in srows:
-            r["label"] = shape.label()
-        append_rows(args.out, srows)
-        rows += srows
-    print(f"\n{len(rows)} rows appended to {args.out} ({time.time() - t0:.1f} s)")
-    return all_ok
-
-
-def setup_failed(prov: str, row0: dict, e: BaseException, expected: bool, soft: bool = False) -> dict:
-    """The row of a provider whose set-up or first call raised e, its line printed. expected: e
-    says why the provider cannot run here (Unavailable, skillkern's BackendUnavailable) and is
-    shown without its type. Status "unavailable" when expected or soft, else "failed"."""
-    unavailable = expected or soft
-    msg = first_line(e, with_type=not expected)
-    print(f"  {prov:18s} {'UNAVAILABLE' if unavailable else '!!! FAILED !!!'}: {msg[:300]}")
-    return dict(row0, status="unavailable" if unavailable else "failed", reason=msg[:500])
-
-
-def check_errors(prov: str, row0: dict, modes, e_fwd: float, tol_fwd: float, e_grad: float | None,
-                 tol_grad: float, worst: str | None = None) -> tuple[list[dict], list[str]]:
-    """The "wrong" rows of a provider past its limits (their lines printed) and the modes left
-    to time: none after a wrong forward; fwd alone after wrong gradients (a row per backward
-    mode; worst names the worst gradient). e_grad None: the gradients were not checked."""
-    if not e_fwd <= tol_fwd:
-        print(f"  !!! {prov}: FORWARD WRONG (rel err {e_fwd:.3e} > {tol_fwd:.3g}); provider skipped !!!")
-        return [dict(row0, status="wrong", reason=f"forward rel err {e_fwd:.3e} > {tol_fwd:.3g}")], []
-    if e_grad is not None and not e_grad <= tol_grad:
-        print(f"  !!! {prov}: GRADIENTS WRONG (rel err {e_grad:.3e} > {tol_grad:.3g}"
-              + (f", {worst}" if worst else "") + "); bwd modes skipped !!!")
-        why = f"grad rel err {e_grad:.3e} > {tol_grad:.3g}" + (f" ({worst})" if worst else "")
-        return ([dict(row0, mode=m, status="wrong", reason=why) for m in modes if m != "fwd"],
-                [m for m in modes if m == "fwd"])
-    return [], list(modes)
-
-
-def time_modes(prov: str, row0: dict, modes, make_fn, device, args, rates) -> tuple[list[dict], bool]:
-    """Times the callable make_fn(mode) of each mode (time_ms, then peak_mem_mb). A mode that
-    raises gets a "failed" row; one that runs, an "ok" row with ms, ms_p20, ms_p80, the fields
-    of rates(mode, ms) and peak_mem_mb. rates returns (fields, text): the text follows the times
-    in the printed line. Returns the rows and whether every mode ran."""
-    rows, all_ok = [], True
-    for mode in modes:
-        try:
-            fn = make_fn(mode)
-            med, p20, p80 = time_ms(fn, device, args)
-            mem = peak_mem_mb(fn, device)
-        except Exception as e:
-            msg = first_line(e)
-            print(f"  !!! {prov} {mode}: FAILED while timing: {msg[:300]} !!!")
-            rows.append(dict(row0, mode=mode, status="failed", reason=msg[:500]))
-            all_ok = False
-            continue
-        finally:
-            fn = None  # drops the retained graph of the bwd mode
-        fields, text = rates(mode, med)
-        rows.append(dict(row0, mode=mode, status="ok", ms=med, ms_p20=p20, ms_p80=p80, **fields, peak_mem_mb=mem))
-        print(f"  {prov:18s} {mode:8s} {med:9.3f} ms  [{p20:.3f}, {p80:.3f}]  {text}"
-              + (f"  peak {mem:8.1f} MB" if mem is not None else ""))
-    return rows, all_ok
-
-
-def add_speedups(rows: list[dict], modes, versus) -> None:
-    """Per mode, on every ok row: r[key] = the ms of provider `other` / r's ms, for each (other,
-    key) in versus; None when other has no ok row in that mode. Needs all of a shape's rows."""
-    for mode in modes:
-        ok = {r["provider"]: r for r in rows if r.get("mode") == mode and r.get("status") == "ok"}
-        for r in ok.values():
-            for other, key in versus:
-                r[key] = ok[other]["ms"] / r["ms"] if other in ok else None
-
-
-def stamp_rows(rows: list[dict]) -> None:
-    """One time for all of a shape's rows, and mode None on those that never got to a mode."""
-    now = now_iso()
-    for r in rows:
-        r["time"] = now
-        r.setdefault("mode", None)
-
-
 # ----------------------------------------------------------------------------- rows and tables
 
 
@@ -513,75 +370,3 @@ def fmt(v, spec, empty="-"):
         return format(v, spec)
     width = spec.split(".")[0].rstrip("<>^")
     return format(empty, ">" + width) if width.isdigit() else empty
-
-
-def last_mode(modes) -> str:
-    """The mode of the table's last columns and of the speedups shown: fwd+bwd when run."""
-    return "fwd+bwd" if "fwd+bwd" in modes else modes[-1]
-
-
-def table_head(rule: int, cpu: bool, modes, pct: str, tail: str) -> None:
-    """Prints a rule of `rule` '='s, the CPU warning, and the column heads: provider, ms and the
-    % column `pct` per mode, then `tail`."""
-    print("\n" + "=" * rule)
-    if cpu:
-        print("CPU run: tiny shapes to show the script works. These numbers are NOT performance data.")
-    head = "  ".join(f"{m + ' ms':>10s} {pct:>5s}" for m in modes)
-    print(f"{'provider':18s}  {head}  {tail}")
-
-
-def by_shape(rows: list[dict], skip: str | None = None) -> dict[str, dict[str, dict]]:
-    """{label: {provider: {mode: row}}} in the order the rows came, leaving out the rows of
-    provider `skip` (a ceiling the table prints on its own). Mode None: never timed."""
-    out: dict[str, dict[str, dict]] = {}
-    for r in rows:
-        if r["provider"] != skip:
-            out.setdefault(r["label"], {}).setdefault(r["provider"], {})[r.get("mode")] = r
-    return out
-
-
-def table_line(p: str, prow: dict, modes, pct: tuple[str, str], tail, reason: int = 80) -> str:
-    """Provider p's line: its status and reason when it never timed (unavailable, skipped,
-    failed before timing); else per mode the ms and the row's pct = (key, format spec), then
-    tail(the row of the last mode, {} unless it is ok)."""
-    if None in prow:
-        return f"{p:18s}  {prow[None]['status']}: {prow[None].get('reason', '')[:reason]}"
-    key, spec = pct
-    cells = []
-    for m in modes:
-        r = prow.get(m, {})
-        if r.get("status") == "ok":
-            cells.append(f"{r['ms']:10.3f} {fmt(r[key], spec)}")
-        else:
-            cells.append(f"{r.get('status', '-'):>16s}")
-    r = prow.get(last_mode(modes), {})
-    return f"{p:18s}  {'  '.join(cells)}  {tail(r if r.get('status') == 'ok' else {})}"
-
-
-def speedup(v) -> str:
-    return f"{v:.2f}x" if v is not None else "-"
-
-
-# ----------------------------------------------------------------------------- goals
-
-
-def goal_row(rows: list[dict], label: str) -> dict | None:
-    """The skillkern-triton fwd+bwd row of shape `label` that timed, if the run has one."""
-    return next((r for r in rows if r.get("label") == label and r["provider"] == "skillkern-triton"
-                 and r.get("mode") == "fwd+bwd" and r.get("status") == "ok"), None)
-
-
-def met(ok: bool) -> str:
-    return "MET" if ok else "MISSED"
-
-
-def goal_line(rows: list[dict], label: str, cpu: bool, verdicts) -> str:
-    """The last line of a script with one goal shape: its skillkern-triton fwd+bwd time and
-    verdicts(that row), or why there is none."""
-    prefix = f"GPU goal ({label}, fwd+bwd, skillkern-triton):"
-    if cpu:
-        return f"{prefix} n/a on CPU (the goal shape is measured on an H100/H200: bash benchmarks/gpu_check.sh)"
-    r = goal_row(rows, label)
-    if r is None:
-        return f"{prefix} not measured in this run (needs that shape, provider and mode)"
-    return f"{prefix} {r['ms']:.3f} ms = {verdicts(r)}"

@@ -21,15 +21,16 @@ import ast
 import json
 import os
 import subprocess
-from dataclasses import fields, is_dataclass
+from dataclasses import fields
 
 from skillkern.bench._common import REPO, RESULTS
 
 PHASES = {"fwd": "fwd", "bwd": "bwd", "fwd+bwd": "fwdbwd"}  # the op benchmarks' modes -> phases
 CEILING_OF = {"tflops": "matmul", "gbps": "copy"}
 UNIT = {"tflops": "TFLOP/s", "gbps": "GB/s"}
-# Rows an op benchmark writes for its own ceiling (when run alone): not kernels.
-CEILING_PROVIDERS = ("matmul-peak", "copy")
+# Rows an op benchmark writes for its own ceiling (when run alone, by metric): not kernels.
+CEILING_ROW = {"tflops": "matmul-peak", "gbps": "copy"}
+CEILING_PROVIDERS = tuple(CEILING_ROW.values())
 
 
 def default_path(cpu: bool) -> str:
@@ -84,13 +85,13 @@ def _literal_assignments(path: str) -> dict:
 
 
 def op_meta(bench) -> dict:
-    """{"metric", "baselines", "shape_fields"} of an OpBench: module constants METRIC and
-    BASELINES and the fields of its Shape dataclass (missing ones: None / () / ())."""
+    """{"metric", "baselines", "shape_fields"} of an OpBench: a built-in's OpSpec (the fields of
+    its Shape dataclass), or a script's constants METRIC and BASELINES and its `class Shape`."""
     if bench.module:
-        mod = bench.load()
-        shape_cls = getattr(mod, "Shape", None)
-        return {"metric": getattr(mod, "METRIC", None), "baselines": tuple(getattr(mod, "BASELINES", ())),
-                "shape_fields": tuple(f.name for f in fields(shape_cls)) if is_dataclass(shape_cls) else ()}
+        spec = bench.load().SPEC
+        shape = spec.presets["cpu-quick"]()[0]
+        return {"metric": spec.metric, "baselines": tuple(spec.baselines),
+                "shape_fields": tuple(f.name for f in fields(shape))}
     lit = _literal_assignments(bench.path)
     return {"metric": lit.get("METRIC"), "baselines": tuple(lit.get("BASELINES", ())),
             "shape_fields": lit.get("_shape_fields", ())}

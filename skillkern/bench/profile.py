@@ -9,8 +9,8 @@ writes a Chrome trace (chrome://tracing, ui.perfetto.dev) and prints the Nsight 
 that profiles the busiest kernel in depth. On a CPU the table lists aten operators instead of
 kernels (self CPU time) and the numbers only show that the path runs.
 
-The case (inputs, provider, phase) is built by the op benchmark's own profile_target(), so what
-is profiled is exactly what `skillkern bench` times.
+The case (inputs, provider, phase) is built by the runner from the op's OpSpec, so what is
+profiled is exactly what `skillkern bench` times.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from skillkern.bench import ops
+from skillkern.bench import BUILTIN, runner
 from skillkern.bench._common import DTYPES, MODES, RESULTS, pick_device, sync
 
 
@@ -43,12 +43,12 @@ def add_args(ap) -> None:
     ap.add_argument("--no-trace", action="store_true", help="write no trace (e.g. under ncu)")
 
 
-def _pick_shape(mod, spec: str | None, cpu: bool):
-    if spec is None:
-        return mod.PRESETS["cpu-quick" if cpu else "goal"]()[0]
-    if spec in mod.PRESETS:
-        return mod.PRESETS[spec]()[0]
-    return mod.parse_shape(spec)
+def _pick_shape(spec: runner.OpSpec, text: str | None, cpu: bool):
+    if text is None:
+        return spec.presets["cpu-quick" if cpu else "goal"]()[0]
+    if text in spec.presets:
+        return spec.presets[text]()[0]
+    return spec.parse_shape(text)
 
 
 def _device_us(evt) -> float:
@@ -119,38 +119,39 @@ def ncu_command(args, top_kernel: str | None, shape_spec: str) -> str:
 
 
 def run(args) -> int:
-    available = ops()
-    bench = available.get(args.op)
-    if bench is None or not bench.module:
+    if args.op not in BUILTIN:
         raise SystemExit(f"skillkern profile: `--op` must be one of the package's op benchmarks "
-                         f"{[n for n, b in available.items() if b.module]}, got {args.op!r}")
+                         f"{list(BUILTIN)}, got {args.op!r}")
     if args.iters < 1 or args.warmup < 0:
         raise SystemExit("skillkern profile: `--iters` must be >= 1 and `--warmup` >= 0")
-    mod = bench.load()
+    spec = runner.spec_of(args.op)
     device = pick_device(args.device)
     cuda = device.type == "cuda"
-    shape = _pick_shape(mod, args.shape, not cuda)
+    shape = _pick_shape(spec, args.shape, not cuda)
     args.provider = args.provider or ("skillkern-triton" if cuda else "skillkern-torch")
-    if args.provider not in mod.PROVIDERS:
-        raise SystemExit(f"skillkern profile: `--provider` must be one of {mod.PROVIDERS}, got {args.provider!r}")
-    op_args = mod.build_parser().parse_args(["--dtype", args.dtype, "--device", device.type])
+    if args.provider not in spec.providers:
+        raise SystemExit(f"skillkern profile: `--provider` must be one of {tuple(spec.providers)}, got {args.provider!r}")
+    op_args = runner.build_parser(spec).parse_args(["--dtype", args.dtype, "--device", device.type])
+    if spec.finish_args:
+        spec.finish_args(op_args, not cuda)
     try:
-        fn, work = mod.profile_target(shape, args.provider, args.mode, op_args, device)
+        fn, work = runner.profile_target(spec, shape, args.provider, args.mode, op_args, device)
     except Exception as e:  # noqa: BLE001 - Unavailable / BackendUnavailable / a bad shape: say why
         print(f"skillkern profile: {args.provider} cannot run {args.op} at {shape.label()}: {type(e).__name__}: {e}")
         return 1
     label = f"{args.op}:{args.provider}:{args.mode}"
     print(f"profiling {label} at {shape.label()} ({args.dtype}) on {device}: {args.warmup} warm-up + {args.iters} calls")
-    for _ in range(args.warmup):
-        fn()
-    sync(device)
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
-    t0 = time.perf_counter()
-    with torch.profiler.profile(activities=activities, with_flops=True) as prof:
-        for _ in range(args.iters):
-            with torch.profiler.record_function(label):
-                fn()
+    with runner.id_checks(False):  # as when timing: the id range check syncs with the host
+        for _ in range(args.warmup):
+            fn()
         sync(device)
+        t0 = time.perf_counter()
+        with torch.profiler.profile(activities=activities, with_flops=True) as prof:
+            for _ in range(args.iters):
+                with torch.profiler.record_function(label):
+                    fn()
+            sync(device)
     wall_ms = (time.perf_counter() - t0) * 1e3 / args.iters
     table = kernel_table(prof, cuda, args.iters, label)
     what = "kernel" if cuda else "aten operator (self CPU time)"
@@ -181,9 +182,9 @@ def run(args) -> int:
         prof.export_chrome_trace(trace)
         print(f"Chrome trace: {trace} (open in chrome://tracing or ui.perfetto.dev)")
     top = table[0]["name"] if (cuda and table) else None
-    spec = args.shape if args.shape and args.shape not in mod.PRESETS else _spec_of(shape)
+    spec_text = args.shape if args.shape and args.shape not in spec.presets else _spec_of(shape)
     print("deeper look at the busiest kernel (Nsight Compute" + ("" if cuda else "; needs a GPU") + "):")
-    print("  " + ncu_command(args, top, spec))
+    print("  " + ncu_command(args, top, spec_text))
     return 0
 
 

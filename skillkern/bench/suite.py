@@ -4,7 +4,7 @@ with a history that compares across commits and machines.
 One run:
   1. measures the ceilings here (ceilings.py: dense matmul TFLOP/s in bf16 and the run's dtype,
      device copy GB/s);
-  2. runs each op benchmark (skillkern/bench/<op>.py, and a checkout's benchmarks/bench_*.py
+  2. runs each op benchmark (skillkern/bench/<op>.py through runner.py, and a checkout's benchmarks/bench_*.py
      such as bench_train_step.py) in a child process: a CUDA fault in one op ends only that
      op, and each child's output (its checks, timings and shape progress) streams through.
      The children get the ceilings (SKILLKERN_BENCH_CEILINGS), --quick / --dtype / --shapes /
@@ -78,10 +78,6 @@ def _pick_ops(requested, available: dict[str, OpBench]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _child_cmd(bench: OpBench) -> list[str]:
-    return [sys.executable, "-m", bench.module] if bench.module else [sys.executable, bench.path]
-
-
 def run_op(bench: OpBench, argv: list[str], ceilings: dict | None, timeout: float | None,
            in_process: bool = False) -> tuple[list[dict], int]:
     """Runs one op benchmark; returns its rows and exit status (124 when stopped at `timeout`;
@@ -98,7 +94,7 @@ def run_op(bench: OpBench, argv: list[str], ceilings: dict | None, timeout: floa
             saved = os.environ.get(CEILINGS_ENV)
             os.environ[CEILINGS_ENV] = env.get(CEILINGS_ENV, "")
             try:
-                rc = bench.load().main([*argv, "--out", out])
+                rc = bench.main([*argv, "--out", out])
             except SystemExit as e:  # argparse: a bad option for this op
                 rc = e.code if isinstance(e.code, int) else 2
             except Exception:  # one op's crash must not end the run: report it, keep its rows
@@ -112,7 +108,7 @@ def run_op(bench: OpBench, argv: list[str], ceilings: dict | None, timeout: floa
                     os.environ[CEILINGS_ENV] = saved
             return hist.read(out), rc
         try:
-            rc = subprocess.run([*_child_cmd(bench), *argv, "--out", out], env=env, timeout=timeout, check=False).returncode
+            rc = subprocess.run([*bench.child_cmd(), *argv, "--out", out], env=env, timeout=timeout, check=False).returncode
         except subprocess.TimeoutExpired:
             print(f"!!! {bench.name}: stopped after {timeout:.0f} s; rows of finished shapes are kept !!!")
             rc = 124
