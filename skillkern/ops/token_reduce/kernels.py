@@ -21,7 +21,8 @@ import triton.language as tl
 
 @triton.jit
 def _ln_stats(x_rows, rmask, D, eps, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Mean and 1/std over D of BLOCK_N rows (two passes: no cancellation for large means)."""
+    """Mean and 1/std over D of BLOCK_N rows (two passes: no cancellation for large means).
+    Rows outside rmask read as 0 (mean 0, rstd 1/sqrt(eps): finite whatever they hold)."""
     dd = tl.arange(0, BLOCK_D)
     total = tl.zeros([BLOCK_N], dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
@@ -56,19 +57,21 @@ def _u_chunk(x_rows, rmask, d0, D, mean, rstd, lnw_ptr, lnb_ptr,
 
 
 @triton.jit
-def _scores(x_rows, rmask, valid, D, S, mean, rstd, lnw_ptr, lnb_ptr, w_ptr, s_wd, sc_rows,
+def _scores(x_rows, valid, D, S, mean, rstd, lnw_ptr, lnb_ptr, w_ptr, s_wd, sc_rows,
             HAS_LN: tl.constexpr, HAS_LN_BIAS: tl.constexpr, SCORES_GIVEN: tl.constexpr,
             PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, S_PAD: tl.constexpr, BLOCK_D: tl.constexpr):
-    """z (BLOCK_N, S_PAD) fp32 = u @ w_score (or the given scores); -inf where not `valid`."""
+    """z (BLOCK_N, S_PAD) fp32 = u @ w_score (or the given scores); -inf where not `valid`.
+    Masked positions are never loaded (a masked load selects 0), so NaN or inf there cannot
+    reach z, not even through a tl.dot."""
     ss = tl.arange(0, S_PAD)
     if SCORES_GIVEN:
-        z = tl.load(sc_rows[:, None] + ss[None, :], mask=rmask[:, None] & (ss < S)[None, :],
+        z = tl.load(sc_rows[:, None] + ss[None, :], mask=valid[:, None] & (ss < S)[None, :],
                     other=0.0).to(tl.float32)
     else:
         dd = tl.arange(0, BLOCK_D)
         z = tl.zeros([BLOCK_N, S_PAD], dtype=tl.float32)
         for d0 in range(0, D, BLOCK_D):
-            u, _ = _u_chunk(x_rows, rmask, d0, D, mean, rstd, lnw_ptr, lnb_ptr, HAS_LN, HAS_LN_BIAS, BLOCK_D)
+            u, _ = _u_chunk(x_rows, valid, d0, D, mean, rstd, lnw_ptr, lnb_ptr, HAS_LN, HAS_LN_BIAS, BLOCK_D)
             w = tl.load(w_ptr + (d0 + dd).to(tl.int64)[:, None] * s_wd + ss[None, :],
                         mask=((d0 + dd) < D)[:, None] & (ss < S)[None, :], other=0.0).to(tl.float32)
             z = tl.dot(u, w, z, input_precision=PRECISION)
@@ -111,12 +114,13 @@ def _token_reduce_fwd_kernel(
     mean = tl.zeros([BLOCK_N], dtype=tl.float32)
     rstd = tl.zeros([BLOCK_N], dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
-        x_off, sc_off, rmask, valid = _rows(mask_ptr, b, n0, N, s_xb, s_xn, s_sb, s_sn, s_mb, HAS_MASK, BLOCK_N)
+        x_off, sc_off, _, valid = _rows(mask_ptr, b, n0, N, s_xb, s_xn, s_sb, s_sn, s_mb, HAS_MASK, BLOCK_N)
         x_rows = x_ptr + x_off
         sc_rows = sc_ptr + sc_off
+        # every load below is masked by `valid`: padding (NaN or inf included) reads as 0
         if HAS_LN:
-            mean, rstd = _ln_stats(x_rows, rmask, D, eps, BLOCK_N, BLOCK_D)
-        z = _scores(x_rows, rmask, valid, D, S, mean, rstd, lnw_ptr, lnb_ptr, w_ptr, s_wd, sc_rows,
+            mean, rstd = _ln_stats(x_rows, valid, D, eps, BLOCK_N, BLOCK_D)
+        z = _scores(x_rows, valid, D, S, mean, rstd, lnw_ptr, lnb_ptr, w_ptr, s_wd, sc_rows,
                     HAS_LN, HAS_LN_BIAS, SCORES_GIVEN, PRECISION, BLOCK_N, S_PAD, BLOCK_D)
         new_max = tl.maximum(run_max, tl.max(z, axis=0))
         safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)  # no -inf - -inf
@@ -181,9 +185,11 @@ def _token_reduce_bwd_kernel(
             sc_rows = sc_ptr + sc_off
             rmask = rmask & b_ok
             valid = valid & b_ok
+            # loads masked by `valid` (padding reads as 0, as in the forward), stores by rmask
+            # (padding rows of dx and d_scores get exact zeros: a, dz, du and xhat are 0 there)
             if HAS_LN:
-                mean, rstd = _ln_stats(x_rows, rmask, D, eps, BLOCK_N, BLOCK_D)
-            z = _scores(x_rows, rmask, valid, D, S, mean, rstd, lnw_ptr, lnb_ptr, w_ptr, s_wd, sc_rows,
+                mean, rstd = _ln_stats(x_rows, valid, D, eps, BLOCK_N, BLOCK_D)
+            z = _scores(x_rows, valid, D, S, mean, rstd, lnw_ptr, lnb_ptr, w_ptr, s_wd, sc_rows,
                         HAS_LN, HAS_LN_BIAS, SCORES_GIVEN, PRECISION, BLOCK_N, S_PAD, BLOCK_D)
             a = tl.exp(z - lse[None, :])  # softmax weights (BLOCK_N, S_PAD); 0 where masked
             d_a = tl.zeros([BLOCK_N, S_PAD], dtype=tl.float32)
@@ -209,7 +215,7 @@ def _token_reduce_bwd_kernel(
                         do = tl.load(do_rows[:, None] + (k0 + dd)[None, :], mask=sm[:, None] & km[None, :],
                                      other=0.0).to(tl.float32)
                         du = tl.dot(a, do, du, input_precision=PRECISION)
-                    _, xhat = _u_chunk(x_rows, rmask, k0, D, mean, rstd, lnw_ptr, lnb_ptr, HAS_LN,
+                    _, xhat = _u_chunk(x_rows, valid, k0, D, mean, rstd, lnw_ptr, lnb_ptr, HAS_LN,
                                        HAS_LN_BIAS, BLOCK_D)
                     gk = du * tl.load(lnw_ptr + k0 + dd, mask=km, other=0.0).to(tl.float32)[None, :]
                     s1 += tl.sum(gk, axis=1)
@@ -217,14 +223,13 @@ def _token_reduce_bwd_kernel(
             # this program's feature slice
             do = tl.load(do_rows[:, None] + dblk[None, :], mask=sm[:, None] & dbm[None, :], other=0.0).to(tl.float32)
             dv = tl.dot(a, do, input_precision=PRECISION)  # gradient of the pooled values
-            u, xhat = _u_chunk(x_rows, rmask, d0, D, mean, rstd, lnw_ptr, lnb_ptr, HAS_LN, HAS_LN_BIAS, BLOCK_D)
+            u, xhat = _u_chunk(x_rows, valid, d0, D, mean, rstd, lnw_ptr, lnb_ptr, HAS_LN, HAS_LN_BIAS, BLOCK_D)
             if SCORES_GIVEN:
                 dx = dv
             else:
                 wb = tl.load(w_ptr + dblk.to(tl.int64)[:, None] * s_wd + ss[None, :],
                              mask=dbm[:, None] & sm[None, :], other=0.0).to(tl.float32)
                 du = tl.dot(dz, tl.trans(wb), input_precision=PRECISION)  # gradient of the score input u
-                u = tl.where(valid[:, None], u, 0.0)
                 dw_acc = tl.dot(tl.trans(u), dz, dw_acc, input_precision=PRECISION)
                 if HAS_LN:
                     if POOL_LN:

@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from skillkern.ops.token_reduce.op import token_pool, token_reduce
+from skillkern.ops._common import expect
+from skillkern.ops.token_reduce.op import _check_mask, token_pool, token_reduce
 
 _VALUES = ("input", "norm")
 
@@ -69,14 +70,12 @@ class TokenReduction(nn.Module):
                  device=None, dtype=None):
         super().__init__()
         name = type(self).__name__
-        if min(dim, num_tokens, groups) < 1:
-            raise ValueError(f"{name}: `dim`, `num_tokens` and `groups` must be positive, "
-                             f"got {dim}, {num_tokens}, {groups}")
-        if dim % groups != 0:
-            raise ValueError(f"{name}: `dim`={dim} must be divisible by `groups`={groups} "
-                             "(grouped 1x1 convs split the channels evenly)")
-        if values not in _VALUES:
-            raise ValueError(f"{name}: `values` must be one of {_VALUES}, got {values!r}")
+        for arg, v in (("dim", dim), ("num_tokens", num_tokens), ("groups", groups)):
+            expect(isinstance(v, int), name, arg, f"must be an int, got {type(v).__name__}", TypeError)
+            expect(v >= 1, name, arg, f"must be positive, got {v}")
+        expect(dim % groups == 0, name, "dim", f"({dim}) must be divisible by `groups` ({groups}): grouped "
+               "1x1 convs split the channels evenly")
+        expect(values in _VALUES, name, "values", f"must be one of {_VALUES}, got {values!r}")
         fk = {"device": device, "dtype": dtype}
         self.dim, self.num_tokens, self.groups, self.values = dim, num_tokens, groups, values
         self.backend = "auto"
@@ -137,6 +136,10 @@ class TokenReductionRef(TokenReduction):
     """
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        if mask is not None:
+            _check_mask(type(self).__name__, x, mask)
+            # padding may hold NaN or inf: select it away (a zero weight times NaN is NaN)
+            x = x.masked_fill(~mask[:, :, None], 0.0)
         u = self.norm(x)                                                        # (B, N, C)
         h = F.conv1d(u.transpose(1, 2), self.score_conv1.weight, groups=self.groups)
         scores = F.conv1d(h, self.score_conv2.weight, self.score_conv2.bias)    # (B, S, N)
@@ -165,17 +168,18 @@ class TokenLearner(nn.Module):
     cancels in the softmax over positions (kept for checkpoints; its gradient is 0 up to
     rounding). Scenic applies dropout after each Dense layer; so does this module.
     forward(x, mask=None): mask (B, N) bool, True = real position. Pooling runs in
-    skillkern.token_pool with `backend` ("auto", "torch", "triton").
+    skillkern.token_pool with `backend` ("auto", "torch", "triton"). With a mask, the score MLP
+    sees padding rows as zeros (one select over x): what they held, NaN or inf included, reaches
+    no output and no gradient, the MLP's parameter gradients included (0 * NaN = NaN there).
     """
 
     def __init__(self, dim: int, num_tokens: int, hidden: int = 64, *, eps: float = 1e-6,
                  gelu: str = "tanh", dropout: float = 0.0, device=None, dtype=None):
         super().__init__()
-        if min(dim, num_tokens, hidden) < 1:
-            raise ValueError(f"TokenLearner: `dim`, `num_tokens` and `hidden` must be positive, "
-                             f"got {dim}, {num_tokens}, {hidden}")
-        if gelu not in ("tanh", "none"):
-            raise ValueError(f"TokenLearner: `gelu` must be 'tanh' or 'none', got {gelu!r}")
+        for arg, v in (("dim", dim), ("num_tokens", num_tokens), ("hidden", hidden)):
+            expect(isinstance(v, int), "TokenLearner", arg, f"must be an int, got {type(v).__name__}", TypeError)
+            expect(v >= 1, "TokenLearner", arg, f"must be positive, got {v}")
+        expect(gelu in ("tanh", "none"), "TokenLearner", "gelu", f"must be 'tanh' or 'none', got {gelu!r}")
         fk = {"device": device, "dtype": dtype}
         self.dim, self.num_tokens, self.hidden = dim, num_tokens, hidden
         self.backend = "auto"
@@ -186,7 +190,11 @@ class TokenLearner(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        scores = self.dropout(self.fc2(self.dropout(self.act(self.fc1(self.norm(x))))))  # (B, N, S)
+        feats = x
+        if mask is not None:
+            _check_mask("TokenLearner", x, mask)
+            feats = x.masked_fill(~mask[:, :, None], 0.0)  # token_pool itself never reads padding
+        scores = self.dropout(self.fc2(self.dropout(self.act(self.fc1(self.norm(feats))))))  # (B, N, S)
         return token_pool(x, scores, mask, backend=self.backend)
 
     def extra_repr(self) -> str:

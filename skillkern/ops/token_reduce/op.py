@@ -15,35 +15,42 @@ statistics and scores from x, which the backward reads anyway).
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Optional
 
 import torch
 from torch import Tensor
 
 from skillkern import _backend
-from skillkern.ops._common import FLOAT_DTYPES, expect
+from skillkern.ops._common import FLOAT_DTYPES, expect, register_autograd_pair
 from skillkern.ops.token_reduce.reference import token_pool_ref, token_reduce_ref
 
 
+def _check_tensor(op, t, name, x, dims):
+    """t is a float tensor of `dims` dimensions on x's device (TypeError if not a Tensor)."""
+    expect(isinstance(t, Tensor), op, name, f"must be a Tensor, got {type(t).__name__}", TypeError)
+    expect(t.dim() == dims, op, name, f"must have {dims} dimension(s), got shape {tuple(t.shape)}")
+    expect(t.dtype in FLOAT_DTYPES, op, name, f"must be float32, float16 or bfloat16, got {t.dtype}")
+    if t is not x:
+        expect(t.device == x.device, op, name, f"is on {t.device} but x is on {x.device}")
+
+
+def _check_mask(op, x, mask):
+    """mask is None or a bool (B, N) tensor on x's device (x: a Tensor of at least 2 dims)."""
+    if mask is None:
+        return
+    expect(isinstance(mask, Tensor), op, "mask", f"must be a Tensor, got {type(mask).__name__}", TypeError)
+    expect(mask.dtype == torch.bool, op, "mask", f"must be a bool Tensor (True = real position), got {mask.dtype}")
+    expect(tuple(mask.shape) == tuple(x.shape[:2]), op, "mask",
+           f"must have shape {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
+    expect(mask.device == x.device, op, "mask", f"is on {mask.device} but x is on {x.device}")
 
 
 def _check_x_mask(op, x, mask):
-    expect(isinstance(x, Tensor), op, "x", f"must be a Tensor, got {type(x).__name__}")
-    expect(x.dim() == 3, op, "x", f"must have shape (B, N, D), got {tuple(x.shape)}")
-    expect(x.dtype in FLOAT_DTYPES, op, "x", f"must be float32, float16 or bfloat16, got {x.dtype}")
-    if mask is not None:
-        expect(isinstance(mask, Tensor) and mask.dtype == torch.bool, op, "mask",
-                "must be a bool Tensor (True = real position)")
-        expect(tuple(mask.shape) == tuple(x.shape[:2]), op, "mask",
-                f"must have shape {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
-        expect(mask.device == x.device, op, "mask", f"is on {mask.device} but x is on {x.device}")
-
-
-def _check_param(op, t, name, x, shape):
-    expect(isinstance(t, Tensor), op, name, f"must be a Tensor, got {type(t).__name__}")
-    expect(t.device == x.device, op, name, f"is on {t.device} but x is on {x.device}")
-    expect(t.dtype in FLOAT_DTYPES, op, name, f"must be a float tensor, got {t.dtype}")
-    expect(tuple(t.shape) == shape, op, name, f"must have shape {shape}, got {tuple(t.shape)}")
+    _check_tensor(op, x, "x", x, 3)
+    expect(x.shape[2] >= 1, op, "x", f"must have D >= 1 features, got shape {tuple(x.shape)}")
+    _check_mask(op, x, mask)
 
 
 # ----------------------------------------------------------------------------- registered ops
@@ -89,12 +96,13 @@ def _setup_context(ctx, inputs, output):
     ctx.eps, ctx.pool_input = eps, pool_input
 
 
-def _make_backward(bwd_op):
-    """The autograd formula of a forward op (Triton or CUDA), given its backward op: a callable
-    taking the token_reduce_bwd arguments and returning [dx, d_w_score, d_scores, d_ln_weight,
-    d_ln_bias]. Both backends share setup_context and this formula."""
+def _make_backward(bwd_name):
+    """The autograd formula of token_reduce_fwd (Triton) and token_reduce_fwd_cuda: both call
+    their backward op torch.ops.skillkern.<bwd_name> (same arguments, returning [dx, d_w_score,
+    d_scores, d_ln_weight, d_ln_bias])."""
     def backward(ctx, d_out, _d_lse):
         out, x, w_score, scores, ln_weight, ln_bias, mask, lse = ctx.saved_tensors
+        bwd_op = getattr(torch.ops.skillkern, bwd_name)
         dx, dw, ds, dlw, dlb = bwd_op(d_out, out, x, w_score, scores, ln_weight, ln_bias, mask, lse, ctx.eps,
                                       ctx.pool_input)
         some = lambda g, t: g if t is not None else None  # noqa: E731
@@ -103,18 +111,7 @@ def _make_backward(bwd_op):
     return backward
 
 
-_fwd_op.register_autograd(_make_backward(lambda *a: torch.ops.skillkern.token_reduce_bwd(*a)),
-                          setup_context=_setup_context)
-
-
-@_backend.on_extension_load
-def _register_cuda_autograd():
-    """skillkern::token_reduce_fwd_cuda / _bwd_cuda (csrc/token_reduce/) exist once the
-    extension is loaded; their Meta kernels are C++, their autograd formula is the one above."""
-    torch.library.register_autograd(
-        "skillkern::token_reduce_fwd_cuda",
-        _make_backward(lambda *a: torch.ops.skillkern.token_reduce_bwd_cuda(*a)),
-        setup_context=_setup_context)
+register_autograd_pair("token_reduce", _make_backward, _setup_context)
 
 
 def _fwd_cuda(x, w_score, scores, ln_weight, ln_bias, mask, eps, pool_input):
@@ -141,7 +138,10 @@ def token_reduce(x: Tensor, w_score: Tensor, ln_weight: Optional[Tensor] = None,
     may be None when ln_weight is given; both None = no LayerNorm); mask: bool (B, N), True =
     real position. pool_input=True pools x itself instead of u (scores still from u): Wukong's
     released layer does that. Returns (B, S, D) in x.dtype (fp32 statistics and accumulation);
-    a row with no real position gives zeros. Differentiable w.r.t. x, w_score, ln_weight, ln_bias.
+    an item with no real position (all masked, or N = 0) gives zeros, B = 0 an empty output;
+    D >= 1, S >= 1. Masked positions may hold anything, NaN and inf included: it reaches no
+    output and no gradient (dx there is exactly 0). Differentiable w.r.t. x, w_score,
+    ln_weight, ln_bias.
     The Triton path reads x once in the forward (LN statistics, scores, online softmax over
     position tiles and pooling fused) and once in the backward. backend="cuda" (csrc/token_reduce/)
     does the same in one block per item, with S <= 32 and D up to ~1900 (bf16 training on an
@@ -150,18 +150,22 @@ def token_reduce(x: Tensor, w_score: Tensor, ln_weight: Optional[Tensor] = None,
     """
     op = "token_reduce"
     _check_x_mask(op, x, mask)
-    B, N, D = x.shape
-    expect(isinstance(w_score, Tensor) and w_score.dim() == 2 and w_score.shape[0] == D, op, "w_score",
-            f"must have shape (D={D}, S), got {tuple(w_score.shape) if isinstance(w_score, Tensor) else w_score}")
-    _check_param(op, w_score, "w_score", x, (D, w_score.shape[1]))
-    expect(w_score.shape[1] >= 1, op, "w_score", "must produce at least one token (S >= 1)")
+    D = x.shape[2]
+    _check_tensor(op, w_score, "w_score", x, 2)
+    expect(w_score.shape[0] == D, op, "w_score", f"must have shape (D={D}, S), got {tuple(w_score.shape)}")
+    expect(w_score.shape[1] >= 1, op, "w_score", "must produce at least one token (S >= 1), "
+           f"got shape {tuple(w_score.shape)}")
     if ln_weight is not None:
-        _check_param(op, ln_weight, "ln_weight", x, (D,))
+        _check_tensor(op, ln_weight, "ln_weight", x, 1)
+        expect(ln_weight.shape[0] == D, op, "ln_weight", f"must have shape ({D},), got {tuple(ln_weight.shape)}")
     if ln_bias is not None:
         expect(ln_weight is not None, op, "ln_bias", "needs ln_weight (LayerNorm without a weight is "
-                "not supported; pass ones)")
-        _check_param(op, ln_bias, "ln_bias", x, (D,))
-    expect(float(eps) > 0, op, "eps", f"must be > 0, got {eps!r}")
+               "not supported; pass ones)")
+        _check_tensor(op, ln_bias, "ln_bias", x, 1)
+        expect(ln_bias.shape[0] == D, op, "ln_bias", f"must have shape ({D},), got {tuple(ln_bias.shape)}")
+    expect(isinstance(eps, numbers.Real) and not isinstance(eps, bool), op, "eps",
+           f"must be a number, got {type(eps).__name__}", TypeError)
+    expect(0 < eps < math.inf, op, "eps", f"must be > 0 and finite, got {eps!r}")
     which = _backend.resolve("token_reduce", backend, x.device)
     if which == "torch":
         return token_reduce_ref(x, w_score, ln_weight, ln_bias, mask, eps, bool(pool_input))
@@ -176,18 +180,19 @@ def token_pool(x: Tensor, scores: Tensor, mask: Optional[Tensor] = None, *, back
 
         out[b, s, :] = sum_n softmax over real n of scores[b, :, s] [n] * x[b, n, :]
 
-    x: (B, N, D); scores: (B, N, S) float; mask: bool (B, N). Returns (B, S, D) in x.dtype; a
-    row with no real position gives zeros. Differentiable w.r.t. x and scores. backend="cuda"
-    takes S <= 32 (see token_reduce).
+    x: (B, N, D); scores: (B, N, S) float; mask: bool (B, N). Returns (B, S, D) in x.dtype; an
+    item with no real position (all masked, or N = 0) gives zeros. x and scores at masked
+    positions may hold anything (NaN, inf): it reaches no output or gradient (both gradients
+    are exactly 0 there). Differentiable w.r.t. x and scores. backend="cuda" takes S <= 32
+    (see token_reduce).
     """
     op = "token_pool"
     _check_x_mask(op, x, mask)
     B, N, _ = x.shape
-    expect(isinstance(scores, Tensor) and scores.dim() == 3 and tuple(scores.shape[:2]) == (B, N), op,
-            "scores", f"must have shape (B={B}, N={N}, S), got "
-            f"{tuple(scores.shape) if isinstance(scores, Tensor) else scores}")
-    _check_param(op, scores, "scores", x, tuple(scores.shape))
-    expect(scores.shape[2] >= 1, op, "scores", "must have S >= 1")
+    _check_tensor(op, scores, "scores", x, 3)
+    expect(tuple(scores.shape[:2]) == (B, N), op, "scores",
+           f"must have shape (B={B}, N={N}, S), got {tuple(scores.shape)}")
+    expect(scores.shape[2] >= 1, op, "scores", f"must have S >= 1, got shape {tuple(scores.shape)}")
     which = _backend.resolve("token_pool", backend, x.device)
     if which == "torch":
         return token_pool_ref(x, scores, mask)

@@ -6,6 +6,9 @@
 
 A row (batch item) with no real position gives zeros. token_pool is the pooling alone, with
 precomputed scores (B, N, S) in place of u @ w_score, pooling x itself.
+Whatever masked positions hold (NaN and inf included: padding is often garbage) never reaches an
+output or a gradient: they are replaced by selection (masked_fill), never multiplied by a 0 weight
+(0 * NaN = NaN), and their gradients are exactly 0.
 """
 from __future__ import annotations
 
@@ -13,9 +16,22 @@ import torch
 import torch.nn.functional as F
 
 
+def _acc_dtype(t):
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _real_rows(t, mask):
+    """t (B, N, ...) with the rows of masked positions replaced by 0 (a select: NaN-safe, and
+    their gradient is exactly 0)."""
+    if mask is None:
+        return t
+    return t.masked_fill(~mask.view(*mask.shape, *([1] * (t.dim() - 2))), 0.0)
+
+
 def _masked_softmax_pool(scores, values, mask):
-    """scores: (B, N, S); values: (B, N, D); mask: (B, N) bool or None -> (B, S, D)."""
-    acc = torch.float64 if values.dtype == torch.float64 else torch.float32
+    """scores: (B, N, S); values: (B, N, D), both already 0 at masked positions; mask: (B, N)
+    bool or None -> (B, S, D) in the accumulation dtype."""
+    acc = _acc_dtype(values)
     scores = scores.to(acc)
     if mask is not None:
         scores = scores.masked_fill(~mask[:, :, None], float("-inf"))
@@ -33,14 +49,16 @@ def token_reduce_ref(x, w_score, ln_weight=None, ln_bias=None, mask=None, eps=1e
     """x: (B, N, D); w_score: (D, S); ln_weight/ln_bias: (D,) or None; mask: (B, N) bool.
     pool_input: pool x itself instead of u (scores still from u). Returns (B, S, D) in x.dtype
     (computed in fp32, fp64 for fp64 inputs)."""
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    u = x.to(acc)
+    acc = _acc_dtype(x)
+    xs = _real_rows(x.to(acc), mask)
+    u = xs
     if ln_weight is not None:
-        u = F.layer_norm(u, (x.shape[-1],), ln_weight.to(acc),
+        u = F.layer_norm(xs, (x.shape[-1],), ln_weight.to(acc),
                          None if ln_bias is None else ln_bias.to(acc), eps)
-    return _masked_softmax_pool(u @ w_score.to(acc), x.to(acc) if pool_input else u, mask).to(x.dtype)
+    return _masked_softmax_pool(u @ w_score.to(acc), xs if pool_input else u, mask).to(x.dtype)
 
 
 def token_pool_ref(x, scores, mask=None):
     """x: (B, N, D); scores: (B, N, S); mask: (B, N) bool -> (B, S, D) in x.dtype."""
-    return _masked_softmax_pool(scores, x, mask).to(x.dtype)
+    acc = _acc_dtype(x)
+    return _masked_softmax_pool(scores, _real_rows(x.to(acc), mask), mask).to(x.dtype)

@@ -4,11 +4,9 @@ from __future__ import annotations
 import torch
 import triton
 
-from skillkern.ops._common import dot_precision
-
 from skillkern._backend import interpreting
+from skillkern.ops._common import dot_precision
 from skillkern.ops.token_reduce import kernels as K
-
 
 
 def _blocks(N: int, D: int, S: int) -> dict:
@@ -46,8 +44,8 @@ def token_reduce_fwd(x, w_score, scores, ln_weight, ln_bias, mask, eps, pool_inp
     S = w_score.shape[1] if w_score is not None else scores.shape[2]
     out = torch.empty(B, S, D, dtype=x.dtype, device=x.device)
     lse = torch.empty(B, S, dtype=torch.float32, device=x.device)
-    if B == 0:
-        return out, lse
+    if B == 0 or N == 0:  # no position at all: what the kernel gives an all-masked item
+        return out.zero_(), lse.fill_(float("inf"))
     ops, strides, flags = _operands(x, w_score, scores, ln_weight, ln_bias, mask, pool_input)
     blk = _blocks(N, D, S)
     # slice-fastest 1-d grid: the programs of one item run side by side and share x through L2
@@ -63,6 +61,9 @@ def token_reduce_bwd(d_out, out, x, w_score, scores, ln_weight, ln_bias, mask, l
     d_out = d_out.contiguous()
     B, N, D = x.shape
     S = lse.shape[1]
+    if B == 0 or N == 0:  # nothing reaches the output: every gradient is 0
+        zeros = lambda t: torch.zeros_like(t) if t is not None else None  # noqa: E731
+        return torch.zeros_like(x), zeros(w_score), zeros(scores), zeros(ln_weight), zeros(ln_bias)
     ops, strides, flags = _operands(x, w_score, scores, ln_weight, ln_bias, mask, pool_input)
     given, has_ln = flags["SCORES_GIVEN"], flags["HAS_LN"]
     dx = torch.empty_like(x)
@@ -79,12 +80,11 @@ def token_reduce_bwd(d_out, out, x, w_score, scores, ln_weight, ln_bias, mask, l
     dw_part = torch.zeros(groups if w_score is not None else 1, D, S, dtype=torch.float32, device=x.device)
     dlnw_part = torch.zeros(groups if has_ln else 1, D, dtype=torch.float32, device=x.device)
     dlnb_part = torch.zeros_like(dlnw_part)
-    if B > 0:
-        blk = _blocks(N, D, S)
-        K._token_reduce_bwd_kernel[(triton.cdiv(D, blk["BLOCK_D"]) * groups,)](
-            x, *ops, d_out, delta, lse, dx, d_scores if given else x, dw_part, dlnw_part, dlnb_part,
-            B, N, D, S, float(eps), items, *strides, d_out.stride(0), d_out.stride(1), lse.stride(0),
-            num_stages=2, **flags, **blk)
+    blk = _blocks(N, D, S)
+    K._token_reduce_bwd_kernel[(triton.cdiv(D, blk["BLOCK_D"]) * groups,)](
+        x, *ops, d_out, delta, lse, dx, d_scores if given else x, dw_part, dlnw_part, dlnb_part,
+        B, N, D, S, float(eps), items, *strides, d_out.stride(0), d_out.stride(1), lse.stride(0),
+        num_stages=2, **flags, **blk)
     cast = lambda part, like: part.sum(0).to(like.dtype) if like is not None else None  # noqa: E731
     return (dx, cast(dw_part, w_score), d_scores.to(scores.dtype) if given else None,
             cast(dlnw_part, ln_weight), cast(dlnb_part, ln_bias))
