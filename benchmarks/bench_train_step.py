@@ -60,7 +60,7 @@ import torch
 # _common.py beside this file; importing it puts the repo root (skillkern, model/) on sys.path.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (CPU_NOTE, DTYPES, FAILED_NOTE, Unavailable, add_run_args, backend_reason,  # noqa: E402
-                     default_out, env_info, first_line, free_memory, new_parser, parse_providers,
+                     default_out, env_info, first_line, free_memory, new_parser, parse_providers, peak_mem_mb,
                      pick_device, pick_shapes, print_header, run_shapes, setup_failed, stamp_rows, sync,
                      time_ms)
 from goals import met  # noqa: E402
@@ -302,7 +302,7 @@ def run_shape(shape: Shape, providers, modes, device, args, env) -> tuple[list[d
             make = _mode_fn(mode, model, opt, fn, shape.task, batch, autocast)
             try:
                 med, p20, p80 = time_ms(make, device, args)
-                mem = _peak_mem(make, device)
+                mem = peak_mem_mb(make, device)
             except Exception as e:
                 msg = first_line(e)
                 print(f"  !!! {prov} {mode}: FAILED while timing: {msg[:300]} !!!")
@@ -379,17 +379,6 @@ def _mode_fn(mode, model, opt, fn, task, batch, autocast):
         opt.step()
 
     return step
-
-
-def _peak_mem(fn, device) -> float | None:
-    if device.type != "cuda":
-        return None
-    sync(device)
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    sync(device)
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
 # ----------------------------------------------------------------------------- main

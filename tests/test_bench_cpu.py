@@ -27,6 +27,7 @@ import torch.nn.functional as F
 import skillkern
 from skillkern import _backend
 from skillkern.bench import runner
+from skillkern.bench._common import MODES
 from skillkern.bench import skill_ffn as bench_ffn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -105,7 +106,7 @@ def test_every_provider_path(op, extra, providers, tmp_path, fake_cuda):
             assert prow[0]["status"] == "ok" and prow[0][spec.metric] > 0
             continue
         fwd_only = prov in PEER_MODULES  # the peers' backward kernels need CUDA
-        modes = set(extra[extra.index("--modes") + 1].split(",")) if "--modes" in extra else set(runner.MODES)
+        modes = set(extra[extra.index("--modes") + 1].split(",")) if "--modes" in extra else set(MODES)
         assert {r["mode"] for r in prow if r["status"] == "ok"} == ({"fwd"} if fwd_only else modes), prow
         for r in prow:
             assert r["label"] and r["op"] == op and r["commit"] and r["device"].startswith("cpu") and r["time"]

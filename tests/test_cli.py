@@ -1,5 +1,6 @@
 """The `skillkern` command: info, bench (history rows, speedups, % of ceiling, compare, plots,
-markdown, the hook for a checkout's benchmarks/bench_*.py scripts) and profile.
+markdown, the hook for a checkout's benchmarks/bench_*.py scripts) and profile; the checkout's
+benchmarks/bench.py entry point.
 
 The bench runs here are narrow (one op, given providers, one phase, 2 timed calls) so the file
 takes seconds; `skillkern bench --quick` over every op is what `make demo`-style checks run.
@@ -218,19 +219,30 @@ def test_bench_list(capsys):
         assert name in out
 
 
-def test_script_wrappers_and_shim():
-    """benchmarks/bench_<op>.py run the package's modules; benchmarks/_common.py re-exports the
-    harness for scripts that `from _common import ...`."""
+def test_bench_entry_point_and_shim(results, capsys):
+    """benchmarks/bench.py <op> runs the package's runner and then the goal verdicts (n/a on a
+    CPU); benchmarks/_common.py re-exports the harness for scripts that `from _common import`."""
+    from skillkern.bench import runner
+
     sys.path.insert(0, os.path.join(REPO, "benchmarks"))
     try:
         shim = importlib.import_module("_common")
-        for name in ("new_parser", "add_run_args", "run_shapes", "time_modes", "given_ceilings", "RESULTS"):
-            assert getattr(shim, name) is getattr(_common, name)
+        bench_py = importlib.import_module("bench")
     finally:
         sys.path.remove(os.path.join(REPO, "benchmarks"))
-    for op in ("skill_ffn", "token_similarity", "token_reduce"):
-        text = open(os.path.join(REPO, "benchmarks", f"bench_{op}.py")).read()
-        assert f"from skillkern.bench.{op} import main" in text
+    for name in ("new_parser", "add_run_args", "given_ceilings", "RESULTS", "time_ms"):
+        assert getattr(shim, name) is getattr(_common, name)
+    for name in ("run_shapes", "setup_failed", "stamp_rows"):
+        assert getattr(shim, name) is getattr(runner, name)
+    out_file = results / "tr.jsonl"
+    assert bench_py.main(["token_reduce", "--quick", "--device", "cpu", "--providers", "eager-wukong", "--modes", "fwd",
+                          "--cpu-reps", "1", "--copy-gb", "0.0001", "--out", str(out_file)]) == 0
+    out = capsys.readouterr().out
+    assert "GPU goal (token_reduce, fwd+bwd, skillkern-triton): n/a on CPU" in out
+    assert {r["provider"] for r in history.read(str(out_file))} == {"copy", "eager-wukong"}
+    assert bench_py.main(["nope"]) == 2
+    assert not [f for f in os.listdir(os.path.join(REPO, "benchmarks"))
+                if f.startswith("bench_") and f[6:-3] in bench_pkg.BUILTIN]  # no per-op wrappers
 
 
 # ----------------------------------------------------------------------------- profile

@@ -29,6 +29,19 @@ def _phase(rows: list[dict]) -> str:
     return "fwdbwd" if "fwdbwd" in phases else sorted(phases)[-1] if phases else "fwdbwd"
 
 
+def _save(plt, fig, ax, path: str, ticks: list, rotation: int, ylabel: str, title: str, legend_size: int) -> str:
+    """Tick labels, axis label, title and legend, then the PNG at path (the figure closed)."""
+    ax.set_xticks(range(len(ticks)))
+    ax.set_xticklabels(ticks, rotation=rotation, ha="right", fontsize=7)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def speedup_chart(op: str, rows: list[dict], path: str, baselines) -> str | None:
     """Bars of speedup vs the fastest baseline per shape; None when no row has a speedup."""
     plt = _pyplot()
@@ -50,16 +63,8 @@ def speedup_chart(op: str, rows: list[dict], path: str, baselines) -> str | None
             if y:
                 ax.annotate(f"{y:.2f}x", (b.get_x() + b.get_width() / 2, y), ha="center", va="bottom", fontsize=7)
     ax.axhline(1.0, color="k", lw=0.8, ls="--")
-    ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=7)
-    ax.set_ylabel(f"speedup over the fastest baseline ({phase})")
-    dev = ok[0].get("device", "")
-    ax.set_title(f"{op} on {dev} ({ok[0].get('dtype')}, commit {ok[0].get('commit')})", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    title = f"{op} on {ok[0].get('device', '')} ({ok[0].get('dtype')}, commit {ok[0].get('commit')})"
+    return _save(plt, fig, ax, path, labels, 20, f"speedup over the fastest baseline ({phase})", title, 7)
 
 
 def history_chart(op: str, rows: list[dict], history: list[dict], path: str) -> str | None:
@@ -83,15 +88,8 @@ def history_chart(op: str, rows: list[dict], history: list[dict], path: str) -> 
         pts.sort()
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=f"{prov} {label}")
     ax.set_yscale("log")
-    ax.set_xticks(range(len(runs)))
-    ax.set_xticklabels([commit[run_id] for _, run_id in runs], rotation=30, ha="right", fontsize=7)
-    ax.set_ylabel(f"median ms ({phase})")
-    ax.set_title(f"{op} history on {device}", fontsize=9)
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, path, [commit[run_id] for _, run_id in runs], 30, f"median ms ({phase})",
+                 f"{op} history on {device}", 6)
 
 
 def plot_run(rows: list[dict], history: list[dict], out_dir: str, baselines: dict) -> list[str]:

@@ -27,7 +27,7 @@ from typing import Any, Callable
 import torch
 
 from skillkern.bench import BUILTIN
-from skillkern.bench._common import (CPU_NOTE, DTYPES, FAILED_NOTE, MODES, Unavailable, add_run_args, append_rows,
+from skillkern.bench._common import (CPU_NOTE, DTYPES, FAILED_NOTE, Unavailable, add_run_args, append_rows,
                                      default_out, env_info, first_line, fmt, free_memory, given_copy_gbps,
                                      given_matmul_tflops, importable, mode_fn, new_parser, now_iso, parse_modes,
                                      parse_providers, peak_mem_mb, pick_device, pick_shapes, print_header, sync,
@@ -118,8 +118,20 @@ def id_checks(enabled: bool):
         sk.set_check_ids(prev)
 
 
-def is_skillkern(provider: str) -> bool:
-    return provider.startswith("skillkern-")
+def parse_spec(cls, item: str, example: str, presets, aliases: dict | None = None):
+    """A Shape dataclass from key=value pairs joined by ':' (missing keys take the field
+    defaults; an alias sets several fields: B -> Bi and Bt); integers unless the field's
+    default is a string. SystemExit naming the keys, an example and the presets otherwise."""
+    fields, aliases = cls.__dataclass_fields__, aliases or {}
+    f = {}
+    for kv in item.split(":"):
+        key, sep, val = kv.partition("=")
+        default = {k: fields[k].default for k in aliases.get(key, (key,)) if k in fields}
+        if not sep or not default or not all(isinstance(d, str) or val.isdigit() for d in default.values()):
+            raise SystemExit(f"bad shape spec {item!r}: want e.g. {example} (keys {', '.join([*fields, *aliases])}) "
+                             f"or a preset {sorted(presets)}")
+        f.update({k: val if isinstance(d, str) else int(val) for k, d in default.items()})
+    return cls(**f)
 
 
 # ----------------------------------------------------------------------------- command line

@@ -33,7 +33,7 @@ import torch
 import skillkern as sk
 from skillkern._backend import interpreting
 from skillkern.bench._common import MODE_FLOP_FACTOR, Unavailable, backend_reason, first_line
-from skillkern.bench.runner import OpSpec, Provider, Reference
+from skillkern.bench.runner import OpSpec, Provider, Reference, parse_spec
 from skillkern.ops.skill_ffn.reference import activation_ref, skill_ffn_ref, slot_scale
 
 # Relative error allowed vs the fp32 reference: bf16 operands land near 1e-3..1e-2; fp32 may run
@@ -72,15 +72,7 @@ PRESETS = {
 
 
 def parse_shape(item: str) -> Shape:
-    """T=32768:d=1024:h=4096:E=6:routing=skewed:k=1; missing keys take Shape's defaults."""
-    f = {}
-    for kv in item.split(":"):
-        key, sep, val = kv.partition("=")
-        if not sep or key not in Shape.__dataclass_fields__ or (key != "routing" and not val.isdigit()):
-            raise SystemExit(f"bad shape spec {item!r}: want e.g. T=4096:d=768:h=3072:routing=skewed:k=2 "
-                             f"or a preset {sorted(PRESETS)}")
-        f[key] = val if key == "routing" else int(val)
-    s = Shape(**f)
+    s = parse_spec(Shape, item, "T=4096:d=768:h=3072:routing=skewed:k=2", PRESETS)
     if s.routing not in ("uniform", "skewed") or not 1 <= s.k <= s.E:
         raise SystemExit(f"bad shape spec {item!r}: routing uniform|skewed, 1 <= k <= E")
     return s

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from skillkern.bench._common import MODE_FLOP_FACTOR, Unavailable, backend_reason, copy_bandwidth, first_line
-from skillkern.bench.runner import OpSpec, Provider, Reference, errors
+from skillkern.bench.runner import OpSpec, Provider, Reference, errors, parse_spec
 from skillkern.ops.token_reduce import TokenReduction, TokenReductionRef
 
 TOLERANCE = {torch.bfloat16: 2e-2, torch.float16: 2e-2, torch.float32: 5e-3}  # floors
@@ -89,18 +89,9 @@ PRESETS = {
 
 
 def parse_shape(item: str) -> Shape:
-    """B=1024:N=256:D=768:S=24 (also G=, lmin=, values=norm|input)."""
-    f = {}
-    for kv in item.split(":"):
-        key, sep, val = kv.partition("=")
-        if not sep or key not in Shape.__dataclass_fields__ or not (val in ("norm", "input") if key == "values"
-                                                                    else val.isdigit()):
-            raise SystemExit(f"bad shape spec {item!r}: want e.g. B=1024:N=256:D=768:S=24 "
-                             f"(keys B, N, D, S, G, lmin, values=norm|input) or a preset {sorted(PRESETS)}")
-        f[key] = val if key == "values" else int(val)
-    s = Shape(**f)
-    if min(s.B, s.N, s.D, s.S, s.G) < 1 or s.D % s.G or s.lmin > s.N:
-        raise SystemExit(f"bad shape spec {item!r}: sizes must be >= 1, D divisible by G, lmin <= N")
+    s = parse_spec(Shape, item, "B=1024:N=256:D=768:S=24:lmin=64:values=input", PRESETS)
+    if min(s.B, s.N, s.D, s.S, s.G) < 1 or s.D % s.G or s.lmin > s.N or s.values not in ("norm", "input"):
+        raise SystemExit(f"bad shape spec {item!r}: sizes >= 1, D divisible by G, lmin <= N, values norm|input")
     return s
 
 

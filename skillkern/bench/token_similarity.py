@@ -40,7 +40,7 @@ import torch.nn.functional as F
 import skillkern as sk
 from skillkern._backend import interpreting
 from skillkern.bench._common import MODE_FLOP_FACTOR, Unavailable, backend_reason, first_line
-from skillkern.bench.runner import OpSpec, Provider, Reference, errors
+from skillkern.bench.runner import OpSpec, Provider, Reference, errors, parse_spec
 from skillkern.ops.token_similarity.reference import token_similarity_ref
 
 TOLERANCE = {torch.bfloat16: 5e-2, torch.float16: 5e-2, torch.float32: 1e-2}  # floors
@@ -79,15 +79,7 @@ PRESETS = {
 
 
 def parse_shape(item: str) -> Shape:
-    """B=1024:Ni=50:Nt=32:D=256 (B sets Bi and Bt; also Bi=, Bt=, tmin=, imin=)."""
-    f = {}
-    for kv in item.split(":"):
-        key, sep, val = kv.partition("=")
-        if not sep or key not in (*Shape.__dataclass_fields__, "B") or not val.isdigit():
-            raise SystemExit(f"bad shape spec {item!r}: want e.g. B=1024:Ni=50:Nt=32:D=256 "
-                             f"(keys B, Bi, Bt, Ni, Nt, D, tmin, imin) or a preset {sorted(PRESETS)}")
-        f.update({"Bi": int(val), "Bt": int(val)} if key == "B" else {key: int(val)})
-    s = Shape(**f)
+    s = parse_spec(Shape, item, "B=1024:Ni=50:Nt=32:D=256", PRESETS, {"B": ("Bi", "Bt")})
     if min(s.Bi, s.Bt, s.Ni, s.Nt, s.D, s.tmin) < 1 or s.imin > s.Ni:
         raise SystemExit(f"bad shape spec {item!r}: sizes and tmin must be >= 1, imin <= Ni")
     return s
