@@ -139,7 +139,7 @@ def test_no_bias_fp16():
     check_against_reference(p, ids, torch.float16, "silu")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ["torch"] + BACKENDS)
 def test_unused_skill_gets_exact_zero_grads(backend):
     p, ids = make_problem((30,), 24, 32, 5, 1, "sparse", 0.0, True, "gelu")
     used = set(ids.unique().tolist())
@@ -155,7 +155,7 @@ def test_unused_skill_gets_exact_zero_grads(backend):
                 assert torch.count_nonzero(gr) > 0
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ["torch"] + BACKENDS)
 def test_token_without_skill_gets_zeros(backend):
     p, ids = make_problem((24,), 16, 32, 3, 2, "uniform", 0.0, True, "relu")
     ids[::3] = -1  # every third token: no active slot
@@ -167,7 +167,7 @@ def test_token_without_skill_gets_zeros(backend):
     assert torch.count_nonzero(leaves["skill_weights"].grad[::3]) == 0
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ["torch"] + BACKENDS)
 def test_deterministic(backend):
     p, ids = make_problem((70,), 32, 48, 3, 2, "uniform", 0.1, True, "gelu")
     outs = []
@@ -296,27 +296,35 @@ def test_opcheck(k, weighted, activation, bias):
         torch.library.opcheck(torch.ops.skillkern.skill_ffn_fwd_cuda.default, args)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ["torch"] + BACKENDS)
 def test_torch_compile_fullgraph_forward_backward(backend):
+    """Two token counts (the second recompiles with a dynamic shape) with the id check on: the
+    check is an opaque op in the graph, so the compiled step still rejects a bad id."""
     layer = skillkern.nn.SkillFFN(16, 40, 3, activation="silu").to(DEVICE)
     layer.backend = backend
-    p, ids = make_problem((2, 11), 16, 40, 3, 2, "uniform", 0.2, True, "silu")
-    x = p["x"].float().requires_grad_()
-    sw = p["skill_weights"].float().requires_grad_()
 
-    def step(x, sw):
+    def step(x, ids, sw):
         return layer(x, ids, sw).square().sum()
 
     # the custom ops are opaque nodes; inductor compiles the glue around them (on CPU as C++,
     # which this machine can build); "aot_eager" would skip the codegen that pytorch#180642 hit
     compiled = torch.compile(step, fullgraph=True)
-    loss_c = compiled(x, sw)
-    grads_c = torch.autograd.grad(loss_c, [x, sw, *layer.parameters()])
-    loss_e = step(x, sw)
-    grads_e = torch.autograd.grad(loss_e, [x, sw, *layer.parameters()])
-    torch.testing.assert_close(loss_c, loss_e, rtol=1e-5, atol=1e-5)
-    for a, b in zip(grads_c, grads_e):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert skillkern.check_ids_enabled()
+    for lead in [(2, 11), (3, 7)]:
+        p, ids = make_problem(lead, 16, 40, 3, 2, "uniform", 0.2, True, "silu")
+        x = p["x"].float().requires_grad_()
+        sw = p["skill_weights"].float().requires_grad_()
+        loss_c = compiled(x, ids, sw)
+        grads_c = torch.autograd.grad(loss_c, [x, sw, *layer.parameters()])
+        loss_e = step(x, ids, sw)
+        grads_e = torch.autograd.grad(loss_e, [x, sw, *layer.parameters()])
+        torch.testing.assert_close(loss_c, loss_e, rtol=1e-5, atol=1e-5)
+        for a, b in zip(grads_c, grads_e):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    bad = ids.clone()
+    bad[1, 2, 0] = 3
+    with pytest.raises(ValueError, match="skill_ids"):
+        compiled(x, bad, sw)
 
 
 @pytest.mark.parametrize("activation", ["gelu", "swiglu"])
@@ -353,7 +361,7 @@ def test_skillffn_module_matches_functional():
         skillkern.nn.SkillFFN.from_dense(torch.nn.Linear(8, 16), torch.nn.Linear(12, 8), 2)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ["torch"] + BACKENDS)
 def test_strided_weights_int32_ids_single_token(backend):
     """Weights as transposed views (kernels read them through strides), int32 ids, and an
     x of shape (d,) (no token dimensions) all give the reference's answer."""
