@@ -21,34 +21,29 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 import skillkern
-from skillkern import BackendUnavailable
+from skillkern import BackendUnavailable, _backend
 from skillkern.nn import FILIPLoss
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+from conftest import DEVICE, assert_error_names, bad_arg_params, rel_err
 
 
 def _triton_skip_reason():
-    """None if token_similarity(backend="triton") runs here, else why not (one tiny call)."""
-    x = torch.randn(2, 3, 16, device=DEVICE)
+    """None if the triton backend can run on DEVICE here, else why not: skips only where the
+    backend is truly absent (no triton, or CPU tensors without the interpreter); any other
+    failure of the kernels fails the tests."""
     try:
-        skillkern.token_similarity(x, x, backend="triton")
-    except (NotImplementedError, BackendUnavailable, ImportError) as e:
-        return f"token_similarity(backend='triton') cannot run here: {type(e).__name__}: {e}"
+        _backend.resolve("token_similarity", "triton", DEVICE)
+    except BackendUnavailable as e:
+        return str(e)
     return None
 
 
-# spawned ranks import this module too; they need no probe (they use backend="torch")
-_TRITON_SKIP = _triton_skip_reason() if mp.parent_process() is None else "child process"
+_TRITON_SKIP = _triton_skip_reason()
 _NEEDS_TRITON = pytest.mark.skipif(_TRITON_SKIP is not None, reason=str(_TRITON_SKIP))
 BACKENDS = ["torch", pytest.param("triton", marks=_NEEDS_TRITON)]
 
 
 TOL = {"loss": 1e-5, "img": 1e-5, "txt": 1e-5, "logit_scale": 3e-5}
-
-
-def rel_err(a, ref):
-    a, ref = a.detach().double().cpu(), ref.detach().double().cpu()
-    return ((a - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
 def filip_loss64(img, txt, img_mask, txt_mask, logit_scale, label_smoothing):
@@ -173,35 +168,115 @@ def test_matches_repo_reference():
 # ----------------------------------------------------------------------------- errors
 
 
-def test_unpaired_batch_names_txt():
-    img, _, _, _ = make_batch(4, 5, 3, 8, "none")
-    _, txt, _, _ = make_batch(3, 5, 3, 8, "none")
-    with pytest.raises(ValueError, match="`txt`"):
-        skillkern.filip_loss(img, txt)
+def _bad_args():
+    def base():
+        img, txt, im, tm = make_batch(4, 5, 3, 8, "both")
+        return dict(img=img, txt=txt, img_mask=im, txt_mask=tm, logit_scale=torch.tensor(10.0),
+                    label_smoothing=0.1)
+
+    def set_(**kw):
+        return lambda a: a.update(kw)
+
+    cases = [
+        ("unpaired batch", "`txt`", lambda a: a.update(txt=a["txt"][:3], txt_mask=a["txt_mask"][:3])),
+        ("empty batch", "`img`",
+         lambda a: a.update(img=a["img"][:0], txt=a["txt"][:0], img_mask=None, txt_mask=None)),
+        ("img not a Tensor", "`img`", lambda a: a.update(img=a["img"].tolist())),
+        ("txt 2-d", "`txt`", lambda a: a.update(txt=a["txt"][:, 0])),
+        ("txt_mask dtype", "`txt_mask`", lambda a: a.update(txt_mask=a["txt_mask"].float())),
+        ("img_mask shape", "`img_mask`", lambda a: a.update(img_mask=a["img_mask"][:, :2])),
+        ("logit_scale shape-1", "`logit_scale`", set_(logit_scale=torch.ones(1))),
+        ("logit_scale shape-2x2", "`logit_scale`", set_(logit_scale=torch.ones(2, 2))),
+        ("logit_scale int tensor", "`logit_scale`", set_(logit_scale=torch.tensor(3))),
+        ("logit_scale str", "`logit_scale`", set_(logit_scale="10")),
+        ("logit_scale None", "`logit_scale`", set_(logit_scale=None)),
+        ("logit_scale bool", "`logit_scale`", set_(logit_scale=True)),
+        ("label_smoothing -0.1", "`label_smoothing`", set_(label_smoothing=-0.1)),
+        ("label_smoothing 1.0", "`label_smoothing`", set_(label_smoothing=1.0)),
+        ("label_smoothing 1.5", "`label_smoothing`", set_(label_smoothing=1.5)),
+        ("label_smoothing str", "`label_smoothing`", set_(label_smoothing="0.1")),
+        ("process_group str", "`process_group`", set_(process_group="world")),
+    ]
+    return bad_arg_params(base, cases)
 
 
-@pytest.mark.parametrize("bad", [torch.ones(1), torch.ones(2, 2), torch.tensor(3), "10", None, True],
-                         ids=["shape-1", "shape-2x2", "int-tensor", "str", "None", "bool"])
-def test_bad_logit_scale_names_it(bad):
-    img, txt, _, _ = make_batch(4, 5, 3, 8, "none")
-    with pytest.raises(ValueError, match="`logit_scale`"):
-        skillkern.filip_loss(img, txt, logit_scale=bad)
+@pytest.mark.parametrize("base,name,mutate", _bad_args())
+def test_bad_input_names_the_argument(base, name, mutate):
+    """A ValueError (TypeError for a wrong Python type) naming the argument; inputs unchanged.
+    An empty batch is refused: cross entropy's mean over no row is 0/0."""
+    assert_error_names(skillkern.filip_loss, base, name, mutate)
 
 
-@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5])
-def test_bad_label_smoothing_names_it(bad):
-    img, txt, _, _ = make_batch(4, 5, 3, 8, "none")
-    with pytest.raises(ValueError, match="`label_smoothing`"):
-        skillkern.filip_loss(img, txt, label_smoothing=bad)
+# ----------------------------------------------------------------------------- edge inputs
 
 
-def test_bad_process_group_names_it():
-    img, txt, _, _ = make_batch(4, 5, 3, 8, "none")
-    with pytest.raises(ValueError, match="`process_group`"):
-        skillkern.filip_loss(img, txt, process_group="world")
+def poison_padding(x, mask):
+    """x with every padding element replaced by NaN, inf or -inf at random."""
+    x = x.clone()
+    garbage = torch.tensor([math.nan, math.inf, -math.inf], dtype=x.dtype, device=x.device)
+    x[~mask] = garbage[torch.randint(0, 3, x[~mask].shape, device=x.device)]
+    return x
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("side", ["img", "txt", "both"])
+def test_nan_and_inf_in_padding_reach_no_loss_or_gradient(side, backend):
+    """NaN and +-inf padding give the very loss and gradients (img, txt, logit_scale) of random
+    finite padding."""
+    img, txt, im, tm = make_batch(6, 9, 7, 16, "both")
+    results = []
+    for a, t in ((img, txt), (poison_padding(img, im) if side != "txt" else img,
+                              poison_padding(txt, tm) if side != "img" else txt)):
+        a, t = a.clone().requires_grad_(), t.clone().requires_grad_()
+        s = torch.tensor(14.0, device=DEVICE, requires_grad=True)
+        loss = skillkern.filip_loss(a, t, im, tm, s, label_smoothing=0.1, backend=backend)
+        results.append([loss, *torch.autograd.grad(loss, [a, t, s])])
+    for what, dirty, clean in zip(("loss", "img", "txt", "logit_scale"), results[1], results[0]):
+        assert torch.isfinite(dirty).all(), f"non-finite {what}"
+        assert torch.equal(dirty, clean), f"{what} depends on the padding"
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_meta_tensors(backend):
+    """Shapes and dtypes without data: a 0-dim float32 loss, gradients like the inputs; the
+    module too."""
+    img = torch.empty(5, 7, 16, dtype=torch.bfloat16, device="meta", requires_grad=True)
+    txt = torch.empty(5, 4, 16, dtype=torch.bfloat16, device="meta", requires_grad=True)
+    im = torch.empty(5, 7, dtype=torch.bool, device="meta")
+    s = torch.empty((), device="meta", requires_grad=True)
+    loss = skillkern.filip_loss(img, txt, im, None, s, label_smoothing=0.1, backend=backend)
+    assert loss.is_meta and loss.shape == () and loss.dtype == torch.float32
+    grads = torch.autograd.grad(loss, [img, txt, s])
+    for g, x in zip(grads, (img, txt, s)):
+        assert g.is_meta and g.shape == x.shape and g.dtype == x.dtype
+    m = FILIPLoss().to("meta")
+    m.backend = backend
+    loss = m(img, txt, im)
+    assert loss.is_meta and loss.shape == () and loss.dtype == torch.float32
+
+
+def test_items_without_tokens():
+    """Ni = 0: every similarity is 0, so the loss is CE of uniform logits, ln B, with zero
+    feature gradients (no item has a token to move)."""
+    img = torch.randn(4, 0, 8, device=DEVICE, requires_grad=True)
+    txt = torch.randn(4, 5, 8, device=DEVICE, requires_grad=True)
+    for backend in ("torch", "auto"):
+        loss = skillkern.filip_loss(img, txt, logit_scale=10.0, backend=backend)
+        assert loss.item() == pytest.approx(math.log(4), rel=1e-6)
+        d_img, d_txt = torch.autograd.grad(loss, [img, txt])
+        assert d_img.shape == img.shape and torch.count_nonzero(d_txt) == 0
 
 
 # ----------------------------------------------------------------------------- FILIPLoss
+
+
+def test_module_import_paths():
+    """The layer's home is the op folder's module.py; skillkern.nn re-exports the same class."""
+    from skillkern.ops.token_similarity import FILIPLoss as from_op_folder
+    from skillkern.ops.token_similarity.module import FILIPLoss as from_module
+
+    assert from_op_folder is from_module is FILIPLoss
+    assert FILIPLoss.__module__ == "skillkern.ops.token_similarity.module"
 
 
 def test_module_temperature_init_and_value():

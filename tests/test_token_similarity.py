@@ -22,6 +22,7 @@ from conftest import DEVICE, assert_error_names, bad_arg_params, rel_err
 ON_GPU = pytest.mark.skipif(DEVICE.type != "cuda", reason="needs a CUDA device")
 CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, ON_GPU])
 BACKENDS = ["triton", CUDA]
+EDGE_BACKENDS = ["torch", "triton", CUDA]  # the edge-input contract holds for the reference too
 FLOOR = {torch.float32: 1e-5, torch.bfloat16: 5e-3, torch.float16: 2e-3}
 
 
@@ -31,10 +32,9 @@ def fwd_op(backend):
             "cuda": lambda *a: torch.ops.skillkern.token_similarity_fwd_cuda(*a)}[backend]
 
 
-
 def random_mask(B, N, lo):
-    """Random real-token counts in [lo, N], real tokens first (like padded captions)."""
-    lengths = torch.randint(lo, N + 1, (B,))
+    """Random real-token counts in [min(lo, N), N], real tokens first (like padded captions)."""
+    lengths = torch.randint(min(lo, N), N + 1, (B,))
     return torch.arange(N)[None, :] < lengths[:, None]
 
 
@@ -85,23 +85,47 @@ def check(img, txt, im, tm, dtype, backend):
         assert torch.count_nonzero(got[3][~tm]) == 0
 
 
-# (label, Bi, Bt, Ni, Nt, D, masked)
+# (label, Bi, Bt, Ni, Nt, D, masked, backends). Every case runs on the CUDA kernels; the first
+# block on Triton too (under the interpreter without a GPU: small). The "cuda" block reaches each
+# tiling case of csrc/token_similarity/fwd.cu: its three row tiles (128 / 256 / 512 rows of whole
+# texts), images straddling column chunks (state carried between chunks), images longer than a
+# chunk, texts longer than a tile (roles swapped), the element-wise load path (D not a multiple
+# of 8) and int16 indices.
+BOTH, NATIVE = ("triton", "cuda"), ("cuda",)
 SHAPES = [
-    ("Bi != Bt, ViT-B/32-like tokens", 3, 5, 50, 32, 24, True),
-    ("Ni = 1", 6, 4, 1, 7, 16, True),
-    ("long Ni = 73, odd D", 2, 3, 73, 9, 19, True),
-    ("Nt odd, no masks", 4, 3, 12, 13, 32, False),
-    ("one image, many texts", 1, 9, 5, 6, 8, True),
-    ("Ni = 150: several image-token chunks", 2, 3, 150, 20, 16, True),
-    ("Nt = 300: long texts, Ni = 40", 3, 2, 40, 300, 8, True),
+    ("Bi != Bt, ViT-B/32-like tokens", 3, 5, 50, 32, 24, True, BOTH),
+    ("Ni = 1", 6, 4, 1, 7, 16, True, BOTH),
+    ("long Ni = 73, odd D", 2, 3, 73, 9, 19, True, BOTH),
+    ("Nt odd, no masks", 4, 3, 12, 13, 32, False, BOTH),
+    ("one image, many texts", 1, 9, 5, 6, 8, True, BOTH),
+    ("Ni = 150: several image-token chunks", 2, 3, 150, 20, 16, True, BOTH),
+    ("Nt = 300: long texts, Ni = 40", 3, 2, 40, 300, 8, True, BOTH),
+    ("Ni=50 x 45 images: 8-chunk groups, images straddle chunks", 45, 7, 50, 32, 64, True, NATIVE),
+    ("Nt=200: 256-row tile", 3, 5, 30, 200, 32, True, NATIVE),
+    ("Nt=300, Ni=300: 512-row tile, int16 indices both ways", 2, 3, 300, 300, 16, True, NATIVE),
+    ("Ni=700: one image over 6 chunks", 3, 4, 700, 20, 32, False, NATIVE),
+    ("Nt=600 > 512: texts streamed, images held", 4, 3, 40, 600, 16, True, NATIVE),
+    ("Nt=3: 16 texts per tile", 9, 40, 17, 3, 24, True, NATIVE),
+    ("D=20: element-wise loads", 5, 6, 33, 11, 20, True, NATIVE),
 ]
+TILING = [s for s in SHAPES if s[-1] == NATIVE]
+DTYPE_IDS = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("shape", SHAPES, ids=[s[0] for s in SHAPES])
+def _reference_params():
+    """Triton: fp32 and bf16 (fp16: test_fp16); CUDA: all three float dtypes."""
+    for shape in SHAPES:
+        for backend in shape[-1]:
+            dtypes = (torch.float32, torch.bfloat16) + ((torch.float16,) if backend == "cuda" else ())
+            marks = [pytest.mark.gpu, ON_GPU] if backend == "cuda" else []
+            for dtype in dtypes:
+                yield pytest.param(shape, dtype, backend, marks=marks,
+                                   id=f"{shape[0]}-{DTYPE_IDS[dtype]}-{backend}")
+
+
+@pytest.mark.parametrize("shape,dtype,backend", list(_reference_params()))
 def test_matches_reference(shape, dtype, backend):
-    _, Bi, Bt, Ni, Nt, D, masked = shape
+    _, Bi, Bt, Ni, Nt, D, masked, _ = shape
     check(*make_inputs(Bi, Bt, Ni, Nt, D, masked), dtype, backend)
 
 
@@ -151,17 +175,22 @@ def test_deterministic_and_small_index_state(backend):
 
 def _bad_args():
     def base():
-        return dict(img=torch.randn(2, 3, 8), txt=torch.randn(4, 5, 8), img_mask=None, txt_mask=None)
+        return dict(img=torch.randn(2, 3, 8), txt=torch.randn(4, 5, 8), img_mask=None,
+                    txt_mask=torch.rand(4, 5) < 0.5, backend="auto")
 
     cases = [
         ("D mismatch", "txt", lambda a: a.update(txt=torch.randn(4, 5, 9))),
         ("dtype mismatch", "txt", lambda a: a.update(txt=a["txt"].double())),
         ("img not 3-d", "img", lambda a: a.update(img=torch.randn(2, 8))),
         ("img int", "img", lambda a: a.update(img=torch.ones(2, 3, 8, dtype=torch.long))),
+        ("img not a Tensor", "img", lambda a: a.update(img=a["img"].tolist())),
+        ("txt None", "txt", lambda a: a.update(txt=None)),
         ("device mismatch", "txt", lambda a: a.update(txt=a["txt"].to("meta"))),
         ("img_mask shape", "img_mask", lambda a: a.update(img_mask=torch.ones(2, 4, dtype=torch.bool))),
+        ("img_mask not a Tensor", "img_mask", lambda a: a.update(img_mask=[[True] * 3] * 2)),
         ("txt_mask dtype", "txt_mask", lambda a: a.update(txt_mask=torch.ones(4, 5))),
         ("txt_mask device", "txt_mask", lambda a: a.update(txt_mask=torch.ones(4, 5, dtype=torch.bool, device="meta"))),
+        ("unknown backend", "backend", lambda a: a.update(backend="cudnn")),
     ]
     return bad_arg_params(base, cases)
 
@@ -173,8 +202,11 @@ def test_bad_input_names_the_argument(base, name, mutate):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("masked", [False, True])
-def test_opcheck(masked, backend):
-    img, txt, im, tm = make_inputs(3, 4, 6, 5, 16, masked)
+@pytest.mark.parametrize("dims", [(3, 4, 6, 5), (0, 4, 6, 5), (3, 4, 0, 5), (3, 4, 6, 0)],
+                         ids=["full", "Bi=0", "Ni=0", "Nt=0"])
+def test_opcheck(dims, masked, backend):
+    """Schema, fake kernel (the empty shapes' outputs too) and autograd registration."""
+    img, txt, im, tm = make_inputs(*dims, 16, masked)
     op = getattr(torch.ops.skillkern, {"triton": "token_similarity_fwd", "cuda": "token_similarity_fwd_cuda"}[backend])
     torch.library.opcheck(op.default, (img.float().requires_grad_(), txt.float().requires_grad_(), im, tm))
 
@@ -191,23 +223,109 @@ def test_opcheck_cuda_backward_op(dtype):
                           (g_i, g_t, img, txt, im, tm, row_idx, col_idx))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", EDGE_BACKENDS)
 def test_torch_compile_fullgraph_forward_backward(backend):
-    img, txt, im, tm = make_inputs(4, 4, 9, 6, 16, True)
-    a, b = img.float().requires_grad_(), txt.float().requires_grad_()
+    """One compiled function (default inductor: its codegen is where compiled backwards went
+    wrong, pytorch#180642) at two batch sizes, the second a recompile with a dynamic batch:
+    loss and gradients as in eager."""
 
-    def loss(a, b):
+    def loss(a, b, im, tm):
         i2t, t2i = skillkern.token_similarity(F.normalize(a, dim=-1), F.normalize(b, dim=-1), im, tm,
                                               backend=backend)
         return (i2t.logsumexp(1) - i2t.diag()).mean() + (t2i.t().logsumexp(1) - t2i.diag()).mean()
 
-    l_c = torch.compile(loss, fullgraph=True)(a, b)
-    g_c = torch.autograd.grad(l_c, [a, b])
-    l_e = loss(a, b)
-    g_e = torch.autograd.grad(l_e, [a, b])
-    torch.testing.assert_close(l_c, l_e, rtol=1e-5, atol=1e-6)
-    for x, y in zip(g_c, g_e):
-        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+    compiled = torch.compile(loss, fullgraph=True)
+    for B in (4, 6):
+        img, txt, im, tm = make_inputs(B, B, 9, 6, 16, True)
+        a, b = img.float().requires_grad_(), txt.float().requires_grad_()
+        l_c = compiled(a, b, im, tm)
+        g_c = torch.autograd.grad(l_c, [a, b])
+        l_e = loss(a, b, im, tm)
+        g_e = torch.autograd.grad(l_e, [a, b])
+        torch.testing.assert_close(l_c, l_e, rtol=1e-5, atol=1e-6)
+        for x, y in zip(g_c, g_e):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- edge inputs
+# The contract of every backend, the torch one included: empty batches, no tokens, garbage in
+# the padding, meta tensors.
+
+# (label, Bi, Bt, Ni, Nt)
+EMPTY = [
+    ("no images", 0, 3, 5, 4),
+    ("no texts", 3, 0, 5, 4),
+    ("no items", 0, 0, 5, 4),
+    ("Ni = 0", 3, 4, 0, 5),
+    ("Nt = 0", 3, 4, 5, 0),
+    ("Ni = Nt = 0", 2, 3, 0, 0),
+    ("no images of no tokens", 0, 3, 0, 4),
+]
+
+
+@pytest.mark.parametrize("backend", EDGE_BACKENDS)
+@pytest.mark.parametrize("masked", [False, True], ids=["no-masks", "masks"])
+@pytest.mark.parametrize("shape", EMPTY, ids=[e[0] for e in EMPTY])
+def test_zero_sizes(shape, masked, backend):
+    """An empty batch gives empty (Bi, Bt) outputs; with Ni = 0 or Nt = 0 no item has a real
+    token, so every pair scores 0. Gradients: zeros shaped like the inputs."""
+    _, Bi, Bt, Ni, Nt = shape
+    img = torch.randn(Bi, Ni, 8, device=DEVICE, requires_grad=True)
+    txt = torch.randn(Bt, Nt, 8, device=DEVICE, requires_grad=True)
+    im = torch.rand(Bi, Ni, device=DEVICE) < 0.7 if masked else None
+    tm = torch.rand(Bt, Nt, device=DEVICE) < 0.7 if masked else None
+    i2t, t2i = skillkern.token_similarity(img, txt, im, tm, backend=backend)
+    for out in (i2t, t2i):
+        assert out.shape == (Bi, Bt) and out.dtype == torch.float32 and out.device == img.device
+        assert torch.count_nonzero(out) == 0
+    up = torch.randn(2, Bi, Bt, device=DEVICE)
+    d_img, d_txt = torch.autograd.grad((i2t * up[0]).sum() + (t2i * up[1]).sum(), [img, txt])
+    assert d_img.shape == img.shape and d_txt.shape == txt.shape
+    assert torch.count_nonzero(d_img) == 0 and torch.count_nonzero(d_txt) == 0
+
+
+def poison_padding(x, mask):
+    """x with every padding element replaced by NaN, inf or -inf at random."""
+    x = x.clone()
+    garbage = torch.tensor([math.nan, math.inf, -math.inf], dtype=x.dtype, device=x.device)
+    x[~mask] = garbage[torch.randint(0, 3, x[~mask].shape, device=x.device)]
+    return x
+
+
+@pytest.mark.parametrize("backend", EDGE_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("side", ["img", "txt", "both"])
+def test_nan_and_inf_in_padding_reach_no_output_or_gradient(side, dtype, backend):
+    """Padding holding NaN and +-inf (as fully masked attention rows do) gives the very outputs
+    and gradients of random finite padding, items without a real token included."""
+    img, txt, im, tm = make_inputs(5, 4, 13, 7, 16, True, empty_img=True, empty_txt=True)
+    assert (~im).any() and (~tm).any()
+    bad_img = poison_padding(img, im) if side != "txt" else img
+    bad_txt = poison_padding(txt, tm) if side != "img" else txt
+    g_i, g_t = torch.randn(2, 5, 4, device=DEVICE)
+    clean = run(img, txt, im, tm, dtype, backend, g_i, g_t)
+    dirty = run(bad_img, bad_txt, im, tm, dtype, backend, g_i, g_t)
+    for what, x, y in zip(("i2t", "t2i", "d_img", "d_txt"), dirty, clean):
+        assert torch.isfinite(x).all(), f"{backend}: non-finite {what}"
+        assert torch.equal(x, y), f"{backend}: {what} depends on the padding"
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("dims", [(3, 5, 7, 4), (0, 5, 7, 4), (3, 5, 0, 4)], ids=["full", "Bi=0", "Ni=0"])
+def test_meta_tensors(dims, dtype, backend):
+    """Shapes and dtypes without data (model tracing, FakeTensor), forward and backward."""
+    Bi, Bt, Ni, Nt = dims
+    img = torch.empty(Bi, Ni, 16, dtype=dtype, device="meta", requires_grad=True)
+    txt = torch.empty(Bt, Nt, 16, dtype=dtype, device="meta", requires_grad=True)
+    im = torch.empty(Bi, Ni, dtype=torch.bool, device="meta")
+    tm = torch.empty(Bt, Nt, dtype=torch.bool, device="meta")
+    i2t, t2i = skillkern.token_similarity(img, txt, im, tm, backend=backend)
+    for out in (i2t, t2i):
+        assert out.is_meta and out.shape == (Bi, Bt) and out.dtype == torch.float32
+    d_img, d_txt = torch.autograd.grad(i2t.sum() + t2i.sum(), [img, txt])
+    assert d_img.is_meta and d_img.shape == img.shape and d_img.dtype == dtype
+    assert d_txt.is_meta and d_txt.shape == txt.shape and d_txt.dtype == dtype
 
 
 @pytest.mark.gpu
@@ -239,28 +357,6 @@ def test_gpu_never_allocates_bi_bt_ni_nt(backend):
 
 
 # ----------------------------------------------------------------------------- the CUDA kernels
-# Shapes that reach each tiling case of csrc/token_similarity/fwd.cu: its three row tiles
-# (128 / 256 / 512 rows of whole texts), images straddling column chunks (state carried between
-# chunks), images longer than a chunk, texts longer than a tile (roles swapped), the
-# element-wise load path (D not a multiple of 8) and int16 indices.
-CUDA_SHAPES = [
-    ("Ni=50 x 45 images: 8-chunk groups, images straddle chunks", 45, 7, 50, 32, 64, True),
-    ("Nt=200: 256-row tile", 3, 5, 30, 200, 32, True),
-    ("Nt=300, Ni=300: 512-row tile, int16 indices both ways", 2, 3, 300, 300, 16, True),
-    ("Ni=700: one image over 6 chunks", 3, 4, 700, 20, 32, False),
-    ("Nt=600 > 512: texts streamed, images held", 4, 3, 40, 600, 16, True),
-    ("Nt=3: 16 texts per tile", 9, 40, 17, 3, 24, True),
-    ("D=20: element-wise loads", 5, 6, 33, 11, 20, True),
-]
-
-
-@pytest.mark.gpu
-@ON_GPU
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
-@pytest.mark.parametrize("shape", CUDA_SHAPES, ids=[s[0] for s in CUDA_SHAPES])
-def test_cuda_tiling_cases_match_reference(shape, dtype):
-    _, Bi, Bt, Ni, Nt, D, masked = shape
-    check(*make_inputs(Bi, Bt, Ni, Nt, D, masked), dtype, "cuda")
 
 
 def reference_indices(img, txt, im, tm):
@@ -286,11 +382,11 @@ def reference_indices(img, txt, im, tm):
 @pytest.mark.gpu
 @ON_GPU
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("shape", CUDA_SHAPES[:3] + SHAPES[:3], ids=[s[0] for s in CUDA_SHAPES[:3] + SHAPES[:3]])
+@pytest.mark.parametrize("shape", TILING[:3] + SHAPES[:3], ids=[s[0] for s in TILING[:3] + SHAPES[:3]])
 def test_cuda_indices_are_the_arg_max(shape, dtype):
     """Where the best candidate beats the second by more than the kernel's rounding (1e-4),
     the stored index must be the float64 arg-max; where items have no real token, 0."""
-    _, Bi, Bt, Ni, Nt, D, masked = shape
+    _, Bi, Bt, Ni, Nt, D, masked, _ = shape
     img, txt, im, tm = make_inputs(Bi, Bt, Ni, Nt, D, masked)
     img, txt = img.to(dtype), txt.to(dtype)
     _, _, row_idx, col_idx = torch.ops.skillkern.token_similarity_fwd_cuda(img, txt, im, tm)

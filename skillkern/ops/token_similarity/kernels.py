@@ -12,6 +12,8 @@ Backward: for a pair (a, b) the gradient of (i2t, t2i) w.r.t. S is a sparse matr
 (real tokens only), so d_img[a] = sum_b P_ab @ txt[b] and d_txt[b] = sum_a P_ab^T @ img[a]:
 two GEMMs with one-hot tiles rebuilt from the stored arg-max indices. One program owns a block of
 output rows and loops over every partner block: no atomics, deterministic.
+Features of padding tokens are never loaded (masked loads select 0, never a multiplication by the
+mask): NaN or inf there, as padding or fully masked attention rows may hold, reaches no output.
 Offsets that multiply strides are int64.
 """
 import triton
@@ -19,13 +21,19 @@ import triton.language as tl
 
 
 @triton.jit
-def _token_rows(ptr, item0, tok0, n_items, n_tok, stride_b, stride_n, BLOCK: tl.constexpr,
-                PAD: tl.constexpr):
-    """Flattened tile rows r = item * PAD + (token - tok0): row-start pointers and row mask."""
+def _token_rows(ptr, mask_ptr, item0, tok0, n_items, n_tok, stride_b, stride_n, stride_m,
+                HAS_MASK: tl.constexpr, BLOCK: tl.constexpr, PAD: tl.constexpr):
+    """Flattened tile rows r = item * PAD + (token - tok0): row-start pointers, and which rows
+    are real tokens of real items (HAS_MASK: the token mask read in this flat layout, one byte
+    per row). Loads masked by it select 0 at padding, so NaN or inf there never reaches a dot
+    product (0 * NaN would be NaN)."""
     r = tl.arange(0, BLOCK * PAD)
     item = item0 + r // PAD
     tok = tok0 + r % PAD
     ok = (item < n_items) & (tok < n_tok)
+    if HAS_MASK:
+        m = tl.load(mask_ptr + item.to(tl.int64) * stride_m + tok, mask=ok, other=0)
+        ok = ok & (m != 0)
     return ptr + item.to(tl.int64) * stride_b + tok.to(tl.int64) * stride_n, ok
 
 
@@ -43,13 +51,16 @@ def _token_mask(mask_ptr, item0, tok0, n_items, n_tok, stride_m, HAS_MASK: tl.co
 
 
 @triton.jit
-def _similarity_tile(img_ptr, txt_ptr, a0, k0, b0, Bi, Bt, Ni, Nt, D,
-                     s_ib, s_in, s_tb, s_tn, PRECISION: tl.constexpr,
-                     BLOCK_I: tl.constexpr, NI_CHUNK: tl.constexpr, BLOCK_T: tl.constexpr,
-                     NT_PAD: tl.constexpr, BLOCK_D: tl.constexpr):
-    """S for image tokens k0.. as (BLOCK_I, NI_CHUNK, BLOCK_T, NT_PAD) fp32; padding holds 0."""
-    x_rows, x_ok = _token_rows(img_ptr, a0, k0, Bi, Ni, s_ib, s_in, BLOCK_I, NI_CHUNK)
-    y_rows, y_ok = _token_rows(txt_ptr, b0, 0, Bt, Nt, s_tb, s_tn, BLOCK_T, NT_PAD)
+def _similarity_tile(img_ptr, txt_ptr, imask_ptr, tmask_ptr, a0, k0, b0, Bi, Bt, Ni, Nt, D,
+                     s_ib, s_in, s_tb, s_tn, s_im, s_tm, HAS_IMASK: tl.constexpr, HAS_TMASK: tl.constexpr,
+                     PRECISION: tl.constexpr, BLOCK_I: tl.constexpr, NI_CHUNK: tl.constexpr,
+                     BLOCK_T: tl.constexpr, NT_PAD: tl.constexpr, BLOCK_D: tl.constexpr):
+    """S for image tokens k0.. as (BLOCK_I, NI_CHUNK, BLOCK_T, NT_PAD) fp32; rows and columns
+    of padding tokens hold 0 (their features are never loaded)."""
+    x_rows, x_ok = _token_rows(img_ptr, imask_ptr, a0, k0, Bi, Ni, s_ib, s_in, s_im, HAS_IMASK,
+                               BLOCK_I, NI_CHUNK)
+    y_rows, y_ok = _token_rows(txt_ptr, tmask_ptr, b0, 0, Bt, Nt, s_tb, s_tn, s_tm, HAS_TMASK,
+                               BLOCK_T, NT_PAD)
     dd = tl.arange(0, BLOCK_D)
     acc = tl.zeros([BLOCK_I * NI_CHUNK, BLOCK_T * NT_PAD], dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
@@ -88,8 +99,9 @@ def _filip_fwd_kernel(
     col_max = tl.full([BLOCK_I, BLOCK_T, NT_PAD], float("-inf"), dtype=tl.float32)
     col_arg = tl.zeros([BLOCK_I, BLOCK_T, NT_PAD], dtype=tl.int32)
     for k0 in range(0, Ni, NI_CHUNK):
-        s = _similarity_tile(img_ptr, txt_ptr, a0, k0, b0, Bi, Bt, Ni, Nt, D, s_ib, s_in, s_tb, s_tn,
-                             PRECISION, BLOCK_I, NI_CHUNK, BLOCK_T, NT_PAD, BLOCK_D)
+        s = _similarity_tile(img_ptr, txt_ptr, imask_ptr, tmask_ptr, a0, k0, b0, Bi, Bt, Ni, Nt, D,
+                             s_ib, s_in, s_tb, s_tn, s_im, s_tm, HAS_IMASK, HAS_TMASK, PRECISION,
+                             BLOCK_I, NI_CHUNK, BLOCK_T, NT_PAD, BLOCK_D)
         im = _token_mask(imask_ptr, a0, k0, Bi, Ni, s_im, HAS_IMASK, BLOCK_I, NI_CHUNK)
         # image token k -> best text token l (i2t); -inf outside the text's real tokens
         s_row = tl.where(tm[None, None, :, :], s, float("-inf"))
@@ -117,13 +129,11 @@ def _filip_fwd_kernel(
 
 
 @triton.jit
-def _grad_tile(gi_ptr, gt_ptr, ridx_ptr, cidx_ptr, imask_ptr, tmask_ptr, nimg_ptr, ntxt_ptr,
-               a0, k0, b0, Bi, Bt, Ni, Nt, s_im, s_tm, HAS_IMASK: tl.constexpr, HAS_TMASK: tl.constexpr,
+def _grad_tile(gi_ptr, gt_ptr, ridx_ptr, cidx_ptr, nimg_ptr, ntxt_ptr, im, tm, a0, k0, b0, Bi, Bt, Ni, Nt,
                BLOCK_I: tl.constexpr, NI_CHUNK: tl.constexpr, BLOCK_T: tl.constexpr, NT_PAD: tl.constexpr):
     """dL/dS for the tile's pairs and image tokens k0.., (BLOCK_I * NI_CHUNK, BLOCK_T * NT_PAD)
-    fp32: the one-hot arg-max pattern scaled by g_i2t / n_a (rows) and g_t2i / n_b (columns)."""
-    im = _token_mask(imask_ptr, a0, k0, Bi, Ni, s_im, HAS_IMASK, BLOCK_I, NI_CHUNK)
-    tm = _token_mask(tmask_ptr, b0, 0, Bt, Nt, s_tm, HAS_TMASK, BLOCK_T, NT_PAD)
+    fp32: the one-hot arg-max pattern scaled by g_i2t / n_a (rows) and g_t2i / n_b (columns).
+    im (BLOCK_I, NI_CHUNK) / tm (BLOCK_T, NT_PAD): the real tokens (_token_mask)."""
     a = a0 + tl.arange(0, BLOCK_I)
     b = b0 + tl.arange(0, BLOCK_T)
     n_i = tl.load(nimg_ptr + a, mask=a < Bi, other=0.0)
@@ -162,31 +172,39 @@ def _filip_bwd_kernel(
                  grid (text blocks, D blocks)."""
     dd = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     dm = dd < D
+    # P is 0 in the rows and columns of padding tokens, and so are the loaded src rows of
+    # padding: a NaN there would otherwise turn 0 * NaN into a NaN gradient for real tokens
     if FOR_IMG:
         n_chunks = tl.cdiv(Ni, NI_CHUNK)
         a0 = (tl.program_id(0) // n_chunks) * BLOCK_I
         k0 = (tl.program_id(0) % n_chunks) * NI_CHUNK
+        im = _token_mask(imask_ptr, a0, k0, Bi, Ni, s_im, HAS_IMASK, BLOCK_I, NI_CHUNK)
         acc = tl.zeros([BLOCK_I * NI_CHUNK, BLOCK_D], dtype=tl.float32)
         for b0 in range(0, Bt, BLOCK_T):
-            p = _grad_tile(gi_ptr, gt_ptr, ridx_ptr, cidx_ptr, imask_ptr, tmask_ptr, nimg_ptr, ntxt_ptr,
-                           a0, k0, b0, Bi, Bt, Ni, Nt, s_im, s_tm, HAS_IMASK, HAS_TMASK,
-                           BLOCK_I, NI_CHUNK, BLOCK_T, NT_PAD)
-            rows, ok = _token_rows(src_ptr, b0, 0, Bt, Nt, s_sb, s_sn, BLOCK_T, NT_PAD)
+            tm = _token_mask(tmask_ptr, b0, 0, Bt, Nt, s_tm, HAS_TMASK, BLOCK_T, NT_PAD)
+            p = _grad_tile(gi_ptr, gt_ptr, ridx_ptr, cidx_ptr, nimg_ptr, ntxt_ptr, im, tm,
+                           a0, k0, b0, Bi, Bt, Ni, Nt, BLOCK_I, NI_CHUNK, BLOCK_T, NT_PAD)
+            rows, ok = _token_rows(src_ptr, tmask_ptr, b0, 0, Bt, Nt, s_sb, s_sn, s_tm, HAS_TMASK,
+                                   BLOCK_T, NT_PAD)
             y = tl.load(rows[:, None] + dd[None, :], mask=ok[:, None] & dm[None, :], other=0.0)
             acc = tl.dot(p.to(y.dtype), y, acc, input_precision=PRECISION)
-        out_rows, out_ok = _token_rows(out_ptr, a0, k0, Bi, Ni, s_ob, s_on, BLOCK_I, NI_CHUNK)
+        out_rows, out_ok = _token_rows(out_ptr, imask_ptr, a0, k0, Bi, Ni, s_ob, s_on, s_im, False,
+                                       BLOCK_I, NI_CHUNK)
     else:
         b0 = tl.program_id(0) * BLOCK_T
+        tm = _token_mask(tmask_ptr, b0, 0, Bt, Nt, s_tm, HAS_TMASK, BLOCK_T, NT_PAD)
         acc = tl.zeros([BLOCK_T * NT_PAD, BLOCK_D], dtype=tl.float32)
         for a0 in range(0, Bi, BLOCK_I):
             for k0 in range(0, Ni, NI_CHUNK):
-                p = _grad_tile(gi_ptr, gt_ptr, ridx_ptr, cidx_ptr, imask_ptr, tmask_ptr, nimg_ptr,
-                               ntxt_ptr, a0, k0, b0, Bi, Bt, Ni, Nt, s_im, s_tm, HAS_IMASK, HAS_TMASK,
-                               BLOCK_I, NI_CHUNK, BLOCK_T, NT_PAD)
-                rows, ok = _token_rows(src_ptr, a0, k0, Bi, Ni, s_sb, s_sn, BLOCK_I, NI_CHUNK)
+                im = _token_mask(imask_ptr, a0, k0, Bi, Ni, s_im, HAS_IMASK, BLOCK_I, NI_CHUNK)
+                p = _grad_tile(gi_ptr, gt_ptr, ridx_ptr, cidx_ptr, nimg_ptr, ntxt_ptr, im, tm,
+                               a0, k0, b0, Bi, Bt, Ni, Nt, BLOCK_I, NI_CHUNK, BLOCK_T, NT_PAD)
+                rows, ok = _token_rows(src_ptr, imask_ptr, a0, k0, Bi, Ni, s_sb, s_sn, s_im, HAS_IMASK,
+                                       BLOCK_I, NI_CHUNK)
                 x = tl.load(rows[:, None] + dd[None, :], mask=ok[:, None] & dm[None, :], other=0.0)
                 acc = tl.dot(tl.trans(p).to(x.dtype), x, acc, input_precision=PRECISION)
-        out_rows, out_ok = _token_rows(out_ptr, b0, 0, Bt, Nt, s_ob, s_on, BLOCK_T, NT_PAD)
+        out_rows, out_ok = _token_rows(out_ptr, tmask_ptr, b0, 0, Bt, Nt, s_ob, s_on, s_tm, False,
+                                       BLOCK_T, NT_PAD)
     # padding tokens are written too (as exact zeros): their gradient is defined, not garbage
     tl.store(out_rows[:, None] + dd[None, :], acc.to(out_ptr.dtype.element_ty),
              mask=out_ok[:, None] & dm[None, :])

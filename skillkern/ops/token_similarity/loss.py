@@ -1,4 +1,5 @@
-"""FILIP contrastive loss on token-wise similarities: filip_loss (functional) and FILIPLoss (module).
+"""FILIP contrastive loss on token-wise similarities: filip_loss, the functional layer over
+token_similarity (FILIPLoss, its nn.Module, is in module.py).
 
     loss = 1/2 * ( CE(s * i2t, arange(B)) + CE(s * t2i^T, arange(B)) )
 
@@ -10,40 +11,55 @@ of the loss on the whole batch (see filip_loss for the exact semantics).
 """
 from __future__ import annotations
 
-import math
+import functools
 import numbers
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from skillkern.ops._common import expect
 from skillkern.ops.token_similarity.op import token_similarity
 
+_expect = functools.partial(expect, where="filip_loss")
 
-def _fail(name: str, msg: str):
-    raise ValueError(f"filip_loss: `{name}` {msg}")
+
+def _is_real(x) -> bool:
+    """A Python real number (bool excluded: True is no temperature)."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 def _check_scalars(logit_scale, label_smoothing) -> None:
     if isinstance(logit_scale, Tensor):
-        if logit_scale.dim() != 0:
-            _fail("logit_scale", f"must be a float or a 0-dim Tensor, got shape {tuple(logit_scale.shape)}")
-        if not logit_scale.is_floating_point():
-            _fail("logit_scale", f"must be a floating-point Tensor, got {logit_scale.dtype}")
-    elif isinstance(logit_scale, bool) or not isinstance(logit_scale, numbers.Real):
-        _fail("logit_scale", f"must be a float or a 0-dim Tensor, got {type(logit_scale).__name__}")
-    if (isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real)
-            or not 0.0 <= label_smoothing < 1.0):
-        _fail("label_smoothing", f"must be a float in [0, 1), got {label_smoothing!r}")
+        _expect(logit_scale.dim() == 0, name="logit_scale",
+                msg=f"must be a float or a 0-dim Tensor, got shape {tuple(logit_scale.shape)}")
+        _expect(logit_scale.is_floating_point(), name="logit_scale",
+                msg=f"must be a floating-point Tensor, got {logit_scale.dtype}")
+    else:
+        _expect(_is_real(logit_scale), name="logit_scale", kind=TypeError,
+                msg=f"must be a float or a 0-dim Tensor, got {type(logit_scale).__name__}")
+    _expect(_is_real(label_smoothing), name="label_smoothing", kind=TypeError,
+            msg=f"must be a float in [0, 1), got {type(label_smoothing).__name__}")
+    _expect(0.0 <= label_smoothing < 1.0, name="label_smoothing",
+            msg=f"must be in [0, 1), got {label_smoothing!r}")
 
 
 def _check_features(img, txt) -> None:
     # only what the metadata exchange needs; token_similarity checks the rest
     for name, t in (("img", img), ("txt", txt)):
-        if not isinstance(t, Tensor) or t.dim() != 3:
-            _fail(name, f"must be a (B, N, D) Tensor, got "
-                  f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
+        _expect(isinstance(t, Tensor), name=name, kind=TypeError,
+                msg=f"must be a (B, N, D) Tensor, got {type(t).__name__}")
+        _expect(t.dim() == 3, name=name, msg=f"must be a (B, N, D) Tensor, got shape {tuple(t.shape)}")
+
+
+def _check_batch(b_img: int, b_txt: int, rank: Optional[int] = None) -> None:
+    on = "" if rank is None else f" on rank {rank}"
+    _expect(b_img == b_txt, name="txt", msg=f"has batch {b_txt}{on} but img has {b_img}: filip_loss needs "
+            "paired batches (text a goes with image a)")
+    # CE's mean over no row is 0/0 (PyTorch returns NaN): no loss value or gradient is right
+    _expect(b_img > 0, name="img", msg=f"holds no item{on} (batch size 0): a contrastive loss over an "
+            "empty batch is undefined; skip the step")
 
 
 def _ce_sum(logits: Tensor, labels: Tensor, label_smoothing: float) -> Tensor:
@@ -115,16 +131,13 @@ def _exchange_shapes(img, txt, img_mask, txt_mask, group, world: int) -> list[li
 
 
 def _check_ranks(meta: list[list[int]]) -> None:
-    for r, (bi, _, bt, _, _, _, _) in enumerate(meta):
-        if bi != bt:
-            _fail("txt", f"has batch {bt} on rank {r} but img has {bi}: filip_loss needs paired "
-                  "batches (text a goes with image a)")
+    for r, (bi, _, bt, _, _, _, _) in enumerate(meta):  # every rank sees every rank's error
+        _check_batch(bi, bt, r)
     for col, name, what in ((0, "img", "batch size"), (1, "img", "tokens per item (Ni)"),
                             (3, "txt", "tokens per item (Nt)"), (4, "img", "feature size (D)")):
         vals = [m[col] for m in meta]
-        if len(set(vals)) > 1:
-            _fail(name, f"must have the same {what} on every rank of the process group "
-                  f"(all_gather needs equal shapes; pad or drop the last batch), got {vals} by rank")
+        _expect(len(set(vals)) == 1, name=name, msg=f"must have the same {what} on every rank of the process "
+                f"group (all_gather needs equal shapes; pad or drop the last batch), got {vals} by rank")
 
 
 # ----------------------------------------------------------------------------- functional
@@ -144,7 +157,8 @@ def filip_loss(img: Tensor, txt: Tensor, img_mask: Optional[Tensor] = None, txt_
     as FILIP does. img_mask / txt_mask: bool (B, Ni) / (B, Nt), True = real token, or None.
     logit_scale: a float, or a 0-dim floating-point Tensor (it gets a gradient if it requires
     one). label_smoothing: in [0, 1). Returns a float32 scalar, differentiable w.r.t. img, txt
-    and logit_scale.
+    and logit_scale. B = 0 raises a ValueError naming `img` (the mean over no row is undefined);
+    padding tokens (even NaN or inf) reach neither the value nor a gradient.
 
     process_group: None (the default) = no distribution, even when torch.distributed is
     initialised. Given a group of W ranks (any torch.distributed backend), each rank passes its
@@ -179,9 +193,7 @@ def filip_loss(img: Tensor, txt: Tensor, img_mask: Optional[Tensor] = None, txt_
     _check_scalars(logit_scale, label_smoothing)
     label_smoothing = float(label_smoothing)
     if process_group is None:
-        if img.shape[0] != txt.shape[0]:
-            _fail("txt", f"has batch {txt.shape[0]} but img has {img.shape[0]}: filip_loss needs "
-                  "paired batches (text a goes with image a)")
+        _check_batch(img.shape[0], txt.shape[0])
         i2t, t2i = token_similarity(img, txt, img_mask, txt_mask, backend=backend)
         B = i2t.shape[0]
         labels = torch.arange(B, device=i2t.device)
@@ -193,8 +205,8 @@ def filip_loss(img: Tensor, txt: Tensor, img_mask: Optional[Tensor] = None, txt_
 
 def _filip_loss_distributed(img, txt, img_mask, txt_mask, logit_scale, label_smoothing, group, backend):
     dist = torch.distributed
-    if not dist.is_available() or not isinstance(group, dist.ProcessGroup):
-        _fail("process_group", f"must be None or a torch.distributed ProcessGroup, got {type(group).__name__}")
+    _expect(dist.is_available() and isinstance(group, dist.ProcessGroup), name="process_group", kind=TypeError,
+            msg=f"must be None or a torch.distributed ProcessGroup, got {type(group).__name__}")
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     meta = _exchange_shapes(img, txt, img_mask, txt_mask, group, world)
     _check_ranks(meta)
@@ -212,9 +224,8 @@ def _filip_loss_distributed(img, txt, img_mask, txt_mask, logit_scale, label_smo
 
     s = logit_scale
     if isinstance(s, Tensor) and s.requires_grad and torch.is_grad_enabled():
-        if s.device != img.device:
-            _fail("logit_scale", f"is on {s.device} but img is on {img.device}: with a process group "
-                  "its gradient is all-reduced alongside the features'")
+        _expect(s.device == img.device, name="logit_scale", msg=f"is on {s.device} but img is on {img.device}: "
+                "with a process group its gradient is all-reduced alongside the features'")
         s = _ShareGrad.apply(s, group, world)
 
     # local images x all texts: rows rank*B_l.. of the global i2t; all images x local texts:
@@ -230,54 +241,3 @@ def _filip_loss_distributed(img, txt, img_mask, txt_mask, logit_scale, label_smo
     dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
     # value: the whole-batch loss on every rank; gradient: that of this rank's share
     return total + (share - share.detach())
-
-
-# ----------------------------------------------------------------------------- module
-
-
-class FILIPLoss(nn.Module):
-    """filip_loss with a learnable temperature: forward(img, txt, img_mask=None, txt_mask=None,
-    process_group=None) -> scalar.
-
-    log_scale (0-dim, float32) starts at log(1 / temperature); the logit scale used is
-    exp(min(log_scale, log(max_logit_scale))) (CLIP's clamp at 100: no gradient while clamped).
-    learn_scale=False keeps log_scale as a buffer (fixed temperature, no parameters).
-    `backend` ("auto", "torch", "triton") may be set after construction. With a process group
-    and DDP/FSDP, see filip_loss for the `loss * W` rule.
-    """
-
-    def __init__(self, temperature: float = 0.07, max_logit_scale: float = 100.0,
-                 label_smoothing: float = 0.0, learn_scale: bool = True):
-        super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"FILIPLoss: `temperature` must be > 0, got {temperature!r}")
-        if not max_logit_scale > 0:
-            raise ValueError(f"FILIPLoss: `max_logit_scale` must be > 0, got {max_logit_scale!r}")
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"FILIPLoss: `label_smoothing` must be in [0, 1), got {label_smoothing!r}")
-        self.max_logit_scale = float(max_logit_scale)
-        self.label_smoothing = float(label_smoothing)
-        self.backend = "auto"
-        init = torch.tensor(math.log(1.0 / temperature), dtype=torch.float32)
-        if learn_scale:
-            self.log_scale = nn.Parameter(init)
-        else:
-            self.register_buffer("log_scale", init)
-
-    @property
-    def logit_scale(self) -> Tensor:
-        """exp(clamp(log_scale, max=log(max_logit_scale))), 0-dim."""
-        # the outer clamp trims the rounding of exp(log(max)) in fp32 (exp(fp32(log 50)) is
-        # 50.0000038): the scale never exceeds max_logit_scale, and clamped means no gradient
-        capped = self.log_scale.clamp(max=math.log(self.max_logit_scale))
-        return capped.exp().clamp(max=self.max_logit_scale)
-
-    def forward(self, img: Tensor, txt: Tensor, img_mask: Optional[Tensor] = None,
-                txt_mask: Optional[Tensor] = None, process_group=None) -> Tensor:
-        return filip_loss(img, txt, img_mask, txt_mask, self.logit_scale,
-                          label_smoothing=self.label_smoothing, process_group=process_group,
-                          backend=self.backend)
-
-    def extra_repr(self) -> str:
-        return (f"logit_scale={self.logit_scale.item():.4g}, max_logit_scale={self.max_logit_scale:g}, "
-                f"label_smoothing={self.label_smoothing:g}, learn_scale={isinstance(self.log_scale, nn.Parameter)}")

@@ -21,31 +21,29 @@ import torch
 from torch import Tensor
 
 from skillkern import _backend
-from skillkern.ops._common import FLOAT_DTYPES, expect
+from skillkern.ops._common import FLOAT_DTYPES, expect, register_autograd_pair
 from skillkern.ops.token_similarity.reference import token_similarity_ref
 
 
-
-def _expect(cond: bool, name: str, msg: str) -> None:
-    expect(cond, "token_similarity", name, msg)
-
-
 def _check(img, txt, img_mask, txt_mask):
+    op = "token_similarity"
     for name, t in (("img", img), ("txt", txt)):
-        _expect(isinstance(t, Tensor), name, f"must be a Tensor, got {type(t).__name__}")
-        _expect(t.dim() == 3, name, f"must have shape (B, N, D), got {tuple(t.shape)}")
-        _expect(t.dtype in FLOAT_DTYPES, name, f"must be float32, float16 or bfloat16, got {t.dtype}")
-    _expect(txt.dtype == img.dtype, "txt", f"has dtype {txt.dtype} but img has {img.dtype}")
-    _expect(txt.device == img.device, "txt", f"is on {txt.device} but img is on {img.device}")
-    _expect(txt.shape[2] == img.shape[2], "txt",
-            f"has feature size D={txt.shape[2]} but img has D={img.shape[2]}")
+        expect(isinstance(t, Tensor), op, name, f"must be a Tensor, got {type(t).__name__}", TypeError)
+        expect(t.dim() == 3, op, name, f"must have shape (B, N, D), got {tuple(t.shape)}")
+        expect(t.dtype in FLOAT_DTYPES, op, name, f"must be float32, float16 or bfloat16, got {t.dtype}")
+    expect(txt.dtype == img.dtype, op, "txt", f"has dtype {txt.dtype} but img has {img.dtype}")
+    expect(txt.device == img.device, op, "txt", f"is on {txt.device} but img is on {img.device}")
+    expect(txt.shape[2] == img.shape[2], op, "txt",
+           f"has feature size D={txt.shape[2]} but img has D={img.shape[2]}")
     for name, m, x in (("img_mask", img_mask, img), ("txt_mask", txt_mask, txt)):
         if m is None:
             continue
-        _expect(isinstance(m, Tensor) and m.dtype == torch.bool, name, "must be a bool Tensor (True = real token)")
-        _expect(tuple(m.shape) == tuple(x.shape[:2]), name,
-                f"must have shape {tuple(x.shape[:2])}, got {tuple(m.shape)}")
-        _expect(m.device == x.device, name, f"is on {m.device} but its features are on {x.device}")
+        expect(isinstance(m, Tensor), op, name, f"must be a bool Tensor or None, got {type(m).__name__}",
+               TypeError)
+        expect(m.dtype == torch.bool, op, name, f"must be a bool Tensor (True = real token), got {m.dtype}")
+        expect(tuple(m.shape) == tuple(x.shape[:2]), op, name,
+               f"must have shape {tuple(x.shape[:2])}, got {tuple(m.shape)}")
+        expect(m.device == x.device, op, name, f"is on {m.device} but its features are on {x.device}")
 
 
 # The CUDA kernels hold all tokens of one side's items in a tile of at most this many rows
@@ -65,7 +63,8 @@ def index_dtype(n: int) -> torch.dtype:
 def _fwd_op(img: Tensor, txt: Tensor, img_mask: Optional[Tensor], txt_mask: Optional[Tensor]
             ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     from skillkern.ops.token_similarity import triton_impl
-    return triton_impl.token_similarity_fwd(img, txt, img_mask, txt_mask)
+    return triton_impl.token_similarity_fwd(img, txt, img_mask, txt_mask,
+                                            index_dtype(txt.shape[1]), index_dtype(img.shape[1]))
 
 
 @_fwd_op.register_fake
@@ -95,8 +94,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _make_backward(bwd_name: str):
-    """The backward of a forward op (Triton or CUDA), calling torch.ops.skillkern.<bwd_name>
-    (looked up per call: the C++ op exists only once the extension is loaded)."""
+    """The backward of a forward op (Triton or CUDA): torch.ops.skillkern.<bwd_name>."""
 
     def backward(ctx, g_i2t, g_t2i, _g_row, _g_col):
         img, txt, img_mask, txt_mask, row_idx, col_idx = ctx.saved_tensors
@@ -111,20 +109,8 @@ def _make_backward(bwd_name: str):
     return backward
 
 
-_fwd_op.register_autograd(_make_backward("token_similarity_bwd"), setup_context=_setup_context)
-
-
-def _has_cuda_ops() -> bool:
-    """A library built before csrc/token_similarity/ existed lacks the native ops."""
-    return hasattr(torch.ops.skillkern, "token_similarity_fwd_cuda")
-
-
-@_backend.on_extension_load
-def _register_cuda_autograd():
-    # The C++ ops' fake kernels are their Meta kernels (csrc/token_similarity/host.cpp).
-    if _has_cuda_ops():
-        torch.library.register_autograd("skillkern::token_similarity_fwd_cuda",
-                                        _make_backward("token_similarity_bwd_cuda"), setup_context=_setup_context)
+# The C++ ops' fake kernels are their Meta kernels (csrc/token_similarity/host.cpp).
+register_autograd_pair("token_similarity", _make_backward, _setup_context)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -139,7 +125,9 @@ def token_similarity(img: Tensor, txt: Tensor, img_mask: Optional[Tensor] = None
 
     img: (Bi, Ni, D), txt: (Bt, Nt, D), same float dtype and device (L2-normalise them first
     for FILIP). img_mask / txt_mask: bool (Bi, Ni) / (Bt, Nt), True = real token; None = all real.
-    Returns (i2t, t2i), float32 (Bi, Bt); a pair where an item has no real token scores 0.
+    Returns (i2t, t2i), float32 (Bi, Bt); a pair where an item has no real token scores 0 (so
+    does every pair when Ni = 0 or Nt = 0), and Bi = 0 or Bt = 0 gives empty outputs. Padding
+    tokens never reach an output or a gradient, even when they hold NaN or inf.
     Differentiable w.r.t. img and txt: a max's gradient goes to its arg-max token, padding tokens
     get zero gradient. The fused backends never allocate Bi*Bt*Ni*Nt values. The Triton kernels
     take any Ni and up to 512 text tokens per item (pass the longer side as img); the CUDA
@@ -150,16 +138,11 @@ def token_similarity(img: Tensor, txt: Tensor, img_mask: Optional[Tensor] = None
     if which == "torch":
         i2t, t2i = token_similarity_ref(img, txt, img_mask, txt_mask)
         return i2t.float(), t2i.float()
-    if which == "cuda":
-        _backend.load_cuda_extension()
-        if not _has_cuda_ops():
-            raise _backend.BackendUnavailable(
-                "backend='cuda' for skillkern.token_similarity: the loaded skillkern._C was built without "
-                "csrc/token_similarity/; rebuild it (`make build`)")
+    if which == "cuda":  # resolve() loaded the extension and found the op in it
         Ni, Nt = img.shape[1], txt.shape[1]
-        _expect(min(Ni, Nt) <= _CUDA_MAX_ROW_TOKENS, "txt",
-                f"has Nt={Nt} and img has Ni={Ni} tokens per item; the CUDA kernels need one side with at "
-                f"most {_CUDA_MAX_ROW_TOKENS} (the other may be any length). Use backend='torch'")
+        expect(min(Ni, Nt) <= _CUDA_MAX_ROW_TOKENS, "token_similarity", "txt",
+               f"has Nt={Nt} and img has Ni={Ni} tokens per item; the CUDA kernels need one side with at "
+               f"most {_CUDA_MAX_ROW_TOKENS} (the other may be any length). Use backend='torch'")
         i2t, t2i, _, _ = torch.ops.skillkern.token_similarity_fwd_cuda(img, txt, img_mask, txt_mask)
         return i2t, t2i
     i2t, t2i, _, _ = torch.ops.skillkern.token_similarity_fwd(img, txt, img_mask, txt_mask)

@@ -4,7 +4,9 @@
     i2t[a, b] = mean over real k of img a of  max over real l of txt b of S[a, b, k, l]
     t2i[a, b] = mean over real l of txt b of  max over real k of img a of S[a, b, k, l]
 
-A pair where either item has no real token scores 0 in both directions (and gets no gradient).
+A pair where either item has no real token scores 0 in both directions (and gets no gradient),
+also when Ni = 0 or Nt = 0; an empty batch (Bi = 0 or Bt = 0) gives empty outputs. Padding
+tokens are replaced by 0 before any product: NaN or inf there reaches no output or gradient.
 The gradient of a max goes to its arg-max token (torch.max(dim).values routes it to the index).
 Materialises Bi*Bt*Ni*Nt similarities: for tests and small batches only.
 """
@@ -19,11 +21,20 @@ def token_similarity_ref(img, txt, img_mask=None, txt_mask=None):
     acc = torch.float64 if img.dtype == torch.float64 else torch.float32
     Bi, Ni, _ = img.shape
     Bt, Nt, _ = txt.shape
+    # selected, not multiplied: 0 * NaN would be NaN (and its gradient too)
     if img_mask is None:
         img_mask = torch.ones(Bi, Ni, dtype=torch.bool, device=img.device)
+    else:
+        img = img.masked_fill(~img_mask[:, :, None], 0)
     if txt_mask is None:
         txt_mask = torch.ones(Bt, Nt, dtype=torch.bool, device=txt.device)
+    else:
+        txt = txt.masked_fill(~txt_mask[:, :, None], 0)
     sim = torch.einsum("akd,bld->abkl", img, txt).to(acc)
+    if Ni == 0 or Nt == 0:
+        # no item has a real token: every pair scores 0 (a max over no token is undefined);
+        # sums over the empty similarity give those zeros with zero gradients of the inputs' shape
+        return sim.sum((2, 3)), sim.sum((2, 3))
     neg = torch.finfo(acc).min
     # max over text tokens for each image token, and over image tokens for each text token
     row = sim.masked_fill(~txt_mask[None, :, None, :], neg).max(dim=3).values  # (Bi, Bt, Ni)

@@ -1,16 +1,15 @@
-"""Launchers of the FILIP token-similarity Triton kernels (kernels.py)."""
+"""Launchers of the FILIP token-similarity Triton kernels (kernels.py). Imports nothing of op.py:
+the caller (op.py) passes the dtypes of the arg-max indices, which its fake kernel declares too."""
 from __future__ import annotations
 
 import torch
 import triton
 
-from skillkern.ops._common import dot_precision
-
+from skillkern.ops._common import dot_precision, expect
 from skillkern.ops.token_similarity import kernels as K
 
 _MAX_NT_PAD = 512  # a program holds all (padded) tokens of its texts; image tokens are chunked
 _TILE = 8192  # fp32 elements of the similarity tile (BLOCK_I*NI_CHUNK x BLOCK_T*NT_PAD) per program
-
 
 
 def _tiles(Ni: int, Nt: int, D: int) -> dict:
@@ -19,11 +18,10 @@ def _tiles(Ni: int, Nt: int, D: int) -> dict:
     and its 4-d reductions in registers (Ni=50, Nt=32: 1 image x 4 texts, one chunk of 64;
     Ni=12: 4 x 4; Ni=257: 1 x 4 in 5 chunks of 64)."""
     nt_pad = triton.next_power_of_2(Nt)
-    if nt_pad > _MAX_NT_PAD:
-        raise ValueError(
-            f"token_similarity (triton): `txt` has Nt={Nt} tokens per item; the kernels take up to "
-            f"{_MAX_NT_PAD} text tokens (image tokens: any number). Swap the roles - "
-            "token_similarity(txt, img, txt_mask, img_mask) returns (t2i.T, i2t.T) - or use backend='torch'")
+    expect(nt_pad <= _MAX_NT_PAD, "token_similarity", "txt",
+           f"has Nt={Nt} tokens per item; the Triton kernels take up to {_MAX_NT_PAD} text tokens "
+           "(image tokens: any number). Swap the roles - token_similarity(txt, img, txt_mask, img_mask) "
+           "returns (t2i.T, i2t.T) - or use backend='torch'")
     block_t = max(128 // nt_pad, 16 // nt_pad, 1)
     n = block_t * nt_pad
     m_budget = max(16, min(64, _TILE // n))
@@ -49,19 +47,21 @@ def _mask_arg(mask, like):
     return m, m.stride(0), True
 
 
-def token_similarity_fwd(img, txt, img_mask, txt_mask):
-    """Returns i2t, t2i (Bi, Bt) fp32 and row_idx (Bi, Bt, Ni), col_idx (Bi, Bt, Nt)."""
-    from skillkern.ops.token_similarity.op import index_dtype
-
+def token_similarity_fwd(img, txt, img_mask, txt_mask, row_dtype: torch.dtype, col_dtype: torch.dtype):
+    """Returns i2t, t2i (Bi, Bt) fp32 and row_idx (Bi, Bt, Ni) of row_dtype, col_idx (Bi, Bt, Nt)
+    of col_dtype."""
     img, txt = img.contiguous(), txt.contiguous()
     Bi, Ni, D = img.shape
     Bt, Nt, _ = txt.shape
     dev = img.device
-    i2t = torch.empty(Bi, Bt, dtype=torch.float32, device=dev)
-    t2i = torch.empty(Bi, Bt, dtype=torch.float32, device=dev)
-    row_idx = torch.empty(Bi, Bt, Ni, dtype=index_dtype(Nt), device=dev)
-    col_idx = torch.empty(Bi, Bt, Nt, dtype=index_dtype(Ni), device=dev)
-    if i2t.numel() == 0:
+    # Ni = 0 or Nt = 0: no item has a real token, so every pair scores 0 (and the indices,
+    # never read, are zeros rather than garbage)
+    alloc = torch.zeros if Ni == 0 or Nt == 0 else torch.empty
+    i2t = alloc(Bi, Bt, dtype=torch.float32, device=dev)
+    t2i = alloc(Bi, Bt, dtype=torch.float32, device=dev)
+    row_idx = alloc(Bi, Bt, Ni, dtype=row_dtype, device=dev)
+    col_idx = alloc(Bi, Bt, Nt, dtype=col_dtype, device=dev)
+    if Bi * Bt * Ni * Nt == 0:
         return i2t, t2i, row_idx, col_idx
     t = _tiles(Ni, Nt, D)
     im, s_im, has_im = _mask_arg(img_mask, img)
@@ -83,7 +83,7 @@ def token_similarity_bwd(g_i2t, g_t2i, img, txt, img_mask, txt_mask, row_idx, co
     Bt, Nt, _ = txt.shape
     d_img = torch.zeros_like(img)
     d_txt = torch.zeros_like(txt)
-    if Bi * Bt == 0:
+    if Bi * Bt * Ni * Nt * D == 0:  # no pair with a real token on both sides, or nothing to write
         return d_img, d_txt
     t = _tiles(Ni, Nt, D)
     im, s_im, has_im = _mask_arg(img_mask, img)
