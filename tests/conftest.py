@@ -1,6 +1,7 @@
 """Test set-up. Without a GPU, Triton kernels run on CPU tensors through the Triton
 interpreter: TRITON_INTERPRET=1 must be set before any kernel module is imported (here, as
 conftest is imported first). With a GPU, the same tests run on CUDA tensors, compiled."""
+import math
 import os
 
 import torch
@@ -75,6 +76,15 @@ def assert_error_names(fn, base, name, mutate):
         fn(**kwargs)
     for k, v in before.items():
         torch.testing.assert_close(kwargs[k], v, rtol=0, atol=0, equal_nan=True, msg=f"`{k}` was changed")
+
+
+def poison_padding(x, real):
+    """x (B, N, ...) with every element of the padding (~real, a bool (B, N)) replaced by NaN, inf
+    or -inf at random: garbage that must reach no output or gradient."""
+    x = x.clone()
+    garbage = torch.tensor([math.nan, math.inf, -math.inf], dtype=x.dtype, device=x.device)
+    x[~real] = garbage[torch.randint(0, 3, x[~real].shape, device=x.device)]
+    return x
 
 
 @pytest.fixture

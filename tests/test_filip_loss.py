@@ -24,7 +24,7 @@ import skillkern
 from skillkern import BackendUnavailable, _backend
 from skillkern.nn import FILIPLoss
 
-from conftest import DEVICE, assert_error_names, bad_arg_params, rel_err
+from conftest import DEVICE, assert_error_names, bad_arg_params, poison_padding, rel_err
 
 
 def _triton_skip_reason():
@@ -208,14 +208,6 @@ def test_bad_input_names_the_argument(base, name, mutate):
 
 
 # ----------------------------------------------------------------------------- edge inputs
-
-
-def poison_padding(x, mask):
-    """x with every padding element replaced by NaN, inf or -inf at random."""
-    x = x.clone()
-    garbage = torch.tensor([math.nan, math.inf, -math.inf], dtype=x.dtype, device=x.device)
-    x[~mask] = garbage[torch.randint(0, 3, x[~mask].shape, device=x.device)]
-    return x
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -17,7 +17,7 @@ import skillkern
 from skillkern.ops.token_similarity.op import index_dtype
 from skillkern.ops.token_similarity.reference import token_similarity_ref
 
-from conftest import DEVICE, assert_error_names, bad_arg_params, rel_err
+from conftest import DEVICE, assert_error_names, bad_arg_params, poison_padding, rel_err
 
 ON_GPU = pytest.mark.skipif(DEVICE.type != "cuda", reason="needs a CUDA device")
 CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, ON_GPU])
@@ -282,14 +282,6 @@ def test_zero_sizes(shape, masked, backend):
     d_img, d_txt = torch.autograd.grad((i2t * up[0]).sum() + (t2i * up[1]).sum(), [img, txt])
     assert d_img.shape == img.shape and d_txt.shape == txt.shape
     assert torch.count_nonzero(d_img) == 0 and torch.count_nonzero(d_txt) == 0
-
-
-def poison_padding(x, mask):
-    """x with every padding element replaced by NaN, inf or -inf at random."""
-    x = x.clone()
-    garbage = torch.tensor([math.nan, math.inf, -math.inf], dtype=x.dtype, device=x.device)
-    x[~mask] = garbage[torch.randint(0, 3, x[~mask].shape, device=x.device)]
-    return x
 
 
 @pytest.mark.parametrize("backend", EDGE_BACKENDS)
