@@ -410,7 +410,8 @@ def _dist_worker(rank, port, cases, out_dir):
         # shape errors must reach every rank (one rank raising alone would hang the other)
         img, txt, im, tm = cases["masks"][0]
         errors = {}
-        for name, (b_img, b_txt) in {"unequal": (4 - rank, 4 - rank), "unpaired": (4, 4 - rank)}.items():
+        shapes = {"unequal": (4 - rank, 4 - rank), "unpaired": (4, 4 - rank), "empty": (0, 0)}
+        for name, (b_img, b_txt) in shapes.items():
             try:
                 skillkern.filip_loss(img[:b_img], txt[:b_txt], process_group=dist.group.WORLD)
                 errors[name] = "no error"
@@ -472,3 +473,4 @@ def test_distributed_matches_one_process(tmp_path):
     for r in range(WORLD):
         assert "`img`" in res[r]["errors"]["unequal"] and "batch size" in res[r]["errors"]["unequal"]
         assert "`txt`" in res[r]["errors"]["unpaired"] and "rank 1" in res[r]["errors"]["unpaired"]
+        assert "`img`" in res[r]["errors"]["empty"] and "no item" in res[r]["errors"]["empty"]
