@@ -8,10 +8,10 @@ providers, reference and work per call) and this module runs it:
          peak memory, speedups), appended to --out at once
 
 A provider's status: ok, wrong (past the tolerance: not timed), unavailable (truly absent here:
-skillkern's BackendUnavailable, or the bench's Unavailable for a missing peer package or torch
-feature), skipped (the spec's skip(), e.g. a naive path that would not fit) or failed (it
-raised). A failed or wrong provider makes the run fail (exit status 1); so does one of
-skillkern's own (skillkern-*) that raises anything but BackendUnavailable.
+skillkern's BackendUnavailable from the backend chooser, or the bench's Unavailable for a
+missing peer package or torch feature), skipped (the spec's skip(), e.g. a naive path that would
+not fit) or failed (anything else it raised, skillkern's own providers included). A failed or
+wrong provider makes the run fail (exit status 1).
 
 `python -m skillkern.bench.runner <op> [options]` runs one op (`--help` after the op name).
 """
@@ -91,9 +91,6 @@ class OpSpec:
     grad_scale: dict = field(default_factory=dict)  # name -> sibling whose norm also scales its error
     interpreted: tuple = ("skillkern-triton",)  # CPU defaults under TRITON_INTERPRET=1 (first: slowest)
 
-    def label(self, shape) -> str:
-        return shape.label()
-
 
 def spec_of(op: str) -> OpSpec:
     """The OpSpec of a built-in op benchmark (skillkern/bench/<op>.py's SPEC)."""
@@ -140,6 +137,7 @@ def parse_spec(cls, item: str, example: str, presets, aliases: dict | None = Non
 def build_parser(spec: OpSpec):
     """The op's command line (also parsed by `skillkern profile`)."""
     ap = new_parser(spec.doc, spec.quick_help, spec.shape_help, spec.presets, tuple(spec.providers))
+    ap.prog = f"{ap.prog} {spec.name}"  # bench.py skill_ffn, runner.py token_reduce, ...
     if spec.add_args:
         spec.add_args(ap)
     if spec.metric == "tflops":

@@ -295,8 +295,3 @@ SPEC = OpSpec(
     case_fields=lambda c, args, device, modes: {"activation": c.activation, "bias": c.b1 is not None,
                                                 "n_active": c.n_active},
 )
-
-if __name__ == "__main__":
-    from skillkern.bench.runner import main
-
-    sys.exit(main(SPEC))

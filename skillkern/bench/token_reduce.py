@@ -35,7 +35,6 @@ Examples:
 from __future__ import annotations
 
 import contextlib
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -236,8 +235,3 @@ SPEC = OpSpec(
     out_spec=lambda c: [((c.shape.B, c.shape.S, c.shape.D), c.x.dtype)],
     add_args=_add_args, finish_args=_finish_args, case_fields=copy_same, grad_scale={"norm.bias": "norm.weight"},
 )
-
-if __name__ == "__main__":
-    from skillkern.bench.runner import main
-
-    sys.exit(main(SPEC))

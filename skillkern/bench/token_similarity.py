@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import importlib
 import itertools
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -291,8 +290,3 @@ SPEC = OpSpec(
                           * MODE_FLOP_FACTOR[mode]},
     out_spec=lambda c: [((c.shape.Bi, c.shape.Bt), torch.float32)] * 2,
 )
-
-if __name__ == "__main__":
-    from skillkern.bench.runner import main
-
-    sys.exit(main(SPEC))
