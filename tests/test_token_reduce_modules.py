@@ -5,8 +5,8 @@ the value conv applied after pooling; TokenReductionRef computes Wukong's layer 
 Three levels of checks, outputs and the gradients of x and every parameter each time:
   - float64, the modules' op calls routed to the op's reference functions (skillkern's ops take
     fp32/fp16/bf16 only): the folding algebra alone, equal up to fp64 rounding (1e-10);
-  - float32 through skillkern's "torch" backend, against the float64 conv-by-conv reference;
-  - float32 through the "triton" backend (the interpreter on CPU), same reference.
+  - float32 through skillkern's "torch", "triton" (the interpreter on CPU) and "cuda" (a GPU
+    with the extension built) backends, against the float64 conv-by-conv reference.
 Tolerances: fp32 results against the fp64 reference, relative error of the whole tensor (norm
 of the difference over the norm of the reference). Measured on these shapes: <= 8e-7 for both
 backends (interpreter, ieee fp32 dots), as fp32 rounding of the folded path's sums predicts;
@@ -19,11 +19,13 @@ import torch.nn.functional as F
 
 import skillkern
 import skillkern.ops.token_reduce.module as tr_module
-from skillkern import BackendUnavailable
 from skillkern.ops.token_reduce.module import TokenLearner, TokenReduction, TokenReductionRef
 from skillkern.ops.token_reduce.reference import token_pool_ref, token_reduce_ref
 
-from conftest import DEVICE, rel_err
+from conftest import DEVICE, assert_error_names, rel_err
+from test_token_reduce import CUDA
+
+BACKENDS = ["torch", "triton", CUDA]  # the torch backend on CPU tensors, the others on DEVICE
 
 TOL64 = 1e-10  # only rounding differs: conv-by-conv vs folded (W_eff) and pool-then-project
 TOL32 = 5e-6   # fp32 module vs fp64 reference, see the module docstring
@@ -38,8 +40,10 @@ CASES = [
     (2, 13, 16, 3, 1),    # groups = 1: dense convs
 ]
 CASE_IDS = ["wukong-b32", "n50", "odd-g3", "odd-g9", "depthwise-s>n", "dense-g1"]
-ERRORS = (BackendUnavailable, NotImplementedError, ImportError, AttributeError)
 
+
+def device_of(backend):
+    return torch.device("cpu") if backend == "torch" else DEVICE
 
 
 def make_mask(B, N):
@@ -150,46 +154,34 @@ def test_reduction_matches_ref_fp64(ref_ops, B, N, C, S, G, values, bias, masked
         assert all(torch.isfinite(g).all() for g in grads)
 
 
-@pytest.mark.parametrize("values", ["input", "norm"])
-@pytest.mark.parametrize("B,N,C,S,G", CASES[:3], ids=CASE_IDS[:3])
-def test_reduction_fp32_torch_backend(B, N, C, S, G, values):
-    """The real op (not routed) with backend="torch", fp32, against the fp64 reference."""
-    mod64, ref = make_reduction(C, S, G, values=values, bias=True)
-    mod = TokenReduction(C, S, G, values=values, bias=True)
-    mod.load_state_dict(mod64.state_dict())  # rounds the parameters to fp32
-    ref.load_state_dict({k: v.float().double() for k, v in mod64.state_dict().items()})
-    mod.backend = "torch"
+def check_fp32(fast, ref64, backend, B, N, C, S, zero_grads):
+    """fast: an fp32 module on its backend's device; ref64: the same parameters, rounded to fp32,
+    in an fp64 reference. Random x and mask (the last item all padding), the output and every
+    gradient within TOL32; the all-padding item gives zeros."""
+    device = device_of(backend)
+    fast.backend = backend
     x = torch.randn(B, N, C) * 2 + 0.5
     mask = make_mask(B, N)
     d_out = torch.randn(B, S, C)
-    names = ["x"] + [n for n, _ in mod.named_parameters()]
-    out, grads = forward_backward(mod, x, mask, d_out)
-    out_ref, grads_ref = forward_backward(ref, x.double(), mask, d_out.double())
-    assert out.dtype == torch.float32
-    assert_match(out, grads, out_ref, grads_ref, names, TOL32, reduction_zero_grads(values))
-
-
-@pytest.mark.parametrize("values", ["input", "norm"])
-@pytest.mark.parametrize("B,N,C,S,G", CASES, ids=CASE_IDS)
-def test_reduction_triton(B, N, C, S, G, values):
-    """fp32 through the Triton kernels (interpreter without a GPU) against the fp64 reference."""
-    mod64, ref = make_reduction(C, S, G, values=values, bias=True)
-    mod = TokenReduction(C, S, G, values=values, bias=True, device=DEVICE)
-    mod.load_state_dict(mod64.state_dict())
-    ref.load_state_dict({k: v.float().double() for k, v in mod64.state_dict().items()})
-    mod.backend = "triton"
-    x = torch.randn(B, N, C) * 2 + 0.5
-    mask = make_mask(B, N)
-    d_out = torch.randn(B, S, C)
-    names = ["x"] + [n for n, _ in mod.named_parameters()]
-    try:
-        out, grads = forward_backward(mod, x.to(DEVICE), mask.to(DEVICE), d_out.to(DEVICE))
-    except ERRORS as e:
-        pytest.skip(f"triton backend of token_reduce/token_pool cannot run here: {type(e).__name__}: {e}")
-    out_ref, grads_ref = forward_backward(ref, x.double(), mask, d_out.double())
-    assert_match(out, grads, out_ref, grads_ref, names, TOL32, reduction_zero_grads(values))
+    names = ["x"] + [n for n, _ in fast.named_parameters()]
+    out, grads = forward_backward(fast, x.to(device), mask.to(device), d_out.to(device))
+    out_ref, grads_ref = forward_backward(ref64, x.double(), mask, d_out.double())
+    assert out.dtype == torch.float32 and out.shape == (B, S, C)
+    assert_match(out, grads, out_ref, grads_ref, names, TOL32, zero_grads)
     if B >= 2:
         assert torch.equal(out[-1].cpu(), torch.zeros(S, C))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("values", ["input", "norm"])
+@pytest.mark.parametrize("B,N,C,S,G", CASES, ids=CASE_IDS)
+def test_reduction_fp32(B, N, C, S, G, values, backend):
+    """The real op (not routed), fp32, against the fp64 conv-by-conv reference."""
+    mod64, ref = make_reduction(C, S, G, values=values, bias=True)
+    mod = TokenReduction(C, S, G, values=values, bias=True, device=device_of(backend))
+    mod.load_state_dict(mod64.state_dict())  # rounds the parameters to fp32
+    ref.load_state_dict({k: v.float().double() for k, v in mod64.state_dict().items()})
+    check_fp32(mod, ref, backend, B, N, C, S, reduction_zero_grads(values))
 
 
 def test_score_bias_cancels(ref_ops):
@@ -218,22 +210,6 @@ def test_score_bias_cancels(ref_ops):
     assert rel_err(no_bias(x, mask), out_r) < TOL64
 
 
-def test_padding_positions_are_ignored():
-    """What padded positions hold does not reach the output (nor their gradients beyond 0)."""
-    B, N, C, S, G = 3, 49, 64, 12, 8
-    for values in ("input", "norm"):
-        mod, _ = make_reduction(C, S, G, values=values, bias=False, dtype=torch.float32)
-        mod.backend = "torch"
-        x = torch.randn(B, N, C)
-        mask = make_mask(B, N)
-        x2 = torch.where(mask[:, :, None], x, torch.randn(B, N, C) * 50)
-        x2.requires_grad_()
-        out = mod(x2, mask)
-        torch.testing.assert_close(out, mod(x, mask), rtol=0, atol=0)
-        (g,) = torch.autograd.grad(out, x2, torch.randn_like(out))
-        assert torch.equal(g[~mask], torch.zeros_like(g[~mask]))
-
-
 def test_state_dict_layout():
     """Conv1d / LayerNorm tensors under the same keys in both modules, loadable both ways."""
     C, S, G = 48, 8, 8
@@ -251,53 +227,16 @@ def test_state_dict_layout():
 
 
 def test_reduction_bad_arguments():
-    with pytest.raises(ValueError, match=r"`dim`=50 must be divisible by `groups`=8"):
+    with pytest.raises(ValueError, match=r"^TokenReduction: `dim` \(50\) must be divisible by `groups` \(8\)"):
         TokenReduction(50, 12, groups=8)
-    with pytest.raises(ValueError, match=r"`dim`=45 must be divisible by `groups`=4"):
+    with pytest.raises(ValueError, match=r"^TokenReductionRef: `dim` \(45\) must be divisible by `groups` \(4\)"):
         TokenReductionRef(45, 12, groups=4)
-    with pytest.raises(ValueError, match="`values`"):
+    with pytest.raises(ValueError, match="`values` must be one of"):
         TokenReduction(64, 12, values="x")
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match="`num_tokens` must be positive"):
         TokenReduction(64, 0)
-
-
-def test_backend_reaches_the_op():
-    x = torch.randn(2, 9, 16)
-    for m in (TokenReduction(16, 4, 4), TokenReduction(16, 4, 4, values="norm"), TokenLearner(16, 4)):
-        m.backend = "no-such-backend"
-        with pytest.raises(ValueError, match="backend must be one of"):
-            m(x)
-
-
-@pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_modules_compile_fullgraph(backend):
-    """torch.compile(fullgraph=True) traces each module whole (W_eff folding, the registered op,
-    the value projection), forward and backward, and matches eager. aot_eager: the tracing is
-    what is checked here, without a C++/GPU compiler (the op tests cover inductor)."""
-    x = torch.randn(2, 20, 48)
-    mask = torch.arange(20)[None, :] < torch.tensor([[13], [0]])
-    device = DEVICE if backend == "triton" else torch.device("cpu")
-    for m in (TokenReduction(48, 8, 8, bias=True), TokenReduction(48, 8, 8, values="norm"),
-              TokenLearner(48, 8)):
-        m = m.to(device)
-        m.backend = backend
-        xs = x.to(device).requires_grad_()
-        try:
-            want = m(xs, mask.to(device))
-        except ERRORS as e:
-            pytest.skip(f"triton backend cannot run here: {type(e).__name__}: {e}")
-        (g_want,) = torch.autograd.grad(want.square().sum(), xs)
-        got = torch.compile(m, fullgraph=True, backend="aot_eager")(xs, mask.to(device))
-        (g_got,) = torch.autograd.grad(got.square().sum(), xs)
-        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
-        torch.testing.assert_close(g_got, g_want, rtol=1e-6, atol=1e-6)
-
-
-def test_exported():
-    assert skillkern.nn.TokenReduction is TokenReduction
-    assert skillkern.nn.TokenLearner is TokenLearner
-    assert skillkern.ops.token_reduce.TokenReduction is TokenReduction
-    assert skillkern.ops.token_reduce.TokenLearner is TokenLearner
+    with pytest.raises(TypeError, match="`dim` must be an int"):
+        TokenReduction(64.0, 12)
 
 
 # ----------------------------------------------------------------------------- TokenLearner
@@ -365,33 +304,167 @@ def test_learner_matches_ref_fp64(ref_ops, B, N, C, S, H, gelu, masked):
         assert torch.equal(out[-1], torch.zeros_like(out[-1]))
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("B,N,C,S,H", LEARNER_CASES, ids=LEARNER_IDS)
 def test_learner_fp32(B, N, C, S, H, backend):
-    """The real op in fp32 (triton: the interpreter without a GPU) against the fp64 reference."""
+    """The real op in fp32 against the fp64 reference."""
     m64 = make_learner(C, S, H)
-    device = DEVICE if backend == "triton" else torch.device("cpu")
-    m = TokenLearner(C, S, H, device=device)
+    m = TokenLearner(C, S, H, device=device_of(backend))
     m.load_state_dict(m64.state_dict())
     m64.load_state_dict({k: v.float().double() for k, v in m64.state_dict().items()})
-    m.backend = backend
-    x = torch.randn(B, N, C) * 2 + 0.5
-    mask = make_mask(B, N)
-    d_out = torch.randn(B, S, C)
-    names = ["x"] + [n for n, _ in m.named_parameters()]
-    try:
-        out, grads = forward_backward(m, x.to(device), mask.to(device), d_out.to(device))
-    except ERRORS as e:
-        if backend == "torch":
-            raise
-        pytest.skip(f"triton backend of token_pool cannot run here: {type(e).__name__}: {e}")
-    out_ref, grads_ref = forward_backward(_LearnerRef(m64), x.double(), mask, d_out.double())
-    assert out.dtype == torch.float32 and out.shape == (B, S, C)
-    assert_match(out, grads, out_ref, grads_ref, names, TOL32, ("fc2.bias",))
+    check_fp32(m, _LearnerRef(m64), backend, B, N, C, S, ("fc2.bias",))
 
 
 def test_learner_bad_arguments():
-    with pytest.raises(ValueError, match="`gelu`"):
+    with pytest.raises(ValueError, match="^TokenLearner: `gelu` must be 'tanh' or 'none'"):
         TokenLearner(16, 4, gelu="erf")
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match="^TokenLearner: `hidden` must be positive"):
         TokenLearner(16, 4, hidden=0)
+    with pytest.raises(TypeError, match="^TokenLearner: `num_tokens` must be an int"):
+        TokenLearner(16, "4")
+
+
+# ----------------------------------------------------------------------------- both, edge inputs
+
+# (id, constructor): each with fresh random parameters (make_reduction / make_learner scales)
+MODULES = {
+    "reduction-input": lambda C, S: make_reduction(C, S, 4, values="input", bias=True, dtype=torch.float32)[0],
+    "reduction-norm": lambda C, S: make_reduction(C, S, 4, values="norm", bias=False, dtype=torch.float32)[0],
+    "reduction-ref": lambda C, S: make_reduction(C, S, 4, values="input", bias=True, dtype=torch.float32)[1],
+    "learner": lambda C, S: make_learner(C, S, 16, dtype=torch.float32),
+}
+# TokenReductionRef runs no op: one backend is enough for it
+MODULE_BACKENDS = [pytest.param(name, be, id=f"{name}-{getattr(be, 'values', [be])[0]}",
+                                marks=getattr(be, "marks", ()))
+                   for name in MODULES for be in (["torch"] if name == "reduction-ref" else BACKENDS)]
+
+
+def module_on(name, backend, C, S, dtype=torch.float32, device=None):
+    m = MODULES[name](C, S).to(device=device or device_of(backend), dtype=dtype)
+    m.backend = backend
+    return m
+
+
+@pytest.mark.parametrize("name,backend", MODULE_BACKENDS)
+def test_padding_values_never_reach_outputs_or_gradients(name, backend):
+    """NaN, +inf and -inf at padding positions: the output and the gradients of x and of every
+    parameter are finite and bit-equal to those with random finite padding; dx is exactly 0 at
+    padding. The last item is all padding."""
+    B, N, C, S = 3, 21, 32, 5
+    m = module_on(name, backend, C, S)
+    device = device_of(backend)
+    x = (torch.randn(B, N, C) * 2 + 0.5).to(device)
+    mask = make_mask(B, N).to(device)
+    junk = torch.tensor([float("nan"), float("inf"), -float("inf")], device=device)[
+        torch.randint(0, 3, (B, N, C), device=device)]
+    poisoned = torch.where(mask[:, :, None], x, junk)
+    d_out = torch.randn(B, S, C, device=device)
+    clean = forward_backward(m, x, mask, d_out)
+    dirty = forward_backward(m, poisoned, mask, d_out)
+    names = ["out", "x"] + [n for n, _ in m.named_parameters()]
+    for what, a, b in zip(names, [clean[0], *clean[1]], [dirty[0], *dirty[1]]):
+        assert torch.isfinite(b).all(), f"non-finite {what}"
+        assert torch.equal(a, b), f"{what} depends on what the padding holds"
+    assert torch.count_nonzero(dirty[1][0][~mask]) == 0
+    assert torch.count_nonzero(dirty[0][-1]) == 0
+
+
+@pytest.mark.parametrize("name,backend", MODULE_BACKENDS)
+@pytest.mark.parametrize("B,N", [(0, 9), (3, 0)], ids=["B=0", "N=0"])
+def test_zero_size(name, backend, B, N):
+    """No item: an empty output; no position: zeros (an item with no real position). The
+    gradients of x and of every parameter have their shapes and are 0."""
+    C, S = 32, 5
+    m = module_on(name, backend, C, S)
+    device = device_of(backend)
+    x = torch.randn(B, N, C, device=device)
+    for mask in (None, torch.ones(B, N, dtype=torch.bool, device=device)):
+        out, grads = forward_backward(m, x, mask, torch.randn(B, S, C, device=device))
+        assert out.shape == (B, S, C) and torch.count_nonzero(out) == 0
+        for (n, p), g in zip([("x", x), *m.named_parameters()], grads):
+            assert g.shape == p.shape and torch.count_nonzero(g) == 0, n
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("name", list(MODULES))
+def test_meta_tensors(name, dtype, backend):
+    """Shapes and dtypes on the meta device: output, gradient of x and of every parameter."""
+    B, N, C, S = 3, 10, 32, 5
+    m = module_on(name, backend, C, S, dtype, torch.device("meta"))
+    x = torch.empty(B, N, C, dtype=dtype, device="meta")
+    mask = torch.empty(B, N, dtype=torch.bool, device="meta")
+    out, grads = forward_backward(m, x, mask, torch.empty(B, S, C, dtype=dtype, device="meta"))
+    assert out.device.type == "meta" and out.shape == (B, S, C) and out.dtype == dtype
+    for (n, p), g in zip([("x", x), *m.named_parameters()], grads):
+        assert g.device.type == "meta" and g.shape == p.shape and g.dtype == dtype, n
+
+
+@pytest.mark.parametrize("name,backend", MODULE_BACKENDS)
+def test_compile_fullgraph_two_batch_sizes(name, backend):
+    """torch.compile(fullgraph=True) traces each module whole (W_eff folding, the registered op,
+    the value projection), forward and backward, and matches eager at two batch sizes (the
+    second recompiles with a dynamic batch). aot_eager: the tracing is what is checked here,
+    without a C++/GPU compiler (the op tests cover inductor)."""
+    C, S = 48, 8
+    m = module_on(name, backend, C, S)
+    device = device_of(backend)
+    compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
+    params = [p for _, p in m.named_parameters()]
+    for B in (2, 5):
+        x = torch.randn(B, 20, C, device=device, requires_grad=True)
+        mask = make_mask(B, 20).to(device)
+        want = m(x, mask)
+        g_want = torch.autograd.grad(want.square().sum(), [x, *params], allow_unused=True)
+        got = compiled(x, mask)
+        g_got = torch.autograd.grad(got.square().sum(), [x, *params], allow_unused=True)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+        for a, b in zip(g_got, g_want):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def _bad_masks():
+    return [
+        ("mask not a tensor", TypeError, lambda a: a.update(mask=[[True] * 6] * 2)),
+        ("mask float", ValueError, lambda a: a.update(mask=torch.ones(2, 6))),
+        ("mask shape", ValueError, lambda a: a.update(mask=torch.ones(2, 5, dtype=torch.bool))),
+        ("mask device", ValueError, lambda a: a.update(mask=torch.ones(2, 6, dtype=torch.bool, device="meta"))),
+    ]
+
+
+@pytest.mark.parametrize("label,kind,mutate", _bad_masks(), ids=[c[0] for c in _bad_masks()])
+@pytest.mark.parametrize("name", list(MODULES))
+def test_bad_mask_names_it(name, label, kind, mutate):
+    """A bad mask gets an error naming it (from the module or from the op it calls), of the
+    expected kind, with x and the parameters left bit-identical."""
+    m = module_on(name, "torch", 16, 3)
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+
+    def call(x, mask):
+        try:
+            m(x, mask)
+        except Exception as e:
+            assert type(e) is kind, f"{type(e).__name__} instead of {kind.__name__}: {e}"
+            raise
+
+    assert_error_names(call, lambda: dict(x=torch.randn(2, 6, 16), mask=torch.rand(2, 6) < 0.6), "`mask`", mutate)
+    for n, p in m.named_parameters():
+        assert torch.equal(p, before[n]), n
+
+
+def test_backend_reaches_the_op():
+    x = torch.randn(2, 9, 16)
+    for m in (TokenReduction(16, 4, 4), TokenReduction(16, 4, 4, values="norm"), TokenLearner(16, 4)):
+        m.backend = "no-such-backend"
+        with pytest.raises(ValueError, match="backend must be one of"):
+            m(x)
+
+
+def test_exported():
+    assert skillkern.nn.TokenReduction is TokenReduction
+    assert skillkern.nn.TokenLearner is TokenLearner
+    for name in ("TokenReduction", "TokenReductionRef", "TokenLearner", "token_reduce", "token_pool",
+                 "token_reduce_ref", "token_pool_ref"):
+        assert name in skillkern.ops.token_reduce.__all__
+    assert skillkern.ops.token_reduce.TokenReductionRef is TokenReductionRef
+    assert skillkern.ops.token_reduce.TokenLearner is TokenLearner

@@ -45,6 +45,14 @@ def _grouped_matrix_t(weight: Tensor, groups: int) -> Tensor:
     return weight.reshape(groups, c // groups, cg).transpose(1, 2)
 
 
+def _conv1x1(t: Tensor, weight: Tensor, bias: Tensor | None = None, groups: int = 1) -> Tensor:
+    """F.conv1d with a 1-wide kernel, also over an empty sequence (ATen refuses length 0: it
+    convolves one zero column then, and drops it, so gradients stay connected and are 0)."""
+    if t.shape[-1] == 0:
+        return F.conv1d(F.pad(t, (0, 1)), weight, bias, groups=groups)[..., :0]
+    return F.conv1d(t, weight, bias, groups=groups)
+
+
 class TokenReduction(nn.Module):
     """Wukong's token reduction layer: (B, N, C) tokens -> (B, S, C), S = num_tokens.
 
@@ -141,8 +149,8 @@ class TokenReductionRef(TokenReduction):
             # padding may hold NaN or inf: select it away (a zero weight times NaN is NaN)
             x = x.masked_fill(~mask[:, :, None], 0.0)
         u = self.norm(x)                                                        # (B, N, C)
-        h = F.conv1d(u.transpose(1, 2), self.score_conv1.weight, groups=self.groups)
-        scores = F.conv1d(h, self.score_conv2.weight, self.score_conv2.bias)    # (B, S, N)
+        h = _conv1x1(u.transpose(1, 2), self.score_conv1.weight, groups=self.groups)
+        scores = _conv1x1(h, self.score_conv2.weight, self.score_conv2.bias)    # (B, S, N)
         if mask is not None:
             empty = ~mask.any(dim=1)                                            # (B,)
             scores = scores.masked_fill(~mask[:, None, :], float("-inf"))
@@ -152,7 +160,7 @@ class TokenReductionRef(TokenReduction):
         if mask is not None:
             weights = weights.masked_fill(empty[:, None, None], 0.0)
         feat = x if self.values == "input" else u
-        feat = F.conv1d(feat.transpose(1, 2), self.value_conv.weight, groups=self.groups)
+        feat = _conv1x1(feat.transpose(1, 2), self.value_conv.weight, groups=self.groups)
         return self.dropout(torch.bmm(weights, feat.transpose(1, 2)))          # (B, S, C)
 
 
