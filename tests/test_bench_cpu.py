@@ -123,10 +123,24 @@ def test_every_provider_path(op, extra, providers, tmp_path, fake_cuda):
 def test_absent_backend_is_unavailable(tmp_path):
     """Without the extension (and without a GPU) the cuda provider is unavailable, with the
     backend chooser's reason; the run passes."""
-    result = _run("token_reduce", tmp_path, providers=["eager-wukong", "skillkern-cuda"])
+    result = _run("token_reduce", tmp_path, "--modes", "fwd", providers=["eager-wukong", "skillkern-cuda"])
     cuda = _by_provider(result.rows)["skillkern-cuda"]
     assert result.ok and len(cuda) == 1 and cuda[0]["status"] == "unavailable"
     assert "backend='cuda'" in cuda[0]["reason"]
+
+
+def test_cuda_reason_is_the_backend_choosers(monkeypatch):
+    """The bench asks _backend (resolve -> has_native_op) whether the loaded extension has the
+    op: a stale build says so, an up-to-date one gets as far as the device check."""
+    from skillkern.bench._common import backend_reason
+
+    monkeypatch.setattr(_backend, "load_cuda_extension", lambda: None)
+    for op in ("skill_ffn", "token_similarity", "token_reduce"):
+        monkeypatch.setattr(_backend, "has_native_op", lambda name: False)
+        assert "lacks torch.ops.skillkern." in backend_reason(op, "cuda", "cpu")
+        monkeypatch.setattr(_backend, "has_native_op", lambda name: True)
+        assert "needs CUDA tensors" in backend_reason(op, "cuda", "cpu")
+        assert backend_reason(op, "torch", "cpu") is None
 
 
 def test_raising_skillkern_provider_fails_the_run(tmp_path, monkeypatch):
@@ -138,7 +152,7 @@ def test_raising_skillkern_provider_fails_the_run(tmp_path, monkeypatch):
         raise RuntimeError("kernel exploded")
 
     monkeypatch.setattr(TokenReduction, "forward", broken)
-    result = _run("token_reduce", tmp_path, providers=["eager-wukong", "skillkern-torch"])
+    result = _run("token_reduce", tmp_path, "--modes", "fwd", providers=["eager-wukong", "skillkern-torch"])
     sk_rows = _by_provider(result.rows)["skillkern-torch"]
     assert not result.ok and [r["status"] for r in sk_rows] == ["failed"] and "kernel exploded" in sk_rows[0]["reason"]
     assert all(r["status"] == "ok" for r in _by_provider(result.rows)["eager-wukong"])
@@ -147,14 +161,15 @@ def test_raising_skillkern_provider_fails_the_run(tmp_path, monkeypatch):
     monkeypatch.setattr(skillkern, "skill_ffn", lambda *a, backend="auto", **kw: (
         real(*a, backend=backend, **kw) if backend != "torch" else (_ for _ in ()).throw(ValueError("bad"))))
     assert runner.main("skill_ffn", [*TINY["skill_ffn"], "--dtype", "fp32", "--device", "cpu", "--cpu-reps", "1",
-                                     "--out", str(tmp_path / "f.jsonl"), "--providers", "skill-loop,skillkern-torch"]) == 1
+                                     "--out", str(tmp_path / "f.jsonl"), "--providers", "skill-loop,skillkern-torch",
+                                     "--modes", "fwd"]) == 1
 
 
 def test_wrong_provider_fails_the_run(tmp_path, monkeypatch):
     """A provider past its tolerance is recorded "wrong", not timed, and fails the run."""
     real = skillkern.skill_ffn
     monkeypatch.setattr(skillkern, "skill_ffn", lambda *a, **kw: real(*a, **kw) * 1.1)
-    result = _run("skill_ffn", tmp_path, providers=["skill-loop", "skillkern-torch"])
+    result = _run("skill_ffn", tmp_path, "--modes", "fwd", providers=["skill-loop", "skillkern-torch"])
     bad = _by_provider(result.rows)["skillkern-torch"]
     assert not result.ok and [r["status"] for r in bad] == ["wrong"] and "forward rel err" in bad[0]["reason"]
 
