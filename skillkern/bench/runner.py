@@ -18,6 +18,7 @@ wrong provider makes the run fail (exit status 1).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import sys
 import time
@@ -129,6 +130,27 @@ def parse_spec(cls, item: str, example: str, presets, aliases: dict | None = Non
                              f"or a preset {sorted(presets)}")
         f.update({k: val if isinstance(d, str) else int(val) for k, d in default.items()})
     return cls(**f)
+
+
+_SHIMMED: list = []
+
+
+def interpreter_autotune_shim():
+    """Under TRITON_INTERPRET=1 there is no device benchmarker, so a peer's @triton.autotune
+    fails ('0 active drivers'): every autotuner takes its first config untimed (CPU runs of
+    the peers only; skillkern's kernels carry one config there)."""
+    if _SHIMMED:
+        return
+    from triton.runtime import autotuner
+
+    order = itertools.count()
+
+    def first_config_wins(kernel_call, quantiles=None, **_):
+        t = float(next(order))  # increasing "times": the first config benched wins
+        return [t] * len(quantiles) if quantiles else t
+
+    autotuner.Autotuner.do_bench = property(lambda self: first_config_wins)
+    _SHIMMED.append(True)
 
 
 # ----------------------------------------------------------------------------- command line

@@ -33,7 +33,7 @@ import torch
 import skillkern as sk
 from skillkern._backend import interpreting
 from skillkern.bench._common import MODE_FLOP_FACTOR, Unavailable, backend_reason, first_line
-from skillkern.bench.runner import OpSpec, Provider, Reference, parse_spec
+from skillkern.bench.runner import OpSpec, Provider, Reference, interpreter_autotune_shim, parse_spec
 from skillkern.ops.skill_ffn.reference import activation_ref, skill_ffn_ref, slot_scale
 
 # Relative error allowed vs the fp32 reference: bf16 operands land near 1e-3..1e-2; fp32 may run
@@ -247,6 +247,8 @@ def _liger(c: Case, args) -> Provider:
         from liger_kernel.ops.fused_moe import LigerFusedMoEFunction
     except ImportError as e:
         raise Unavailable(f"liger_kernel.ops.fused_moe not importable ({first_line(e)}): pip install liger-kernel")
+    if not c.x.is_cuda:
+        interpreter_autotune_shim()
     ids = c.ids.reshape(c.shape.T, -1)
     top_w, top_i = slot_scale(ids, c.shape.E, None).to(c.x.dtype), ids.to(torch.int32).contiguous()
     gate_up = c.w1.detach().transpose(1, 2).contiguous().requires_grad_()

@@ -30,7 +30,6 @@ Examples:
 from __future__ import annotations
 
 import importlib
-import itertools
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +38,7 @@ import torch.nn.functional as F
 import skillkern as sk
 from skillkern._backend import interpreting
 from skillkern.bench._common import MODE_FLOP_FACTOR, Unavailable, backend_reason, first_line
-from skillkern.bench.runner import OpSpec, Provider, Reference, errors, parse_spec
+from skillkern.bench.runner import OpSpec, Provider, Reference, errors, interpreter_autotune_shim, parse_spec
 from skillkern.ops.token_similarity.reference import token_similarity_ref
 
 TOLERANCE = {torch.bfloat16: 5e-2, torch.float16: 5e-2, torch.float32: 1e-2}  # floors
@@ -184,26 +183,6 @@ def _peer(name: str, fn_name: str, call):
         return _provider(c, forward, getattr(mod, "__version__", None),
                          "the peer's backward kernels need CUDA" if cpu else None)
     return build
-
-
-_SHIMMED: list = []
-
-
-def interpreter_autotune_shim():
-    """Under TRITON_INTERPRET=1 there is no device benchmarker, so a peer's @triton.autotune
-    fails ('0 active drivers'): every autotuner takes its first config untimed."""
-    if _SHIMMED:
-        return
-    from triton.runtime import autotuner
-
-    order = itertools.count()
-
-    def first_config_wins(kernel_call, quantiles=None, **_):
-        t = float(next(order))  # increasing "times": the first config benched wins
-        return [t] * len(quantiles) if quantiles else t
-
-    autotuner.Autotuner.do_bench = property(lambda self: first_config_wins)
-    _SHIMMED.append(True)
 
 
 def _reference_in(c: Case, dt, naive: bool):
