@@ -8,7 +8,7 @@ import skillkern
 from skillkern import _backend
 from skillkern.ops.token_reduce.reference import token_pool_ref, token_reduce_ref
 
-from conftest import DEVICE, assert_error_names, rel_err
+from conftest import DEVICE, assert_error_names, poison_padding, rel_err
 
 BACKENDS = ["triton"]
 FLOOR = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
@@ -206,13 +206,7 @@ def test_padding_values_never_reach_outputs_or_gradients(kind, dtype, backend):
     ln, lnb, pool_input, pool = kind
     t, mask = make(4, 21, 24, 5, ln, lnb, True, True, pool=pool)
     pad = ~mask
-    poisoned = {}
-    for n, v in t.items():
-        if n in ("x", "scores"):
-            bad = torch.tensor([float("nan"), float("inf"), -float("inf")], dtype=v.dtype, device=v.device)
-            junk = bad[torch.randint(0, 3, v.shape, device=v.device)]
-            v = torch.where(pad[:, :, None], junk, v)
-        poisoned[n] = v
+    poisoned = {n: poison_padding(v, mask) if n in ("x", "scores") else v for n, v in t.items()}
     d_out = torch.randn(4, 5, 24, device=DEVICE)
     clean = forward_backward(leaves_of(t, dtype), mask, backend, pool_input, d_out)
     dirty = forward_backward(leaves_of(poisoned, dtype), mask, backend, pool_input, d_out)
@@ -417,49 +411,3 @@ def test_gpu_cuda_backend_handles_non_contiguous_inputs():
     out = skillkern.token_reduce(x, w, t["ln_weight"].float(), t["ln_bias"].float(), mask, backend="cuda")
     ref = token_reduce_ref(x.double(), w.double(), t["ln_weight"], t["ln_bias"], mask)
     assert rel_err(out, ref) <= 1e-5
-
-
-# ----------------------------------------------------------------------------- CUDA kernels, no GPU
-# csrc/token_reduce/emu/ compiles the cuda backend's kernels as host code (threads as fibers, the
-# PTX emulated) and runs prep -> forward -> backward -> reduce against reference.py, twice with
-# different thread schedules (a shared-memory race gives different bits). A few cases here; all of
-# them (and AddressSanitizer) with `.venv/bin/python csrc/token_reduce/emu/run_emu.py`.
-# SKILLKERN_EMU_ASAN=1 builds the emulator with sanitizers here too (slower).
-EMU_CASES = [
-    ("ViT-B/32", torch.bfloat16),
-    ("an all-masked row", torch.float32),
-    ("token_pool", torch.bfloat16),
-    ("fp32 parameters with 16-bit x", torch.float16),
-]
-
-
-def _run_emu_module():
-    import importlib.util
-    import os
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc", "token_reduce", "emu",
-                        "run_emu.py")
-    spec = importlib.util.spec_from_file_location("tokred_run_emu", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def emulator():
-    import os
-    import shutil
-    if shutil.which("g++") is None or not any(
-            os.path.exists(os.path.join(p, "include", "cuda_bf16.h"))
-            for p in (os.environ.get("CUDA_HOME", ""), "/usr/local/cuda") if p):
-        pytest.skip("the kernel emulator needs g++ and the CUDA headers (cuda_fp16.h / cuda_bf16.h)")
-    module = _run_emu_module()
-    return module, module.build(asan=os.environ.get("SKILLKERN_EMU_ASAN", "0") == "1")
-
-
-@pytest.mark.slow  # compiles the emulator with g++ first (~10 s idle, cached by source hash)
-@pytest.mark.parametrize("label,dtype", EMU_CASES, ids=[f"{c[0]}-{str(c[1])[6:]}" for c in EMU_CASES])
-def test_cuda_kernels_emulated_on_cpu(emulator, label, dtype, tmp_path):
-    module, exe = emulator
-    case = next(c for c in module.CASES if c["label"].startswith(label))
-    errors, log = module.run_case(exe, case, dtype, str(tmp_path))
-    assert not errors, f"{label} {dtype}: {log}\n" + "\n".join(errors)

@@ -22,7 +22,7 @@ import skillkern.ops.token_reduce.module as tr_module
 from skillkern.ops.token_reduce.module import TokenLearner, TokenReduction, TokenReductionRef
 from skillkern.ops.token_reduce.reference import token_pool_ref, token_reduce_ref
 
-from conftest import DEVICE, assert_error_names, rel_err
+from conftest import DEVICE, assert_error_names, poison_padding, rel_err
 from test_token_reduce import CUDA
 
 BACKENDS = ["torch", "triton", CUDA]  # the torch backend on CPU tensors, the others on DEVICE
@@ -355,9 +355,7 @@ def test_padding_values_never_reach_outputs_or_gradients(name, backend):
     device = device_of(backend)
     x = (torch.randn(B, N, C) * 2 + 0.5).to(device)
     mask = make_mask(B, N).to(device)
-    junk = torch.tensor([float("nan"), float("inf"), -float("inf")], device=device)[
-        torch.randint(0, 3, (B, N, C), device=device)]
-    poisoned = torch.where(mask[:, :, None], x, junk)
+    poisoned = poison_padding(x, mask)
     d_out = torch.randn(B, S, C, device=device)
     clean = forward_backward(m, x, mask, d_out)
     dirty = forward_backward(m, poisoned, mask, d_out)
