@@ -273,6 +273,7 @@ def _bad_args():
         ("w_score with S=0", "w_score", ValueError, lambda a: a.update(w_score=torch.randn(8, 0))),
         ("w_score device", "w_score", ValueError, lambda a: a.update(w_score=a["w_score"].to("meta"))),
         ("ln_weight shape", "ln_weight", ValueError, lambda a: a.update(ln_weight=torch.ones(7))),
+        ("ln_weight 2-d", "ln_weight", ValueError, lambda a: a.update(ln_weight=torch.ones(8, 1))),
         ("ln_weight int", "ln_weight", ValueError, lambda a: a.update(ln_weight=torch.ones(8, dtype=torch.int32))),
         ("ln_bias without weight", "ln_bias", ValueError, lambda a: a.update(ln_weight=None)),
         ("ln_bias shape", "ln_bias", ValueError, lambda a: a.update(ln_bias=torch.zeros(8, 1))),

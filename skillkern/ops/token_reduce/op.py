@@ -27,10 +27,11 @@ from skillkern.ops._common import FLOAT_DTYPES, expect, register_autograd_pair
 from skillkern.ops.token_reduce.reference import token_pool_ref, token_reduce_ref
 
 
-def _check_tensor(op, t, name, x, dims):
-    """t is a float tensor of `dims` dimensions on x's device (TypeError if not a Tensor)."""
+def _check_tensor(op, t, name, x, layout):
+    """t is a float tensor with the dimensions of `layout` ("(D, S)") on x's device (TypeError
+    if not a Tensor)."""
     expect(isinstance(t, Tensor), op, name, f"must be a Tensor, got {type(t).__name__}", TypeError)
-    expect(t.dim() == dims, op, name, f"must have {dims} dimension(s), got shape {tuple(t.shape)}")
+    expect(t.dim() == len(layout.strip("(,)").split(",")), op, name, f"must have shape {layout}, got {tuple(t.shape)}")
     expect(t.dtype in FLOAT_DTYPES, op, name, f"must be float32, float16 or bfloat16, got {t.dtype}")
     if t is not x:
         expect(t.device == x.device, op, name, f"is on {t.device} but x is on {x.device}")
@@ -48,7 +49,7 @@ def _check_mask(op, x, mask):
 
 
 def _check_x_mask(op, x, mask):
-    _check_tensor(op, x, "x", x, 3)
+    _check_tensor(op, x, "x", x, "(B, N, D)")
     expect(x.shape[2] >= 1, op, "x", f"must have D >= 1 features, got shape {tuple(x.shape)}")
     _check_mask(op, x, mask)
 
@@ -151,17 +152,17 @@ def token_reduce(x: Tensor, w_score: Tensor, ln_weight: Optional[Tensor] = None,
     op = "token_reduce"
     _check_x_mask(op, x, mask)
     D = x.shape[2]
-    _check_tensor(op, w_score, "w_score", x, 2)
+    _check_tensor(op, w_score, "w_score", x, "(D, S)")
     expect(w_score.shape[0] == D, op, "w_score", f"must have shape (D={D}, S), got {tuple(w_score.shape)}")
     expect(w_score.shape[1] >= 1, op, "w_score", "must produce at least one token (S >= 1), "
            f"got shape {tuple(w_score.shape)}")
     if ln_weight is not None:
-        _check_tensor(op, ln_weight, "ln_weight", x, 1)
+        _check_tensor(op, ln_weight, "ln_weight", x, "(D,)")
         expect(ln_weight.shape[0] == D, op, "ln_weight", f"must have shape ({D},), got {tuple(ln_weight.shape)}")
     if ln_bias is not None:
         expect(ln_weight is not None, op, "ln_bias", "needs ln_weight (LayerNorm without a weight is "
                "not supported; pass ones)")
-        _check_tensor(op, ln_bias, "ln_bias", x, 1)
+        _check_tensor(op, ln_bias, "ln_bias", x, "(D,)")
         expect(ln_bias.shape[0] == D, op, "ln_bias", f"must have shape ({D},), got {tuple(ln_bias.shape)}")
     expect(isinstance(eps, numbers.Real) and not isinstance(eps, bool), op, "eps",
            f"must be a number, got {type(eps).__name__}", TypeError)
@@ -189,7 +190,7 @@ def token_pool(x: Tensor, scores: Tensor, mask: Optional[Tensor] = None, *, back
     op = "token_pool"
     _check_x_mask(op, x, mask)
     B, N, _ = x.shape
-    _check_tensor(op, scores, "scores", x, 3)
+    _check_tensor(op, scores, "scores", x, "(B, N, S)")
     expect(tuple(scores.shape[:2]) == (B, N), op, "scores",
            f"must have shape (B={B}, N={N}, S), got {tuple(scores.shape)}")
     expect(scores.shape[2] >= 1, op, "scores", f"must have S >= 1, got shape {tuple(scores.shape)}")
