@@ -254,6 +254,18 @@ def test_skill_route_bad_ids(bad, kind):
         skillkern.skill_route(bad, 3)
 
 
+@pytest.mark.parametrize("kwargs,name,kind", [
+    (dict(d_model=0), "d_model", ValueError), (dict(d_ff=-1), "d_ff", ValueError),
+    (dict(num_skills=0), "num_skills", ValueError), (dict(d_ff=8.0), "d_ff", TypeError),
+    (dict(activation="tanh"), "activation", ValueError)], ids=["d_model 0", "d_ff<0", "E=0", "d_ff float", "act"])
+def test_skillffn_layer_bad_arguments(kwargs, name, kind):
+    args = dict(d_model=8, d_ff=16, num_skills=3) | kwargs
+    with pytest.raises(kind, match=f"SkillFFN: `{name}`"):
+        skillkern.nn.SkillFFN(**args)
+    with pytest.raises(ValueError, match="SkillFFN.from_dense: `fc2`"):
+        skillkern.nn.SkillFFN.from_dense(torch.nn.Linear(8, 16), torch.nn.Linear(16, 9), 2)
+
+
 # ----------------------------------------------------------------------------- reference backward
 
 

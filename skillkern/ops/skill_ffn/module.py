@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import nn
 
+from skillkern.ops._common import expect
 from skillkern.ops.skill_ffn.op import skill_ffn
 from skillkern.ops.skill_ffn.reference import ACTIVATIONS
 
@@ -21,10 +23,12 @@ class SkillFFN(nn.Module):
     def __init__(self, d_model: int, d_ff: int, num_skills: int, activation: str = "gelu",
                  bias: bool = True, device=None, dtype=None):
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"SkillFFN: `activation` must be one of {ACTIVATIONS}, got {activation!r}")
-        if min(d_model, d_ff, num_skills) < 1:
-            raise ValueError("SkillFFN: `d_model`, `d_ff` and `num_skills` must be positive")
+        expect(activation in ACTIVATIONS, "SkillFFN", "activation",
+               f"must be one of {ACTIVATIONS}, got {activation!r}")
+        for name, n in (("d_model", d_model), ("d_ff", d_ff), ("num_skills", num_skills)):
+            expect(isinstance(n, numbers.Integral) and not isinstance(n, bool), "SkillFFN", name,
+                   f"must be an int, got {type(n).__name__}", TypeError)
+            expect(n >= 1, "SkillFFN", name, f"must be positive, got {n}")
         fk = {"device": device, "dtype": dtype}
         h1 = 2 * d_ff if activation == "swiglu" else d_ff
         self.d_model, self.d_ff, self.num_skills, self.activation = d_model, d_ff, num_skills, activation
@@ -54,11 +58,12 @@ class SkillFFN(nn.Module):
         For "swiglu", fc1.out_features = 2 * d_ff with the gate half first."""
         d, h1 = fc1.in_features, fc1.out_features
         h = fc2.in_features
-        if fc2.out_features != d:
-            raise ValueError(f"SkillFFN.from_dense: `fc2` must map back to d_model={d}, got {fc2.out_features}")
-        if h1 != (2 * h if activation == "swiglu" else h):
-            raise ValueError(f"SkillFFN.from_dense: `fc1` has {h1} outputs but `fc2` takes {h}"
-                             + (" (swiglu needs fc1.out_features == 2 * fc2.in_features)" if activation == "swiglu" else ""))
+        expect(fc2.out_features == d, "SkillFFN.from_dense", "fc2",
+               f"must map back to d_model={d}, got {fc2.out_features}")
+        swiglu = activation == "swiglu"
+        expect(h1 == (2 * h if swiglu else h), "SkillFFN.from_dense", "fc1",
+               f"has {h1} outputs but `fc2` takes {h}"
+               + (" (swiglu needs fc1.out_features == 2 * fc2.in_features)" if swiglu else ""))
         bias = fc1.bias is not None or fc2.bias is not None
         m = cls(d, h, num_skills, activation, bias, device=fc1.weight.device, dtype=fc1.weight.dtype)
         with torch.no_grad():
