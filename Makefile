@@ -38,7 +38,7 @@ venv: $(STAMP)
 # Rebuilt whenever the build inputs change, so an edit to csrc/ recompiles on the next
 # `make test`. setuptools, wheel and ninja go in first: the editable build runs without build
 # isolation (it must see the venv's CUDA torch) and only then installs the dev extras.
-$(STAMP): setup.py pyproject.toml $(shell find csrc -name '*.cu' -o -name '*.cpp' -o -name '*.h')
+$(STAMP): setup.py pyproject.toml $(shell find csrc -name '*.cu' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.h')
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV_ARGS) $(VENV)
 	$(VPY) -m pip install 'setuptools>=64' wheel ninja $(TORCH_SPEC)
 	$(VPY) -m pip install --no-build-isolation -e '.[dev,model]'

@@ -36,8 +36,9 @@ def main() -> None:
     from torch.utils import cpp_extension
 
     cpp_extension.CUDA_HOME = cuda_home
-    folders = args.folders or sorted(
-        d for d in os.listdir(os.path.join(ROOT, "csrc")) if os.path.isdir(os.path.join(ROOT, "csrc", d)))
+    folders = args.folders or sorted(  # emu/ is the CPU emulation, built by emu/build.py
+        d for d in os.listdir(os.path.join(ROOT, "csrc"))
+        if os.path.isdir(os.path.join(ROOT, "csrc", d)) and d not in ("emu", "__pycache__"))
     sources = [os.path.join(ROOT, "csrc", "ops.cpp")]
     for f in folders:
         found = sorted(p for ext in ("cpp", "cu")

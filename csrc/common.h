@@ -15,9 +15,9 @@
 
 namespace skillkern {
 
-// TORCH_CHECK with skillkern's message format: "<op>: `<arg>` <what is wrong>".
-#define SK_CHECK_ARG(cond, op, arg, ...) \
-  TORCH_CHECK((cond), op ": `" arg "` ", __VA_ARGS__)
+// TORCH_CHECK with skillkern's message format: "<op>: `<arg>` <what is wrong>" (op and arg may
+// be literals or run-time strings).
+#define SK_CHECK_ARG(cond, op, arg, ...) TORCH_CHECK((cond), op, ": `", arg, "` ", __VA_ARGS__)
 
 inline bool is_float_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
@@ -50,9 +50,16 @@ __host__ __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float 
       case at::kHalf: { using scalar_t = __half; return __VA_ARGS__(); }        \
       case at::kBFloat16: { using scalar_t = __nv_bfloat16; return __VA_ARGS__(); } \
       default:                                                                  \
-        TORCH_CHECK(false, op ": unsupported dtype ", dtype,                    \
+        TORCH_CHECK(false, op, ": unsupported dtype ", dtype,                   \
                     " (float32, float16 or bfloat16)");                         \
     }                                                                           \
   }()
+
+// Explicit instantiations of a function template for the three storage types, e.g.
+// SK_INSTANTIATE_FLOAT(template void launch_forward, (const FwdProblem& p, cudaStream_t stream));
+#define SK_INSTANTIATE_FLOAT(decl, params) \
+  decl<float> params;                      \
+  decl<__half> params;                     \
+  decl<__nv_bfloat16> params
 
 }  // namespace skillkern

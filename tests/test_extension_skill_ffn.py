@@ -1,8 +1,7 @@
 """The native skill-FFN ops of the compiled extension, checked without a GPU: schemas, the C++
 Meta (shape) kernels, their argument errors, the autograd registration through torch.compile
-on meta tensors, and the CUDA kernels' own source run on the CPU by the host emulation in
-csrc/skill_ffn/emulation/ (threads for CUDA threads, stand-ins for cp.async and wmma) against
-the float64 reference. (On a GPU: tests/test_skill_ffn.py runs the "cuda" backend, and
+on meta tensors. (The CUDA kernels' own source runs on the CPU emulation in
+tests/test_emulation.py; on a GPU, tests/test_skill_ffn.py runs the "cuda" backend and
 csrc/skill_ffn/sanitize.py runs under compute-sanitizer.)
 
 A Meta kernel that returned a wrong shape or dtype, or a backward that was not registered,
@@ -10,17 +9,11 @@ fails these tests: every output's shape and dtype is compared with what the cont
 """
 from __future__ import annotations
 
-import math
-import os
-import sys
-
 import pytest
 import torch
-from conftest import rel_err
 
 import skillkern
 from skillkern.ops.skill_ffn import op as ffn_op  # noqa: F401  (registers the autograd hook)
-from skillkern.ops.skill_ffn.reference import skill_ffn_ref, slot_scale
 
 if not skillkern._backend.has_cuda_extension():
     pytest.skip("the CUDA extension (skillkern._C or SKILLKERN_EXTENSION_LIB) is not built",
@@ -256,130 +249,3 @@ def test_public_cuda_branch_compiles_fullgraph(monkeypatch, check_ids):
             assert g.shape == t.shape and g.dtype == t.dtype
     finally:
         skillkern.set_check_ids(True)
-
-
-# ----------------------------------------------------------------------------- host emulation
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EMU_FLOOR = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 5e-3}
-
-
-@pytest.fixture(scope="module")
-def emulated():
-    """torch.ops.skillkern_emu: csrc/skill_ffn/emulation/emulate.cc built with g++ (~30 s; cached
-    by torch's extension builder). It compiles the real fwd.cuh / bwd.cuh / down.cuh / gemm.cuh
-    with host stand-ins for the CUDA primitives, and the same half/bf16 flags as torch's nvcc."""
-    sys.path.insert(0, REPO)
-    from torch.utils import cpp_extension
-
-    import setup as sk_setup
-
-    cuda_home = sk_setup.find_cuda_home()
-    if cuda_home is None:
-        pytest.skip("no CUDA toolkit: the emulation needs its cuda_fp16.h / cuda_bf16.h")
-    csrc = os.path.join(REPO, "csrc")
-    cpp_extension.load(
-        name="skillkern_ffn_emulation", is_python_module=False,
-        sources=[os.path.join(csrc, "skill_ffn", "emulation", "emulate.cc")],
-        extra_include_paths=[os.path.join(csrc, "skill_ffn", "emulation"), csrc],  # the stand-ins first
-        extra_cflags=["-O1", "-isystem", os.path.join(cuda_home, "include"), "-D__CUDA_NO_HALF_OPERATORS__",
-                      "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
-                      "-D__CUDA_NO_HALF2_OPERATORS__"])
-    return torch.ops.skillkern_emu
-
-
-def _guarded(t, offset):
-    """t copied into a NaN-filled buffer, 32 + `offset` elements from its (64-byte aligned)
-    start and 32 + 64 before its end: reads past either edge poison the results, and an odd
-    offset misaligns the rows (the kernels then take their element-wise copy path)."""
-    buf = torch.full((t.numel() + offset + 96,), math.nan, dtype=t.dtype)
-    view = buf[32 + offset:32 + offset + t.numel()]
-    view.copy_(t.reshape(-1))
-    return view.view(t.shape)
-
-
-def _emu_ids(T, k, E, routing, gen):
-    if routing == "one":  # every token on the last skill
-        ids = torch.full((T, k), -1, dtype=torch.long)
-        ids[:, 0] = E - 1
-    elif routing == "sparse":  # skills 0 and E - 1 only
-        ids = torch.where(torch.rand(T, k, generator=gen) < 0.5, 0, E - 1)
-        ids[:, 1:] = -1
-    else:  # distinct skills per token, 20% holes
-        ids = torch.argsort(torch.rand(T, E, generator=gen), dim=1)[:, :k]
-        ids = ids.masked_fill(torch.rand(T, k, generator=gen) < 0.2, -1)
-    ids[T // 3] = -1  # a token without any active slot
-    return ids
-
-
-# (label, T, k, E, d, h, activation, dtype, bias, routing, offset): sizes against the tiles
-# (BM = 128 rows; BN = 128 or 64 columns; BK = 32 (16-bit) / 16 (fp32) of K)
-EMU_CASES = [
-    ("bf16 gelu_tanh, K tail, column tails, k=2", 300, 2, 4, 72, 136, "gelu_tanh", torch.bfloat16, True,
-     "uniform", 0),
-    ("fp32 swiglu (SIMT), one skill of 3 row tiles", 300, 1, 4, 40, 72, "swiglu", torch.float32, True, "one", 0),
-    ("fp16 silu, odd d and h (element-wise copies), k=3", 37, 3, 5, 19, 23, "silu", torch.float16, True,
-     "uniform", 0),
-    ("bf16 relu, misaligned base pointers, no bias", 70, 2, 3, 32, 48, "relu", torch.bfloat16, False,
-     "uniform", 1),
-    ("fp32 gelu, empty skills", 90, 2, 6, 24, 40, "gelu", torch.float32, True, "sparse", 0),
-    ("bf16 swiglu, many skills with few rows", 60, 3, 23, 16, 24, "swiglu", torch.bfloat16, True, "uniform", 0),
-]
-
-
-@pytest.mark.parametrize("case", EMU_CASES, ids=[c[0] for c in EMU_CASES])
-def test_emulated_kernels_match_reference(emulated, case):
-    """The CUDA kernels' source, run by the host emulation, against the float64 reference on
-    the same (rounded) inputs: y and every gradient within 2x PyTorch's own error in the dtype
-    (+ a floor). Uninitialised memory is NaN-filled (deterministic mode), so an output element
-    no kernel writes, or a read of one, fails the comparison."""
-    _, T, k, E, d, h, activation, dtype, bias, routing, offset = case
-    gen = torch.Generator().manual_seed(T * 131 + d)
-    h1 = 2 * h if activation == "swiglu" else h
-    master = {
-        "x": torch.randn(T, d, generator=gen, dtype=torch.float64),
-        "w1": torch.randn(E, d, h1, generator=gen, dtype=torch.float64) / d ** 0.5,
-        "w2": torch.randn(E, h, d, generator=gen, dtype=torch.float64) / h ** 0.5,
-        "b1": torch.randn(E, h1, generator=gen, dtype=torch.float64) * 0.5 if bias else None,
-        "b2": torch.randn(E, d, generator=gen, dtype=torch.float64) * 0.5 if bias else None,
-    }
-    ids = _emu_ids(T, k, E, routing, gen)
-    sw = torch.rand(T, k, generator=gen, dtype=torch.float64) + 0.5
-    dy = torch.randn(T, d, generator=gen, dtype=torch.float64)
-    names = [n for n, t in master.items() if t is not None]
-
-    def reference(work_dtype):
-        leaves = {n: master[n].to(dtype).to(work_dtype).requires_grad_() for n in names}
-        exact = work_dtype == torch.float64  # else torch in dtype, with the kernels' fp32 scale
-        sc = slot_scale(ids, E, sw.float().to(work_dtype if exact else torch.float32),
-                        dtype=torch.float64 if exact else torch.float32).requires_grad_()
-        y = skill_ffn_ref(leaves["x"], ids, sc, leaves["w1"], leaves["w2"], leaves.get("b1"), leaves.get("b2"),
-                          activation)
-        grads = torch.autograd.grad(y, [leaves[n] for n in names] + [sc], dy.to(y.dtype))
-        return [y, *grads]
-
-    ref = reference(torch.float64)
-    base = reference(dtype)  # torch's own error in this dtype
-    args = {n: _guarded(master[n].to(dtype), offset) for n in names}
-    scale = slot_scale(ids, E, sw.float())
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)  # at::empty fills NaN
-    try:
-        y, order, offsets = emulated.forward(args["x"], ids, scale, args["w1"], args["w2"], args.get("b1"),
-                                             args.get("b2"), activation)
-        grads = emulated.backward(_guarded(dy.to(dtype), offset), args["x"], scale, args["w1"], args["w2"],
-                                  args.get("b1"), args.get("b2"), order, offsets, activation, True)
-    finally:
-        torch.use_deterministic_algorithms(previous)
-    dx, dw1, dw2, db1, db2, dscale = grads
-    got = [y, dx, dw1, dw2] + ([db1, db2] if bias else []) + [dscale]
-    assert (db1.numel() == 0 and db2.numel() == 0) != bias
-    labels = ["y"] + ["d" + n for n in names] + ["dscale"]
-    for label, g, r, b in zip(labels, got, ref, base):
-        assert g.shape == r.shape, label
-        assert torch.isfinite(g).all(), f"{label}: non-finite values (unwritten or poisoned reads)"
-        err, err_torch = rel_err(g, r), rel_err(b, r)
-        assert err <= 2 * err_torch + EMU_FLOOR[dtype], f"{label}: rel err {err:.3g} vs torch {err_torch:.3g}"
-    if routing == "sparse":  # skills 1 .. E-2 have no rows: exact zeros
-        for g in (dw1, dw2) + ((db1, db2) if bias else ()):
-            assert torch.count_nonzero(g[1:E - 1]) == 0

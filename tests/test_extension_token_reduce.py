@@ -2,7 +2,7 @@
 kernels, their argument errors, and torch.compile + autograd through them on meta tensors
 (which runs the C++ Meta kernels of both ops and the Python autograd registration of
 skillkern::token_reduce_fwd_cuda). The kernels' numbers are checked on a GPU in
-tests/test_token_reduce.py (backend "cuda") and on the CPU by csrc/token_reduce/emu/run_emu.py.
+tests/test_token_reduce.py (backend "cuda") and on the CPU emulation by tests/test_emulation.py.
 
 With a dev build: SKILLKERN_EXTENSION_LIB=$(.venv/bin/python csrc/build_dev.py token_reduce).
 """

@@ -271,8 +271,7 @@ __global__ void __launch_bounds__(256)
         for (int64_t c = lane; c < d; c += 32) s += to_f32(dy_row[c]) * to_f32(b2_row[c]);
       }
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(kFullMask, s, o);
+    s = warp_sum(s);
     if (lane == 0) dscale[slot] = s;
   }
 }
@@ -293,7 +292,7 @@ void launch_up_bwd(const T* x, const T* dy, const T* w1, const T* b1, const T* w
   const bool vec_o = h % V == 0 && aligned16(hc) && aligned16(dz);
   auto kernel = _skill_up_bwd_kernel<T, NB>;
   prepare_launch(kernel, smem_bytes, grid);
-  SKILLKERN_FFN_LAUNCH(kernel, unsigned(grid), S::THREADS, smem_bytes, stream, x, dy, w1, b1, w2, scale, hc, dz,
+  SK_LAUNCH(kernel, unsigned(grid), S::THREADS, smem_bytes, stream, x, dy, w1, b1, w2, scale, hc, dz,
                        dc_part, order, offsets, N, E, d, h, k, act, vec_x, vec_w1, vec_w2, vec_o);
 }
 
@@ -311,7 +310,7 @@ void launch_wgrad(const T* a, const T* b, const float* scale, T* dw, T* db, cons
   auto kernel = _skill_wgrad_kernel<T>;
   prepare_launch(kernel, L::BYTES, n_p * n_q);
   const dim3 grid(unsigned(n_p * n_q), unsigned(E));
-  SKILLKERN_FFN_LAUNCH(kernel, grid, S::THREADS, L::BYTES, stream, a, b, scale, dw, db, order, offsets, P, Q, k,
+  SK_LAUNCH(kernel, grid, S::THREADS, L::BYTES, stream, a, b, scale, dw, db, order, offsets, P, Q, k,
                        a_by_token, b_by_token, db_scaled, P % V == 0 && aligned16(a), Q % V == 0 && aligned16(b),
                        Q % V == 0 && aligned16(dw));
 }
@@ -381,7 +380,7 @@ inline std::vector<at::Tensor> run_backward(const at::Tensor& dy, const at::Tens
     if (need_dscale && N > 0) {
       const int64_t blocks = std::min<int64_t>(cdiv(N, 8), int64_t(1) << 20);  // 8 warps per block
       auto kernel = _skill_dscale_kernel<T>;
-      SKILLKERN_FFN_LAUNCH(kernel, unsigned(blocks), 256, 0, stream, dcp, n_ct, dyp, b2p, ord, off, N, int(E), d,
+      SK_LAUNCH(kernel, unsigned(blocks), 256, 0, stream, dcp, n_ct, dyp, b2p, ord, off, N, int(E), d,
                            int(k), dscale.mutable_data_ptr<float>());
     }
   });

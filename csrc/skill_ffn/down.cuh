@@ -139,7 +139,7 @@ void launch_down(const T* a, const T* w, const T* bias, const float* scale, T* o
   const bool vec_o = n_out % V == 0 && aligned16(out);
   auto kernel = _skill_down_kernel<T, B_COL>;
   prepare_launch(kernel, L::BYTES, grid);
-  SKILLKERN_FFN_LAUNCH(kernel, unsigned(grid), S::THREADS, L::BYTES, stream, a, w, bias, scale, out, order, offsets,
+  SK_LAUNCH(kernel, unsigned(grid), S::THREADS, L::BYTES, stream, a, w, bias, scale, out, order, offsets,
                        N, E, K, n_out, K * n_out, B_COL ? K : n_out, vec_a, vec_b, vec_o);
 }
 
@@ -150,7 +150,7 @@ void launch_combine(const T* buf, T* y, int64_t n_tok, int k, int64_t d, cudaStr
   const int64_t blocks = std::min<int64_t>(cdiv(total, 256), int64_t(1) << 20);  // grid-stride past that
   const bool vec = d % kVec<T> == 0 && aligned16(buf) && aligned16(y);
   auto kernel = _combine_slots_kernel<T>;
-  SKILLKERN_FFN_LAUNCH(kernel, unsigned(blocks), 256, 0, stream, buf, y, n_tok, k, d, vec);
+  SK_LAUNCH(kernel, unsigned(blocks), 256, 0, stream, buf, y, n_tok, k, d, vec);
 }
 
 }  // namespace

@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "skill_ffn/bwd.cuh"
+#include "cuda_device.h"
 #include "skill_ffn/ffn.h"
 
 namespace skillkern {
@@ -49,7 +50,7 @@ std::vector<at::Tensor> skill_ffn_bwd_cuda(const at::Tensor& dy_in, const at::Te
                                            bool need_dscale) {
   const int act =
       check_ffn_bwd_args(dy_in, x_in, scale_in, w1_in, w2_in, b1_in, b2_in, order_in, offsets_in, activation);
-  SK_CHECK_ARG(x_in.is_cuda(), "skill_ffn", "x", "must be a CUDA tensor, got ", x_in.device());
+  check_cuda_device(x_in, "skill_ffn", "x");
   const c10::cuda::CUDAGuard device_guard(x_in.device());
   // dy from autograd is often strided (e.g. expanded from a sum): copy once to rows
   const at::Tensor dy = dy_in.contiguous();

@@ -37,6 +37,7 @@
 #include <optional>
 #include <tuple>
 
+#include "cuda_device.h"
 #include "skill_ffn/ffn.h"
 #include "skill_ffn/fwd.cuh"
 #include "skill_ffn/route.h"
@@ -50,7 +51,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> skill_ffn_fwd_cuda(
     const at::Tensor& w2_in, const std::optional<at::Tensor>& b1_in, const std::optional<at::Tensor>& b2_in,
     c10::string_view activation) {
   const int act = check_ffn_fwd_args(x_in, skill_ids, scale_in, w1_in, w2_in, b1_in, b2_in, activation);
-  SK_CHECK_ARG(x_in.is_cuda(), "skill_ffn", "x", "must be a CUDA tensor, got ", x_in.device());
+  check_cuda_device(x_in, "skill_ffn", "x");
   const c10::cuda::CUDAGuard device_guard(x_in.device());
   // Strided inputs (e.g. transposed weight views) are copied once; contiguous ones pass as is.
   const at::Tensor x = x_in.contiguous();

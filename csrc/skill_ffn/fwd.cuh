@@ -100,7 +100,7 @@ void launch_up_fwd(const T* x, const T* w1, const T* b1, T* hid, const int32_t* 
   const bool vec_o = h % V == 0 && aligned16(hid);
   auto kernel = _skill_up_fwd_kernel<T, NB>;
   prepare_launch(kernel, L::BYTES, grid);
-  SKILLKERN_FFN_LAUNCH(kernel, unsigned(grid), S::THREADS, L::BYTES, stream, x, w1, b1, hid, order, offsets, N, E,
+  SK_LAUNCH(kernel, unsigned(grid), S::THREADS, L::BYTES, stream, x, w1, b1, hid, order, offsets, N, E,
                        d, h, k, act, vec_a, vec_b, vec_o);
 }
 

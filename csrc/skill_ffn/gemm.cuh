@@ -35,7 +35,7 @@
 #include <type_traits>
 
 #include "common.h"
-#include "skill_ffn/ptx.cuh"
+#include "ptx.cuh"
 
 namespace skillkern {
 namespace ffn {
@@ -43,7 +43,6 @@ namespace ffn {
 constexpr int kStages = 3;       // cp.async pipeline depth: 2 tiles in flight while one computes
 constexpr int kStageLd = 20;     // fp32 row stride of a warp's 16 x 16 epilogue staging block
 constexpr int kGroupM = 8;       // row tiles that sweep a weight's column tiles together (L2 reuse)
-constexpr unsigned kFullMask = 0xffffffffu;
 
 template <typename T>
 constexpr bool kTensorCore = !std::is_same<T, float>::value;

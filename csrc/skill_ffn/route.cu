@@ -21,12 +21,12 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "ptx.cuh"
 #include "skill_ffn/route.h"
 
 namespace skillkern {
 namespace {
 
-constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kThreads = 256;                   // 8 warps: 8 histogram rows fit 48 KB for E <= 1024
 constexpr int kWarps = kThreads / 32;
 constexpr int kWarpSteps = 8;                   // 32-slot steps per warp; keeps buckets in registers
@@ -237,19 +237,15 @@ void launch_skill_route(const at::Tensor& ids, int64_t num_skills, at::Tensor& o
   const dim3 tile_grid(static_cast<unsigned>(num_tiles));
   const dim3 chunk_grid(static_cast<unsigned>(num_chunks));
 
-  _route_hist_kernel<id_t><<<tile_grid, kThreads, hist_smem, stream>>>(ids_ptr, n, int(num_skills), num_tiles,
-                                                                       counts_ptr);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  _scan_reduce_kernel<<<chunk_grid, kThreads, 0, stream>>>(counts_ptr, len, chunks_ptr);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  _scan_chunks_kernel<<<1, kThreads, 0, stream>>>(chunks_ptr, num_chunks);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  _scan_downsweep_kernel<<<chunk_grid, kThreads, 0, stream>>>(counts_ptr, len, chunks_ptr, num_tiles,
-                                                              offsets.mutable_data_ptr<int32_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  _route_scatter_kernel<id_t><<<tile_grid, kThreads, hist_smem, stream>>>(
-      ids_ptr, n, int(num_skills), num_tiles, counts_ptr, order.mutable_data_ptr<int32_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  auto* hist = &_route_hist_kernel<id_t>;
+  auto* scatter = &_route_scatter_kernel<id_t>;
+  SK_LAUNCH(hist, tile_grid, kThreads, hist_smem, stream, ids_ptr, n, int(num_skills), num_tiles, counts_ptr);
+  SK_LAUNCH(_scan_reduce_kernel, chunk_grid, kThreads, 0, stream, counts_ptr, len, chunks_ptr);
+  SK_LAUNCH(_scan_chunks_kernel, 1, kThreads, 0, stream, chunks_ptr, num_chunks);
+  SK_LAUNCH(_scan_downsweep_kernel, chunk_grid, kThreads, 0, stream, counts_ptr, len, chunks_ptr, num_tiles,
+            offsets.mutable_data_ptr<int32_t>());
+  SK_LAUNCH(scatter, tile_grid, kThreads, hist_smem, stream, ids_ptr, n, int(num_skills), num_tiles, counts_ptr,
+            order.mutable_data_ptr<int32_t>());
 }
 
 }  // namespace

@@ -17,6 +17,8 @@
 #include <limits>
 #include <tuple>
 
+#include "common.h"
+
 namespace skillkern {
 
 // The CUDA kernel keeps one histogram row of num_skills + 1 ints per warp in shared memory
@@ -25,25 +27,21 @@ constexpr int64_t kMaxSkills = 1024;
 
 // Checks that hold on every device (CPU, CUDA, Meta). Messages name the argument.
 inline void check_skill_route_args(const at::Tensor& skill_ids, int64_t num_skills) {
-  TORCH_CHECK(
-      c10::isIntegralType(skill_ids.scalar_type(), /*includeBool=*/false),
-      "skill_route: skill_ids must be an integer tensor (int32 or int64), got ",
-      skill_ids.scalar_type());
-  TORCH_CHECK(
-      num_skills >= 1 && num_skills <= kMaxSkills,
-      "skill_route: num_skills must be in [1, ", kMaxSkills, "], got ", num_skills);
+  SK_CHECK_ARG(c10::isIntegralType(skill_ids.scalar_type(), /*includeBool=*/false), "skill_route", "skill_ids",
+               "must be an integer tensor (uint8, int8, int16, int32 or int64), got ", skill_ids.scalar_type());
+  SK_CHECK_ARG(num_skills >= 1 && num_skills <= kMaxSkills, "skill_route", "num_skills", "must be in [1, ",
+               kMaxSkills, "], got ", num_skills);
 }
 
 // Slot counts are stored as int32 (order values < N, offsets <= N), so N must fit.
 inline void check_skill_route_numel(int64_t n) {
-  TORCH_CHECK(
-      n <= std::numeric_limits<int32_t>::max(),
-      "skill_route: skill_ids has ", n, " elements; at most 2^31 - 1 are supported "
-      "(order/offsets are int32)");
+  SK_CHECK_ARG(n <= std::numeric_limits<int32_t>::max(), "skill_route", "skill_ids", "has ", n,
+               " elements; at most 2^31 - 1 are supported (order/offsets are int32)");
 }
 
-// int32 and int64 ids are read as they are; other integer dtypes (uint8, int16, ...)
-// are widened to int64 first (values kept, so bucketing matches route_ref's .long()).
+// int32 and int64 ids are read as they are; every other integer dtype (uint8, int8, int16) is
+// widened to int64 first (values kept, so bucketing matches route_ref's .long(): uint8 255 is
+// out of range like any id >= num_skills, an empty slot).
 inline at::Tensor flat_ids(const at::Tensor& skill_ids) {
   at::Tensor flat = skill_ids.reshape({-1});
   if (flat.scalar_type() != at::kInt && flat.scalar_type() != at::kLong) {

@@ -4,8 +4,8 @@
 //         LayerNorm), split into hi + lo storage-type parts and stored in fragment order, one
 //         uint4 per lane {b0 hi, b1 hi, b0 lo, b1 lo}, so that a warp loads a fragment with one
 //         coalesced 512-byte request:
-//           wsf [D / k-step][S / 8][32]  element (k = feature, n = token)   (scores, GEMM3)
-//           wbf [S / k-step][D / 8][32]  element (k = token, n = feature)   (d scores @ W'^T)
+//           w_score_frags [D / k-step][S / 8][32]  element (k = feature, n = token)   (scores, GEMM3)
+//           w_dscore_frags [S / k-step][D / 8][32]  element (k = token, n = feature)   (d scores @ W'^T)
 //         and c1[s] = sum_d W'[d, s] (of the represented hi + lo values, so that
 //         x . W' - mean c1 cancels exactly), c2[s] = sum_d ln_bias[d] W[d, s].
 //         One warp per fragment tile / per token: D = 768, S = 24 -> 360 warps, a few us.
@@ -26,7 +26,7 @@ __device__ __forceinline__ float w_prime(const PrepParams& p, int d, int s) {
 }
 
 // The B fragment (lane's two registers, hi and lo) of the tile whose element (k, n) is
-// W'[feature(k, n), token(k, n)]; by_feature: k = feature (wsf), else k = token (wbf).
+// W'[feature(k, n), token(k, n)]; by_feature: k = feature (w_score_frags), else k = token (w_dscore_frags).
 template <typename T>
 __device__ __forceinline__ uint4 w_fragment(const PrepParams& p, int k0, int n0, bool by_feature, int lane) {
   const int g = lane >> 2, t = lane & 3;
@@ -58,15 +58,15 @@ __global__ void __launch_bounds__(32) token_reduce_prep_kernel(const PrepParams 
   constexpr int kK = Traits<T>::kK;
   const int lane = threadIdx.x;
   const int n_sf = p.nks * p.nt;
-  const int n_bf = p.wbf != nullptr ? p.nks5 * p.ntd : 0;
+  const int n_bf = p.w_dscore_frags != nullptr ? p.nks_tokens * p.nt_features : 0;
   const int blk = blockIdx.x;
   if (blk < n_sf) {
     const int ks = blk / p.nt, nt = blk - ks * p.nt;
-    p.wsf[static_cast<size_t>(blk) * 32 + lane] = w_fragment<T>(p, ks * kK, nt * 8, true, lane);
+    p.w_score_frags[static_cast<size_t>(blk) * 32 + lane] = w_fragment<T>(p, ks * kK, nt * 8, true, lane);
   } else if (blk < n_sf + n_bf) {
     const int b2 = blk - n_sf;
-    const int k5 = b2 / p.ntd, nt = b2 - k5 * p.ntd;
-    p.wbf[static_cast<size_t>(b2) * 32 + lane] = w_fragment<T>(p, k5 * kK, nt * 8, false, lane);
+    const int k5 = b2 / p.nt_features, nt = b2 - k5 * p.nt_features;
+    p.w_dscore_frags[static_cast<size_t>(b2) * 32 + lane] = w_fragment<T>(p, k5 * kK, nt * 8, false, lane);
   } else {
     const int s = blk - n_sf - n_bf;  // < 8 nt; tokens past S get 0
     float c1 = 0.f, c2 = 0.f;

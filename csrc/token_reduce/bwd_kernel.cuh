@@ -6,8 +6,9 @@
 //   LayerNorm backward of g = g_s (+ dv * ln_weight when the pooled values are LN(x)):
 //   dx = rstd (g - mean_d g - xhat mean_d(g xhat)) (+ dv when x itself is pooled)
 // The row sums of g never need a pass over D: with zc = z - c2 = rstd (x . W' - mean c1) and
-// dAc = dA - e2 = rstd (x . dO' - mean e1) (dO' = diag(ln_weight) d_out, e1 = sum_d dO',
-// e2 = ln_bias . d_out), sum_d g = dz . c1 + A . e1 and sum_d g xhat = dz . zc + A . dAc.
+// dAc = dA - bdo_dot = rstd (x . dO' - mean gdo_sum) (dO' = diag(ln_weight) d_out: "g" for
+// gamma = ln_weight, "b" for beta = ln_bias; gdo_sum = sum_d dO', bdo_dot = ln_bias . d_out),
+// sum_d g = dz . c1 + A . gdo_sum and sum_d g xhat = dz . zc + A . dAc.
 // Parameter gradients, with dz' = rstd dz and R = x^T dz' summed over the block's positions:
 //   Q = xhat^T dz = R - sum_n mean_n dz'_n;  d_w_score = ln_weight Q + ln_bias sum_n dz;
 //   d_ln_weight = sum_s W Q + sum_n dv xhat;  d_ln_bias = sum_s W sum_n dz + sum_n dv.
@@ -36,7 +37,7 @@ namespace skillkern {
 namespace tokred {
 
 // B fragment of d_out (element (k = feature, n = token) = dos[n][k]), optionally scaled by
-// ln_weight and split (dO' for the LN-pooled dA). The same products and split as the e1 sum.
+// ln_weight and split (dO' for the LN-pooled dA). The same products and split as gdo_sum.
 template <typename T>
 __device__ __forceinline__ BFrag dout_frag(const T* dos, int ldx, const float* gs, int n0, int k0, int lane,
                                            bool scale) {
@@ -82,9 +83,9 @@ __global__ void __launch_bounds__(kThreads, 1) token_reduce_bwd_kernel(const Bwd
   constexpr int KT = TN / kK;
   constexpr int NC3 = 2 * SP;                     // GEMM3 columns: scores | dA
 
-  TOKRED_DYNAMIC_SMEM(smem);
+  unsigned char* const smem = dynamic_smem();
   const int N = p.N, D = p.D, S = p.S;
-  const int ldx = p.geo.ldx, dp = p.geo.dp, mtw = p.geo.mtw;
+  const int ldx = p.geo.ldx, dp = p.geo.dp, mtiles_per_warp = p.geo.mtiles_per_warp;
   const BwdSmem L = bwd_smem(sizeof(T), TN, SP, SKR, dp, ldx, p.stages, LDA, LDP);
   T* xs = reinterpret_cast<T*>(smem + L.xs);
   T* dos = reinterpret_cast<T*>(smem + L.dos);
@@ -103,17 +104,17 @@ __global__ void __launch_bounds__(kThreads, 1) token_reduce_bwd_kernel(const Bwd
   float* s_s2 = reinterpret_cast<float*>(smem + L.s2);
   float* s_lse = reinterpret_cast<float*>(smem + L.lse);
   float* s_delta = reinterpret_cast<float*>(smem + L.delta);
-  float* s_e1 = reinterpret_cast<float*>(smem + L.e1);
-  float* s_e2 = reinterpret_cast<float*>(smem + L.e2);
-  float* c34 = reinterpret_cast<float*>(smem + L.c34);
+  float* s_gdo_sum = reinterpret_cast<float*>(smem + L.gdo_sum);
+  float* s_bdo_dot = reinterpret_cast<float*>(smem + L.bdo_dot);
+  float* c3c4_partials = reinterpret_cast<float*>(smem + L.c3c4_partials);
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
   const int64_t grp = blockIdx.x / p.geo.n_chunks;
   const int chunk = static_cast<int>(blockIdx.x - grp * p.geo.n_chunks);
-  const int dt0 = chunk * kWarps * mtw + warp * mtw;
-  const int c0 = chunk * kWarps * mtw * 16;
-  const int width = min(kWarps * mtw * 16, D - c0);
+  const int dt0 = chunk * kWarps * mtiles_per_warp + warp * mtiles_per_warp;
+  const int c0 = chunk * kWarps * mtiles_per_warp * 16;
+  const int width = min(kWarps * mtiles_per_warp * 16, D - c0);
   const int64_t b_begin = grp * p.items_per_group;
   const int64_t b_end = min(p.B, b_begin + p.items_per_group);
   const T* __restrict__ x = static_cast<const T*>(p.x);
@@ -159,7 +160,7 @@ __global__ void __launch_bounds__(kThreads, 1) token_reduce_bwd_kernel(const Bwd
   const int n_tiles = (N + TN - 1) / TN;
   const int64_t total = (b_end - b_begin) * n_tiles;
   if (p.stages == 2 && total > 0) {
-    load_x_tile<T, TN>(xs, x, b_begin, 0, N, D, ldx, p.x_vec);
+    load_x_tile<T, TN>(xs, x, p.mask, b_begin, 0, N, D, ldx, p.x_vec);
     cp_async_commit();
   }
   for (int64_t f = 0; f < total; ++f) {
@@ -171,13 +172,13 @@ __global__ void __launch_bounds__(kThreads, 1) token_reduce_bwd_kernel(const Bwd
       xt = xs + (f & 1) * TN * ldx;
       if (f + 1 < total) {
         const int64_t bn = b_begin + (f + 1) / n_tiles;
-        load_x_tile<T, TN>(xs + ((f + 1) & 1) * TN * ldx, x, bn, static_cast<int>((f + 1) % n_tiles) * TN, N, D,
-                           ldx, p.x_vec);
+        load_x_tile<T, TN>(xs + ((f + 1) & 1) * TN * ldx, x, p.mask, bn, static_cast<int>((f + 1) % n_tiles) * TN,
+                           N, D, ldx, p.x_vec);
       }
       cp_async_commit();
       cp_async_wait<1>();
     } else {
-      load_x_tile<T, TN>(xs, x, bi, n0, N, D, ldx, p.x_vec);
+      load_x_tile<T, TN>(xs, x, p.mask, bi, n0, N, D, ldx, p.x_vec);
       cp_async_commit();
       cp_async_wait<0>();
     }
@@ -206,11 +207,11 @@ __global__ void __launch_bounds__(kThreads, 1) token_reduce_bwd_kernel(const Bwd
     __syncthreads();  // tile, d_out rows, s_valid visible
 
     if (p.has_ln) ln_stats<T, TN>(xt, ldx, D, dp, p.eps, s_mean, s_rstd, warp, lane);
-    if (new_item) {  // per-token item constants: delta, e1, e2, lse (warp per token)
+    if (new_item) {  // per-token item constants: delta, gdo_sum, bdo_dot, lse (warp per token)
 #pragma unroll
       for (int j = 0; j < NT; ++j) {
         const int s = warp + 8 * j;
-        float delta = 0.f, e1 = 0.f, e2 = 0.f;
+        float delta = 0.f, gdo_sum = 0.f, bdo_dot = 0.f;
         if (s < S) {
           for (int d = lane; d < D; d += 32) {
             const float go = to_f32(dos[s * ldx + d]);
@@ -218,18 +219,18 @@ __global__ void __launch_bounds__(kThreads, 1) token_reduce_bwd_kernel(const Bwd
             if (p.pool_ln) {
               Bits h, l;
               split<T>(__fmul_rn(gs[d], go), h, l);
-              e1 += joined<T>(h, l);
-              if (p.has_ln_bias) e2 += load_any(p.ln_b, p.ln_b_dtype, d) * go;
+              gdo_sum += joined<T>(h, l);
+              if (p.has_ln_bias) bdo_dot += load_any(p.ln_b, p.ln_b_dtype, d) * go;
             }
           }
         }
         delta = warp_sum(delta);
-        e1 = warp_sum(e1);
-        e2 = warp_sum(e2);
+        gdo_sum = warp_sum(gdo_sum);
+        bdo_dot = warp_sum(bdo_dot);
         if (lane == 0) {
           s_delta[s] = delta;
-          s_e1[s] = e1;
-          s_e2[s] = e2;
+          s_gdo_sum[s] = gdo_sum;
+          s_bdo_dot[s] = bdo_dot;
           s_lse[s] = s < S ? p.lse[bi * S + s] : inf;
         }
       }
@@ -246,7 +247,7 @@ __global__ void __launch_bounds__(kThreads, 1) token_reduce_bwd_kernel(const Bwd
         load_a_row<k16>(raw, xt, ldx, 0, ks * kK, lane);
         const AFrag a = a_from_storage<T>(raw);
         if (!p.scores_given) {
-          const uint4* wf = p.wsf + static_cast<size_t>(ks) * NT * 32 + lane;
+          const uint4* wf = p.w_score_frags + static_cast<size_t>(ks) * NT * 32 + lane;
 #pragma unroll
           for (int nt = 0; nt < NT; ++nt) mma_xs<T>(a3[nt], a, bfrag_of(__ldg(wf + nt * 32)), !p.w_exact);
         }
@@ -293,8 +294,8 @@ __global__ void __launch_bounds__(kThreads, 1) token_reduce_bwd_kernel(const Bwd
 #pragma unroll
         for (int k = 0; k < kWarps; ++k) a += part[(k * TN + r) * NC3 + SP + s];
         if (p.pool_ln) {
-          dAc = rstd * (a - mean * s_e1[s]);
-          dA = dAc + s_e2[s];
+          dAc = rstd * (a - mean * s_gdo_sum[s]);
+          dA = dAc + s_bdo_dot[s];
         } else {
           dA = a;
         }
@@ -323,7 +324,7 @@ __global__ void __launch_bounds__(kThreads, 1) token_reduce_bwd_kernel(const Bwd
           t2 += dz * zc;
         }
         if (in_sp && p.pool_ln) {
-          t1 += A * s_e1[s];
+          t1 += A * s_gdo_sum[s];
           t2 += A * dAc;
         }
         t1 = warp_sum(t1);
@@ -365,7 +366,7 @@ __global__ void __launch_bounds__(kThreads, 1) token_reduce_bwd_kernel(const Bwd
 #pragma unroll
       for (int mi = 0; mi < MT_MAX; ++mi) {
         const int dt = dt0 + mi;
-        if (mi < mtw && dt * 16 < dp) {
+        if (mi < mtiles_per_warp && dt * 16 < dp) {
           const int d0 = dt * 16;
           if (!p.scores_given) {
 #pragma unroll
@@ -392,7 +393,7 @@ __global__ void __launch_bounds__(kThreads, 1) token_reduce_bwd_kernel(const Bwd
             mma_sx<T>(dv[0], aw[k5], b_from_storage<T>(r4[0], r4[1]));
             mma_sx<T>(dv[1], aw[k5], b_from_storage<T>(r4[2], r4[3]));
             if (!p.scores_given) {
-              const uint4* wf = p.wbf + (static_cast<size_t>(k5) * p.ntd + dt * 2) * 32 + lane;
+              const uint4* wf = p.w_dscore_frags + (static_cast<size_t>(k5) * p.nt_features + dt * 2) * 32 + lane;
               mma_ss<T>(gsa[0], adz[k5], bfrag_of(__ldg(wf)), !p.w_exact);
               mma_ss<T>(gsa[1], adz[k5], bfrag_of(__ldg(wf + 32)), !p.w_exact);
             }
@@ -427,8 +428,8 @@ __global__ void __launch_bounds__(kThreads, 1) token_reduce_bwd_kernel(const Bwd
                 float vg = cg[h][e], vb = cb[h][e];
 #pragma unroll
                 for (int o = 4; o < 32; o <<= 1) {
-                  vg += __shfl_xor_sync(kFull, vg, o);
-                  vb += __shfl_xor_sync(kFull, vb, o);
+                  vg += __shfl_xor_sync(kFullMask, vg, o);
+                  vb += __shfl_xor_sync(kFullMask, vb, o);
                 }
                 const int d = d0 + h * 8 + 2 * t + e;
                 if (g == 0 && d < D) {  // one lane per column; columns are this warp's own
@@ -475,18 +476,18 @@ __global__ void __launch_bounds__(kThreads, 1) token_reduce_bwd_kernel(const Bwd
   if (!p.scores_given) {
     // The block's token sums: warp partials added in warp order.
     if (lane < SP) {
-      c34[warp * SP + lane] = c3acc;
-      c34[(kWarps + warp) * SP + lane] = c4acc;
+      c3c4_partials[warp * SP + lane] = c3acc;
+      c3c4_partials[(kWarps + warp) * SP + lane] = c4acc;
     }
     __syncthreads();
-    float* s_c3 = c34 + 2 * kWarps * SP;
+    float* s_c3 = c3c4_partials + 2 * kWarps * SP;
     float* s_c4 = s_c3 + SP;
     if (threadIdx.x < SP) {
       float a = 0.f, c = 0.f;
 #pragma unroll
       for (int w = 0; w < kWarps; ++w) {
-        a += c34[w * SP + threadIdx.x];
-        c += c34[(kWarps + w) * SP + threadIdx.x];
+        a += c3c4_partials[w * SP + threadIdx.x];
+        c += c3c4_partials[(kWarps + w) * SP + threadIdx.x];
       }
       s_c3[threadIdx.x] = a;
       s_c4[threadIdx.x] = c;
@@ -496,7 +497,7 @@ __global__ void __launch_bounds__(kThreads, 1) token_reduce_bwd_kernel(const Bwd
 #pragma unroll
     for (int mi = 0; mi < MT_MAX; ++mi) {
       const int dt = dt0 + mi;
-      if (mi < mtw && dt * 16 < dp) {
+      if (mi < mtiles_per_warp && dt * 16 < dp) {
         float pg[2] = {0.f, 0.f}, pb[2] = {0.f, 0.f};
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt)
@@ -522,10 +523,10 @@ __global__ void __launch_bounds__(kThreads, 1) token_reduce_bwd_kernel(const Bwd
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
             float vg = pg[h], vb = pb[h];
-            vg += __shfl_xor_sync(kFull, vg, 1);
-            vb += __shfl_xor_sync(kFull, vb, 1);
-            vg += __shfl_xor_sync(kFull, vg, 2);
-            vb += __shfl_xor_sync(kFull, vb, 2);
+            vg += __shfl_xor_sync(kFullMask, vg, 1);
+            vb += __shfl_xor_sync(kFullMask, vb, 1);
+            vg += __shfl_xor_sync(kFullMask, vg, 2);
+            vb += __shfl_xor_sync(kFullMask, vb, 2);
             const int d = dt * 16 + g + 8 * h;
             if (t == 0 && d < D) {  // after the barriers above: phase B's adds are visible
               dg_row[d] += vg;

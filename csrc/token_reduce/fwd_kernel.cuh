@@ -1,7 +1,7 @@
 // Forward kernel of token_reduce / token_pool (instantiated per dtype in tokred_fwd_*.cu).
 //
 // Algorithm. One block (8 warps) per (item b, D chunk); the chunk is all of D unless
-// D > 8 warps x 16 x mtw (D > 1024 for S <= 24). The block walks the item's positions in tiles
+// D > 8 warps x 16 x mtiles_per_warp (D > 1024 for S <= 24). The block walks the item's positions in tiles
 // of TN = 16 or 32 rows; each tile of x (all D features, storage type) is copied to shared
 // memory once (cp.async, double-buffered when it fits) and everything else reads it there:
 //   1. LayerNorm statistics per row (warp per row, two passes over the smem row, fp32);
@@ -12,7 +12,7 @@
 //      split K = D (KSPLIT groups) and add their partials in a fixed order;
 //   3. online softmax over positions per output token s (warp per s, running max / sum);
 //   4. pooling acc[d, s] += sum_n x[n, d] p'[n, s] into register accumulators (each warp owns
-//      mtw m-tiles of 16 features), A = x^T by ldmatrix.trans, B = p' split. With LN pooling,
+//      mtiles_per_warp m-tiles of 16 features), A = x^T by ldmatrix.trans, B = p' split. With LN pooling,
 //      p' = p rstd_n and corr[s] = sum_n p'[n, s] mean_n, so at the end
 //        out[s, d] = ln_weight_d (acc[d, s] - corr[s]) / l[s] + ln_bias_d
 //      (the weights of a token sum to one); without, out = acc / l.
@@ -37,12 +37,13 @@
 namespace skillkern {
 namespace tokred {
 
-// Positions n0 .. n0 + ROWS - 1 of item b, all D features, into dst[ROWS][ldx]; rows past N are
-// zero-filled. 16-byte cp.async when x rows are 16-byte aligned (the caller commits and waits),
-// element copies otherwise.
+// Positions n0 .. n0 + ROWS - 1 of item b, all D features, into dst[ROWS][ldx]; rows past N and
+// masked positions (mask (B, N) or null) are zero-filled: whatever padding holds (NaN, inf) is
+// selected away, never multiplied by a zero weight (0 * NaN = NaN). 16-byte cp.async when x rows
+// are 16-byte aligned (the caller commits and waits), element copies otherwise.
 template <typename T, int ROWS>
-__device__ __forceinline__ void load_x_tile(T* dst, const T* __restrict__ x, int64_t b, int n0, int N, int D,
-                                            int ldx, bool vec) {
+__device__ __forceinline__ void load_x_tile(T* dst, const T* __restrict__ x, const uint8_t* __restrict__ mask,
+                                            int64_t b, int n0, int N, int D, int ldx, bool vec) {
   if (vec) {
     constexpr int kE = 16 / sizeof(T);
     const int cpr = D / kE;  // 16-byte chunks per row
@@ -51,8 +52,8 @@ __device__ __forceinline__ void load_x_tile(T* dst, const T* __restrict__ x, int
       const int c = (i - r * cpr) * kE;
       const int n = n0 + r;
       T* d = dst + r * ldx + c;
-      if (n < N) {
-        cp_async16(d, x + (b * N + n) * D + c);
+      if (n < N) {  // a masked row's copy reads nothing and zero-fills
+        cp_async16(d, x + (b * N + n) * D + c, mask == nullptr || mask[b * N + n] != 0);
       } else {
         *reinterpret_cast<uint4*>(d) = make_uint4(0u, 0u, 0u, 0u);
       }
@@ -63,7 +64,7 @@ __device__ __forceinline__ void load_x_tile(T* dst, const T* __restrict__ x, int
       const int r = i / D;
       const int c = i - r * D;
       const int n = n0 + r;
-      dst[r * ldx + c] = n < N ? x[(b * N + n) * D + c] : zero;
+      dst[r * ldx + c] = n < N && (mask == nullptr || mask[b * N + n] != 0) ? x[(b * N + n) * D + c] : zero;
     }
   }
 }
@@ -114,9 +115,9 @@ __global__ void __launch_bounds__(kThreads, 1) token_reduce_fwd_kernel(const Fwd
   constexpr int LDP = TN + Traits<T>::kPad; // p' rows: conflict-free B-fragment loads
   constexpr int KT = TN / kK;               // k-steps over a tile's positions
 
-  TOKRED_DYNAMIC_SMEM(smem);
+  unsigned char* const smem = dynamic_smem();
   const int N = p.N, D = p.D, S = p.S;
-  const int ldx = p.geo.ldx, dp = p.geo.dp, mtw = p.geo.mtw;
+  const int ldx = p.geo.ldx, dp = p.geo.dp, mtiles_per_warp = p.geo.mtiles_per_warp;
   const FwdSmem L = fwd_smem(sizeof(T), TN, SP, ldx, p.stages, LDP);
   T* xs = reinterpret_cast<T*>(smem + L.xs);
   float* zpart = reinterpret_cast<float*>(smem + L.zpart);
@@ -135,8 +136,8 @@ __global__ void __launch_bounds__(kThreads, 1) token_reduce_fwd_kernel(const Fwd
   const int g = lane >> 2, t = lane & 3;
   const int64_t b = blockIdx.x / p.geo.n_chunks;
   const int chunk = static_cast<int>(blockIdx.x - b * p.geo.n_chunks);
-  const int dt0 = chunk * kWarps * mtw + warp * mtw;  // this warp's first m-tile of features
-  const int c0 = chunk * kWarps * mtw * 16;           // the block's first feature
+  const int dt0 = chunk * kWarps * mtiles_per_warp + warp * mtiles_per_warp;  // this warp's first m-tile of features
+  const int c0 = chunk * kWarps * mtiles_per_warp * 16;           // the block's first feature
   const T* __restrict__ x = static_cast<const T*>(p.x);
   const float inf = __int_as_float(0x7f800000);
 
@@ -168,7 +169,7 @@ __global__ void __launch_bounds__(kThreads, 1) token_reduce_fwd_kernel(const Fwd
 
   const int n_tiles = (N + TN - 1) / TN;
   if (p.stages == 2 && n_tiles > 0) {
-    load_x_tile<T, TN>(xs, x, b, 0, N, D, ldx, p.x_vec);
+    load_x_tile<T, TN>(xs, x, p.mask, b, 0, N, D, ldx, p.x_vec);
     cp_async_commit();
   }
   for (int it = 0; it < n_tiles; ++it) {
@@ -176,11 +177,13 @@ __global__ void __launch_bounds__(kThreads, 1) token_reduce_fwd_kernel(const Fwd
     T* xt = xs;
     if (p.stages == 2) {
       xt = xs + (it & 1) * TN * ldx;
-      if (it + 1 < n_tiles) load_x_tile<T, TN>(xs + ((it + 1) & 1) * TN * ldx, x, b, n0 + TN, N, D, ldx, p.x_vec);
+      if (it + 1 < n_tiles) {
+        load_x_tile<T, TN>(xs + ((it + 1) & 1) * TN * ldx, x, p.mask, b, n0 + TN, N, D, ldx, p.x_vec);
+      }
       cp_async_commit();  // possibly empty: keeps "all but the newest group" = this tile
       cp_async_wait<1>();
     } else {
-      load_x_tile<T, TN>(xs, x, b, n0, N, D, ldx, p.x_vec);
+      load_x_tile<T, TN>(xs, x, p.mask, b, n0, N, D, ldx, p.x_vec);
       cp_async_commit();
       cp_async_wait<0>();
     }
@@ -203,7 +206,7 @@ __global__ void __launch_bounds__(kThreads, 1) token_reduce_fwd_kernel(const Fwd
         uint32_t raw[4];
         load_a_row<k16>(raw, xt, ldx, mi * 16, ks * kK, lane);
         const AFrag a = a_from_storage<T>(raw);
-        const uint4* wf = p.wsf + static_cast<size_t>(ks) * NT * 32 + lane;
+        const uint4* wf = p.w_score_frags + static_cast<size_t>(ks) * NT * 32 + lane;
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) mma_xs<T>(za[nt], a, bfrag_of(__ldg(wf + nt * 32)), !p.w_exact);
       }
@@ -276,7 +279,7 @@ __global__ void __launch_bounds__(kThreads, 1) token_reduce_fwd_kernel(const Fwd
 #pragma unroll
       for (int mi = 0; mi < MT_MAX; ++mi) {
         const int dt = dt0 + mi;
-        if (mi < mtw && dt * 16 < dp) {
+        if (mi < mtiles_per_warp && dt * 16 < dp) {
 #pragma unroll
           for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
@@ -312,7 +315,7 @@ __global__ void __launch_bounds__(kThreads, 1) token_reduce_fwd_kernel(const Fwd
 #pragma unroll
   for (int mi = 0; mi < MT_MAX; ++mi) {
     const int dt = dt0 + mi;
-    if (mi < mtw && dt * 16 < dp) {
+    if (mi < mtiles_per_warp && dt * 16 < dp) {
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
@@ -339,7 +342,7 @@ __global__ void __launch_bounds__(kThreads, 1) token_reduce_fwd_kernel(const Fwd
   __syncthreads();
 
   T* out = static_cast<T*>(p.out);
-  const int width = min(kWarps * mtw * 16, D - c0);
+  const int width = min(kWarps * mtiles_per_warp * 16, D - c0);
   if (p.out_vec) {
     constexpr int kE = 16 / sizeof(T);
     const int vpr = width / kE;  // width * sizeof(T) is a multiple of 16 when out_vec

@@ -1,5 +1,5 @@
-// Device helpers of the token_reduce kernels: warp-level tensor-core tiles (mma.sync), their
-// fragment loads, operand splitting, cp.async and warp reductions.
+// Device helpers of the token_reduce kernels: warp-level tensor-core tiles (mma.sync through
+// ptx.cuh's mma_m16n8), their fragment loads and operand splitting.
 //
 // Tensor-core shapes (PTX ISA "mma.m16n8k16" / "mma.m16n8k8" fragment layouts), lane = 4 g + t:
 //   fp16/bf16  m16n8k16: A regs a0..a3 = rows (g, g+8, g, g+8), k pairs (2t, 2t, 2t+8, 2t+8) (+1);
@@ -24,21 +24,11 @@
 #include <type_traits>
 
 #include "common.h"
+#include "ptx.cuh"
 #include "token_reduce/token_reduce.h"
-
-// SKILLKERN_TOKRED_EMU: the kernels compiled as host code by the CPU harness in emu/ (fibers
-// for threads, the PTX below emulated from its documented semantics); never set by the build.
-#ifdef SKILLKERN_TOKRED_EMU
-#include "token_reduce/emu/emu.h"
-#define TOKRED_DYNAMIC_SMEM(name) unsigned char* name = ::emu::dynamic_smem()
-#else
-#define TOKRED_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
-#endif
 
 namespace skillkern {
 namespace tokred {
-
-constexpr unsigned kFull = 0xffffffffu;
 
 template <typename T>
 struct Traits {  // 16-bit storage types
@@ -84,16 +74,6 @@ __device__ __forceinline__ float f32_of_bits<__nv_bfloat16>(uint16_t b) {
   return __bfloat162float(__ushort_as_bfloat16(b));
 }
 
-__device__ __forceinline__ uint32_t tf32_bits(float v) {
-#ifdef SKILLKERN_TOKRED_EMU
-  return ::emu::tf32_rna(v);
-#else
-  uint32_t r;
-  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(v));
-  return r;
-#endif
-}
-
 // v = hi + lo (+ rounding of lo): hi = v rounded to the storage type, lo = the rest rounded.
 // __fsub_rn keeps the compiler from contracting this differently at different call sites (the
 // kernels rely on identical bits where the same value is split twice).
@@ -123,62 +103,7 @@ __device__ __forceinline__ uint32_t pack16(uint16_t lo_elem, uint16_t hi_elem) {
   return uint32_t(lo_elem) | (uint32_t(hi_elem) << 16);  // lower k index in the low half
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
-  return v;  // the same butterfly in every lane: every lane holds the same bits
-}
-
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFull, v, o));
-  return v;
-}
-
-// ----------------------------------------------------------------------------- cp.async
-
-#ifdef SKILLKERN_TOKRED_EMU
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) { ::emu::copy16(smem, gmem); }
-__device__ __forceinline__ void cp_async_commit() {}
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {}
-#else
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-#endif
-
 // ----------------------------------------------------------------------------- mma
-
-template <typename T>
-__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-#ifdef SKILLKERN_TOKRED_EMU
-  ::emu::mma<T>(c, a, b0, b1);
-#else
-  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else if constexpr (std::is_same<T, __half>::value) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-#endif
-}
 
 // An A operand: hi (and lo for fp32 storage, where even x needs 3xTF32).
 struct AFrag {
@@ -227,46 +152,28 @@ __device__ __forceinline__ BFrag b_from_storage(uint32_t r0, uint32_t r1) {
 // c += a * b with a from storage (exact in 16-bit) and b split: small terms first.
 template <typename T>
 __device__ __forceinline__ void mma_xs(float (&c)[4], const AFrag& a, const BFrag& b, bool b_lo) {
-  if constexpr (!Traits<T>::k16) mma<T>(c, a.l, b.h[0], b.h[1]);
-  if (b_lo) mma<T>(c, a.h, b.l[0], b.l[1]);
-  mma<T>(c, a.h, b.h[0], b.h[1]);
+  if constexpr (!Traits<T>::k16) mma_m16n8<T>(c, a.l, b.h[0], b.h[1]);
+  if (b_lo) mma_m16n8<T>(c, a.h, b.l[0], b.l[1]);
+  mma_m16n8<T>(c, a.h, b.h[0], b.h[1]);
 }
 
 // c += a * b with a split and b exact in the storage type (16-bit) or split (fp32 storage).
 template <typename T>
 __device__ __forceinline__ void mma_sx(float (&c)[4], const AFrag& a, const BFrag& b) {
-  mma<T>(c, a.l, b.h[0], b.h[1]);
-  if constexpr (!Traits<T>::k16) mma<T>(c, a.h, b.l[0], b.l[1]);
-  mma<T>(c, a.h, b.h[0], b.h[1]);
+  mma_m16n8<T>(c, a.l, b.h[0], b.h[1]);
+  if constexpr (!Traits<T>::k16) mma_m16n8<T>(c, a.h, b.l[0], b.l[1]);
+  mma_m16n8<T>(c, a.h, b.h[0], b.h[1]);
 }
 
 // c += a * b with both split (3 MMAs; b_lo = false when b is exact).
 template <typename T>
 __device__ __forceinline__ void mma_ss(float (&c)[4], const AFrag& a, const BFrag& b, bool b_lo) {
-  mma<T>(c, a.l, b.h[0], b.h[1]);
-  if (b_lo) mma<T>(c, a.h, b.l[0], b.l[1]);
-  mma<T>(c, a.h, b.h[0], b.h[1]);
+  mma_m16n8<T>(c, a.l, b.h[0], b.h[1]);
+  if (b_lo) mma_m16n8<T>(c, a.h, b.l[0], b.l[1]);
+  mma_m16n8<T>(c, a.h, b.h[0], b.h[1]);
 }
 
 // ----------------------------------------------------------------------------- fragment loads
-
-#ifdef SKILLKERN_TOKRED_EMU
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) { ::emu::ldmatrix_x4(r, p, false); }
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void* p) { ::emu::ldmatrix_x4(r, p, true); }
-#else
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
-  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(a));
-}
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void* p) {
-  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(a));
-}
-#endif
 
 // Raw A fragment of a 16 x kK tile whose element (m, k) is base[(m0 + m) * ld + k0 + k]
 // (row-major; E = 2-byte or 4-byte elements). 16-bit: ldmatrix.x4, matrix q = lane / 8 holds
@@ -276,7 +183,7 @@ __device__ __forceinline__ void load_a_row(uint32_t (&r)[4], const void* base, i
   if constexpr (k16) {
     const int q = lane >> 3, i = lane & 7;
     const uint16_t* p = static_cast<const uint16_t*>(base) + (m0 + i + 8 * (q & 1)) * ld + k0 + 8 * (q >> 1);
-    ldsm_x4(r, p);
+    ldmatrix_x4(r, p);
   } else {
     const uint32_t* p = static_cast<const uint32_t*>(base);
     const int g = lane >> 2, t = lane & 3;
@@ -295,7 +202,7 @@ __device__ __forceinline__ void load_a_trans(uint32_t (&r)[4], const void* base,
   if constexpr (k16) {
     const int q = lane >> 3, i = lane & 7;
     const uint16_t* p = static_cast<const uint16_t*>(base) + (k0 + i + 8 * (q >> 1)) * ld + m0 + 8 * (q & 1);
-    ldsm_x4_trans(r, p);
+    ldmatrix_x4_trans(r, p);
   } else {
     const uint32_t* p = static_cast<const uint32_t*>(base);
     const int g = lane >> 2, t = lane & 3;
@@ -331,7 +238,7 @@ __device__ __forceinline__ void load_b_kn_x2(uint32_t (&r)[4], const void* base,
   if constexpr (k16) {
     const int q = lane >> 3, i = lane & 7;
     const uint16_t* p = static_cast<const uint16_t*>(base) + (k0 + i + 8 * (q & 1)) * ld + n0 + 8 * (q >> 1);
-    ldsm_x4_trans(r, p);
+    ldmatrix_x4_trans(r, p);
   } else {
     const uint32_t* p = static_cast<const uint32_t*>(base);
     const int g = lane >> 2, t = lane & 3;

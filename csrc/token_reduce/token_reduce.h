@@ -33,6 +33,22 @@ constexpr int max_mtiles_per_warp(int nt) { return nt <= 3 ? 8 : 6; }
 
 constexpr size_t align16(size_t v) { return (v + 15) & ~size_t(15); }
 
+// Consecutive byte regions, each 16-byte aligned: the kernels' shared-memory layouts and the
+// host's prep workspace.
+struct Carver {
+  size_t used = 0;
+  __host__ __device__ size_t take(size_t bytes) {
+    const size_t at = used;
+    used = align16(used + bytes);
+    return at;
+  }
+  // one region of `bytes` for each offset named, in order
+  template <int K>
+  __host__ __device__ void take_each(size_t* const (&offsets)[K], size_t bytes) {
+    for (size_t* o : offsets) *o = take(bytes);
+  }
+};
+
 // Shared-memory layout of the forward kernel (byte offsets; every region 16-byte aligned).
 // xs doubles as the staging buffer of the output rows at the end (max(...) rows).
 struct FwdSmem {
@@ -41,22 +57,16 @@ struct FwdSmem {
 
 __host__ __device__ inline FwdSmem fwd_smem(int elem, int tn, int sp, int ldx, int stages, int ldp) {
   const int ksplit = kWarps / (tn / 16);
-  FwdSmem L{};
-  size_t o = 0;
   const int x_rows = stages * tn > sp ? stages * tn : sp;
-  L.xs = o;    o = align16(o + size_t(x_rows) * ldx * elem);
-  L.zpart = o; o = align16(o + size_t(ksplit) * tn * sp * 4);
-  L.zs = o;    o = align16(o + size_t(tn) * sp * 4);
-  L.ph = o;    o = align16(o + size_t(sp) * ldp * elem);
-  L.pl = o;    o = align16(o + size_t(sp) * ldp * elem);
-  L.mean = o;  o = align16(o + size_t(tn) * 4);
-  L.rstd = o;  o = align16(o + size_t(tn) * 4);
-  L.valid = o; o = align16(o + size_t(tn) * 4);
-  L.alpha = o; o = align16(o + size_t(sp) * 4);
-  L.sl = o;    o = align16(o + size_t(sp) * 4);
-  L.sm = o;    o = align16(o + size_t(sp) * 4);
-  L.corr = o;  o = align16(o + size_t(sp) * 4);
-  L.total = o;
+  FwdSmem L{};
+  Carver c;
+  L.xs = c.take(size_t(x_rows) * ldx * elem);
+  L.zpart = c.take(size_t(ksplit) * tn * sp * 4);
+  L.zs = c.take(size_t(tn) * sp * 4);
+  c.take_each({&L.ph, &L.pl}, size_t(sp) * ldp * elem);
+  c.take_each({&L.mean, &L.rstd, &L.valid}, size_t(tn) * 4);
+  c.take_each({&L.alpha, &L.sl, &L.sm, &L.corr}, size_t(sp) * 4);
+  L.total = c.used;
   return L;
 }
 
@@ -64,39 +74,29 @@ __host__ __device__ inline FwdSmem fwd_smem(int elem, int tn, int sp, int ldx, i
 //   xs: x tiles (dx is staged in place); dos: d_out[b] rows (skr rows, zero past S);
 //   gs: ln_weight in fp32; part: GEMM3 K-split partials [ksplit][tn][2 sp];
 //   aw*/dz*: softmax weights and d scores as split A operands [tn][lda];
-//   dzb*: rstd * d scores as split B operands [sp][ldp]. (The block's d_ln_* sums live in its
-//   own row of the global partial buffers: 2 x 4 D bytes less shared memory.)
+//   dzb*: rstd * d scores as split B operands [sp][ldp]; c3c4_partials: per-warp token sums
+//   [2][kWarps + 1][sp]. (The block's d_ln_* sums live in its own row of the global partial
+//   buffers: 2 x 4 D bytes less shared memory.)
 struct BwdSmem {
   size_t xs, dos, gs, part, awh, awl, dzh, dzl, dzbh, dzbl, mean, rstd, valid, s1, s2, lse, delta,
-      e1, e2, c34, total;
+      gdo_sum, bdo_dot, c3c4_partials, total;
 };
 
 __host__ __device__ inline BwdSmem bwd_smem(int elem, int tn, int sp, int skr, int dp, int ldx, int stages,
                                             int lda, int ldp) {
   const int ksplit = kWarps / (tn / 16);
   BwdSmem L{};
-  size_t o = 0;
-  L.xs = o;    o = align16(o + size_t(stages) * tn * ldx * elem);
-  L.dos = o;   o = align16(o + size_t(skr) * ldx * elem);
-  L.gs = o;    o = align16(o + size_t(dp) * 4);
-  L.part = o;  o = align16(o + size_t(ksplit) * tn * 2 * sp * 4);
-  L.awh = o;   o = align16(o + size_t(tn) * lda * elem);
-  L.awl = o;   o = align16(o + size_t(tn) * lda * elem);
-  L.dzh = o;   o = align16(o + size_t(tn) * lda * elem);
-  L.dzl = o;   o = align16(o + size_t(tn) * lda * elem);
-  L.dzbh = o;  o = align16(o + size_t(sp) * ldp * elem);
-  L.dzbl = o;  o = align16(o + size_t(sp) * ldp * elem);
-  L.mean = o;  o = align16(o + size_t(tn) * 4);
-  L.rstd = o;  o = align16(o + size_t(tn) * 4);
-  L.valid = o; o = align16(o + size_t(tn) * 4);
-  L.s1 = o;    o = align16(o + size_t(tn) * 4);
-  L.s2 = o;    o = align16(o + size_t(tn) * 4);
-  L.lse = o;   o = align16(o + size_t(sp) * 4);
-  L.delta = o; o = align16(o + size_t(sp) * 4);
-  L.e1 = o;    o = align16(o + size_t(sp) * 4);
-  L.e2 = o;    o = align16(o + size_t(sp) * 4);
-  L.c34 = o;   o = align16(o + size_t(2) * (kWarps + 1) * sp * 4);
-  L.total = o;
+  Carver c;
+  L.xs = c.take(size_t(stages) * tn * ldx * elem);
+  L.dos = c.take(size_t(skr) * ldx * elem);
+  L.gs = c.take(size_t(dp) * 4);
+  L.part = c.take(size_t(ksplit) * tn * 2 * sp * 4);
+  c.take_each({&L.awh, &L.awl, &L.dzh, &L.dzl}, size_t(tn) * lda * elem);
+  c.take_each({&L.dzbh, &L.dzbl}, size_t(sp) * ldp * elem);
+  c.take_each({&L.mean, &L.rstd, &L.valid, &L.s1, &L.s2}, size_t(tn) * 4);
+  c.take_each({&L.lse, &L.delta, &L.gdo_sum, &L.bdo_dot}, size_t(sp) * 4);
+  L.c3c4_partials = c.take(size_t(2) * (kWarps + 1) * sp * 4);
+  L.total = c.used;
   return L;
 }
 
@@ -106,8 +106,8 @@ struct Geometry {
   int dp;        // D rounded up to 16
   int ldx;       // smem row stride of x tiles / d_out rows (elements): dp + 8 (16-bit) or dp + 4 (fp32)
   int nks;       // k-steps over D: dp / 16 (16-bit) or dp / 8 (fp32)
-  int mtw;       // m-tiles of 16 features per warp in a D chunk
-  int n_chunks;  // D chunks (blocks per item); 1 unless D > 8 warps * 16 * mtw
+  int mtiles_per_warp;  // m-tiles of 16 features per warp in a D chunk
+  int n_chunks;  // D chunks (blocks per item); 1 unless D > 8 warps * 16 * mtiles_per_warp
 };
 
 struct FwdParams {
@@ -118,7 +118,7 @@ struct FwdParams {
   const void* ln_w;        // (D,) or null
   const void* ln_b;        // (D,) or null
   int ln_w_dtype, ln_b_dtype;
-  const uint4* wsf;        // prep: W' B fragments [nks][nt][32 lanes] (null when scores given)
+  const uint4* w_score_frags;        // prep: W' B fragments [nks][nt][32 lanes] (null when scores given)
   const float* c1;         // prep: [8 nt]
   const float* c2;
   void* out;               // (B, S, D) T
@@ -147,8 +147,8 @@ struct BwdParams {
   const void* ln_w;
   const void* ln_b;
   int ln_w_dtype, ln_b_dtype;
-  const uint4* wsf;        // prep: W' fragments for the scores (k = feature, n = token)
-  const uint4* wbf;        // prep: W' fragments for d scores @ W'^T (k = token, n = feature)
+  const uint4* w_score_frags;        // prep: W' fragments for the scores (k = feature, n = token)
+  const uint4* w_dscore_frags;  // prep: W' fragments for d scores @ W'^T (k = token, n = feature)
   const float* c1;
   const float* c2;
   void* dx;                // (B, N, D) T
@@ -161,7 +161,7 @@ struct BwdParams {
   Geometry geo;
   int stages;
   int items_per_group;
-  int ntd;                 // n-tiles of 8 features: dp / 8
+  int nt_features;         // n-tiles of 8 features: dp / 8
   bool has_ln, has_ln_bias, pool_ln, scores_given, w_exact;
   bool x_vec;              // x / dx rows 16-byte aligned
   bool y_vec;              // d_out rows 16-byte aligned
@@ -173,12 +173,12 @@ struct PrepParams {
   const void* ln_w;
   const void* ln_b;
   int ln_w_dtype, ln_b_dtype;
-  uint4* wsf;              // [nks][nt][32]
-  uint4* wbf;              // [nks5][ntd][32] or null (forward)
+  uint4* w_score_frags;              // [nks][nt][32]
+  uint4* w_dscore_frags;   // [nks_tokens][nt_features][32] or null (forward)
   float* c1;               // [8 nt]
   float* c2;
   int D, S;
-  int nt, nks, nks5, ntd;
+  int nt, nks, nks_tokens, nt_features;
   bool has_ln, has_ln_bias;
 };
 
@@ -211,8 +211,8 @@ inline Geometry make_geometry(int elem, int D, int S) {
   const int mtd = g.dp / 16;
   const int per_warp = (mtd + kWarps - 1) / kWarps;
   const int mt_max = max_mtiles_per_warp(g.nt);
-  g.mtw = per_warp < 1 ? 1 : (per_warp < mt_max ? per_warp : mt_max);
-  g.n_chunks = (mtd + kWarps * g.mtw - 1) / (kWarps * g.mtw);
+  g.mtiles_per_warp = per_warp < 1 ? 1 : (per_warp < mt_max ? per_warp : mt_max);
+  g.n_chunks = (mtd + kWarps * g.mtiles_per_warp - 1) / (kWarps * g.mtiles_per_warp);
   if (g.n_chunks < 1) g.n_chunks = 1;
   return g;
 }
@@ -253,16 +253,15 @@ inline BwdConfig pick_bwd_config(int elem, const Geometry& g, size_t smem_limit)
   return {1, 0};
 }
 
-// Launchers (dtype is the storage type of x: kF32 / kF16 / kBF16). `smem` is the dynamic
-// shared memory the host chose (fwd_smem / bwd_smem); mtn = tn / 16.
-void launch_prep(const PrepParams& p, int x_dtype, cudaStream_t stream);
+// Launchers; T is x's storage type (float, __half, __nv_bfloat16), from SK_DISPATCH_FLOAT.
+// `smem` is the dynamic shared memory the host chose (fwd_smem / bwd_smem); mtn = tn / 16.
+template <typename T>
+void launch_prep(const PrepParams& p, cudaStream_t stream);
 void launch_reduce(const ReduceParams& p, cudaStream_t stream);
-void launch_fwd_f32(const FwdParams& p, int mtn, size_t smem, cudaStream_t stream);
-void launch_fwd_f16(const FwdParams& p, int mtn, size_t smem, cudaStream_t stream);
-void launch_fwd_bf16(const FwdParams& p, int mtn, size_t smem, cudaStream_t stream);
-void launch_bwd_f32(const BwdParams& p, int grid, size_t smem, cudaStream_t stream);
-void launch_bwd_f16(const BwdParams& p, int grid, size_t smem, cudaStream_t stream);
-void launch_bwd_bf16(const BwdParams& p, int grid, size_t smem, cudaStream_t stream);
+template <typename T>
+void launch_fwd(const FwdParams& p, int mtn, size_t smem, cudaStream_t stream);
+template <typename T>
+void launch_bwd(const BwdParams& p, int grid, size_t smem, cudaStream_t stream);
 
 }  // namespace tokred
 }  // namespace skillkern

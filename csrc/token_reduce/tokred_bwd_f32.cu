@@ -1,12 +1,2 @@
-// Backward kernels of token_reduce for float inputs (bwd_kernel.cuh, launch.cuh).
 #include "token_reduce/launch.cuh"
-
-namespace skillkern {
-namespace tokred {
-
-void launch_bwd_f32(const BwdParams& p, int grid, size_t smem, cudaStream_t stream) {
-  dispatch_bwd<float>(p, grid, smem, stream);
-}
-
-}  // namespace tokred
-}  // namespace skillkern
+SK_TOKRED_INSTANTIATE(bwd, float);

@@ -1,12 +1,2 @@
-// Forward kernels of token_reduce for __half inputs (fwd_kernel.cuh, launch.cuh).
 #include "token_reduce/launch.cuh"
-
-namespace skillkern {
-namespace tokred {
-
-void launch_fwd_f16(const FwdParams& p, int mtn, size_t smem, cudaStream_t stream) {
-  dispatch_fwd<__half>(p, mtn, smem, stream);
-}
-
-}  // namespace tokred
-}  // namespace skillkern
+SK_TOKRED_INSTANTIATE(fwd, __half);

@@ -41,7 +41,6 @@
 // forward's size, 1.72e12 FLOP = 2.17 ms at 790 TFLOP/s; the dense P tile costs Ny x the
 // FLOPs a gather would need, but runs on tensor cores (benchmarks/NOTES.md). Operand traffic:
 // each block reads all of src once, 2 * 128 FLOP per element: 128 FLOP per byte of L2 in bf16.
-#include <c10/cuda/CUDAException.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -121,7 +120,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     _token_similarity_bwd_kernel(const BwdProblem p, int64_t n_col_tiles) {
   constexpr int MT = Cfg::MT, NT = Cfg::NT, KC = Cfg::KC, STAGES = Cfg::STAGES;
   constexpr int LDP = Cfg::LDP, LDB = Cfg::LDB;
-  extern __shared__ __align__(128) unsigned char smem[];
+  unsigned char* const smem = dynamic_smem();
   T* p_buf = reinterpret_cast<T*>(smem);  // [2][MT][LDP]
   T* src_buf = reinterpret_cast<T*>(smem + Cfg::kSrc);  // [STAGES][KC][LDB]
   int* row_x = reinterpret_cast<int*>(smem + Cfg::kRowX);
@@ -228,7 +227,8 @@ __global__ void __launch_bounds__(kThreads, 2)
 
   auto load_src = [&](int64_t s) {
     T* dst = src_buf + static_cast<int>(s % STAGES) * Cfg::kSrcElems;
-    load_tile<T, KC, NT, LDB>(dst, src, s * KC, std::min<int64_t>(KC, y_tokens - s * KC), D, n0, p.vec);
+    load_tile<T, KC, NT, LDB>(dst, src, s * KC, std::min<int64_t>(KC, y_tokens - s * KC),
+                              p.y_mask ? p.y_mask + s * KC : nullptr, D, n0, p.vec);
   };
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
@@ -337,46 +337,36 @@ __global__ void __launch_bounds__(kThreads)
   c_t2i[e] = valid ? g_t2i[e] / nb : 0.f;
 }
 
-template <typename T, int KC>
-void launch_typed(const BwdProblem& p, cudaStream_t stream) {
-  using Cfg = BwdCfg<T, KC>;
+}  // namespace
+
+template <typename T>
+void launch_backward(const BwdProblem& p, cudaStream_t stream) {
+  using Cfg = BwdCfg<T, 64 / int(sizeof(T))>;  // KC: 32 tokens of 16-bit P (64-byte rows), 16 in fp32
   const int64_t n_row_tiles = ceil_div(p.Bx * p.Nx, Cfg::MT);
   const int64_t n_col_tiles = ceil_div(p.D, Cfg::NT);
   TORCH_CHECK(n_row_tiles * n_col_tiles <= std::numeric_limits<int32_t>::max(),
               "token_similarity: ", p.Bx * p.Nx, " tokens x D = ", p.D, " need more than 2^31 - 1 CUDA blocks");
-  auto kernel = _token_similarity_bwd_kernel<T, Cfg>;
-  constexpr size_t smem = Cfg::kSmemBytes;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  kernel<<<static_cast<unsigned>(n_row_tiles * n_col_tiles), kThreads, smem, stream>>>(p, n_col_tiles);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  auto* kernel = &_token_similarity_bwd_kernel<T, Cfg>;
+  constexpr int smem = Cfg::kSmemBytes;
+  set_max_dynamic_smem(kernel, smem);
+  SK_LAUNCH(kernel, static_cast<unsigned>(n_row_tiles * n_col_tiles), kThreads, smem, stream, p, n_col_tiles);
 }
-
-}  // namespace
+SK_INSTANTIATE_FLOAT(template void launch_backward, (const BwdProblem& p, cudaStream_t stream));
 
 void launch_count_real(const uint8_t* mask, int64_t B, int64_t N, float* n_out, cudaStream_t stream) {
   const int64_t blocks = ceil_div(B, kWarps);
   TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "token_similarity: too many items (", B, ")");
-  _count_real_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(mask, B, N, n_out);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  SK_LAUNCH(_count_real_kernel, static_cast<unsigned>(blocks), kThreads, 0, stream, mask, B, N, n_out);
 }
 
 void launch_coefficients(const float* g_i2t, const float* g_t2i, const float* n_img, const float* n_txt, int64_t Bi,
                          int64_t Bt, float* c_i2t, float* c_t2i, cudaStream_t stream) {
   const int64_t blocks = ceil_div(Bi * Bt, kThreads);
   TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "token_similarity: too many pairs (", Bi * Bt, ")");
-  _coefficients_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(g_i2t, g_t2i, n_img, n_txt, Bi, Bt,
-                                                                               c_i2t, c_t2i);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  SK_LAUNCH(_coefficients_kernel, static_cast<unsigned>(blocks), kThreads, 0, stream, g_i2t, g_t2i, n_img, n_txt, Bi,
+            Bt, c_i2t, c_t2i);
 }
 
-void launch_backward(const BwdProblem& p, cudaStream_t stream) {
-  // KC: 32 tokens of 16-bit P (64 B rows); fp32 takes 16 for the same bytes.
-  switch (p.dtype) {
-    case DType::kFloat: launch_typed<float, 16>(p, stream); break;
-    case DType::kHalf: launch_typed<__half, 32>(p, stream); break;
-    case DType::kBFloat16: launch_typed<__nv_bfloat16, 32>(p, stream); break;
-  }
-}
 
 }  // namespace toksim
 }  // namespace skillkern

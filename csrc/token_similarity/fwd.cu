@@ -40,7 +40,6 @@
 //
 // Deterministic: no atomics; every sum has a fixed order (column order within a chunk, chunk
 // order across chunks, fixed butterflies across lanes). Offsets that multiply strides are int64.
-#include <c10/cuda/CUDAException.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -99,7 +98,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     _token_similarity_fwd_kernel(const FwdProblem p, int tile_items, int64_t group_items, int64_t n_groups) {
   constexpr int RT = Cfg::RT, CT = Cfg::CT, KC = Cfg::KC, STAGES = Cfg::STAGES;
   constexpr int LDK = Cfg::LDK, LDS = Cfg::LDS;
-  extern __shared__ __align__(128) unsigned char smem[];
+  unsigned char* const smem = dynamic_smem();
   T* stage_base = reinterpret_cast<T*>(smem);
   float* S = reinterpret_cast<float*>(smem);  // aliases the stages once the K-loop is done
   float* row_best = reinterpret_cast<float*>(smem + Cfg::kRowBest);
@@ -133,8 +132,9 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int64_t c_end = std::min(group * group_items + group_items, p.Bc) * Nc;
 
   // Row flags and real-token counts of the R items, once per block.
+  const uint8_t* r_mask = p.r_mask ? p.r_mask + b0 * Nr : nullptr;  // the tile's first row
   for (int r = tid; r < RT; r += kThreads) {
-    row_real[r] = r < rows_used && (p.r_mask == nullptr || p.r_mask[b0 * Nr + r] != 0);
+    row_real[r] = r < rows_used && (r_mask == nullptr || r_mask[r] != 0);
   }
   __syncthreads();
   for (int t = warp; t < kMaxTileItems; t += kWarps) {
@@ -175,8 +175,8 @@ __global__ void __launch_bounds__(kThreads, 2)
     auto load_stage = [&](int buf, int ks) {
       T* rs = stage_base + buf * Cfg::kStageElems;
       T* cs = rs + RT * LDK;
-      load_tile<T, RT, KC, LDK>(rs, r_feat, b0 * Nr, rows_used, D, ks * KC, p.vec);
-      load_tile<T, CT, KC, LDK>(cs, c_feat, c0, c_eff, D, ks * KC, p.vec);
+      load_tile<T, RT, KC, LDK>(rs, r_feat, b0 * Nr, rows_used, r_mask, D, ks * KC, p.vec);
+      load_tile<T, CT, KC, LDK>(cs, c_feat, c0, c_eff, p.c_mask ? p.c_mask + c0 : nullptr, D, ks * KC, p.vec);
     };
     acc.zero();
 #pragma unroll
@@ -349,36 +349,30 @@ void launch_cfg(const FwdProblem& p, int tile_items, cudaStream_t stream) {
   const int64_t n_groups = ceil_div(p.Bc, group_items);
   TORCH_CHECK(n_tiles * n_groups <= std::numeric_limits<int32_t>::max(),
               "token_similarity: ", p.Br, " x ", p.Bc, " items need more than 2^31 - 1 CUDA blocks");
-  auto kernel = _token_similarity_fwd_kernel<T, Cfg>;
-  constexpr size_t smem = Cfg::kSmemBytes;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  kernel<<<static_cast<unsigned>(n_tiles * n_groups), kThreads, smem, stream>>>(p, tile_items, group_items,
-                                                                                 n_groups);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-template <typename T, int KC_SMALL, int KC_LARGE>
-void launch_typed(const FwdProblem& p, cudaStream_t stream) {
-  const RowChoice rc = pick_rows(p.Nr, p.Br);
-  switch (rc.rows) {
-    case 128: launch_cfg<T, FwdCfg<T, 128, 128, 4, KC_LARGE>>(p, rc.tile_items, stream); break;
-    case 256: launch_cfg<T, FwdCfg<T, 256, 64, 8, KC_LARGE>>(p, rc.tile_items, stream); break;
-    case 512: launch_cfg<T, FwdCfg<T, 512, 32, 8, KC_SMALL>>(p, rc.tile_items, stream); break;
-    default: TORCH_CHECK(false, "token_similarity: ", p.Nr, " tokens per item in one tile (max ", kMaxRowTokens, ")");
-  }
+  auto* kernel = &_token_similarity_fwd_kernel<T, Cfg>;
+  constexpr int smem = Cfg::kSmemBytes;
+  set_max_dynamic_smem(kernel, smem);
+  SK_LAUNCH(kernel, static_cast<unsigned>(n_tiles * n_groups), kThreads, smem, stream, p, tile_items, group_items,
+            n_groups);
 }
 
 }  // namespace
 
+template <typename T>
 void launch_forward(const FwdProblem& p, cudaStream_t stream) {
-  // KC: 32 bf16 = 64 B per row per stage (16 for the 512-row tile, to fit 3 stages in ~77 KB);
-  // fp32 takes half as many elements for the same bytes.
-  switch (p.dtype) {
-    case DType::kFloat: launch_typed<float, 8, 16>(p, stream); break;
-    case DType::kHalf: launch_typed<__half, 16, 32>(p, stream); break;
-    case DType::kBFloat16: launch_typed<__nv_bfloat16, 16, 32>(p, stream); break;
+  // KC: 64 bytes of operand row per stage (32 fp16 / bf16, 16 fp32), half that for the 512-row
+  // tile, to fit 3 stages in ~77 KB.
+  constexpr int kc_large = 64 / int(sizeof(T));
+  constexpr int kc_small = kc_large / 2;
+  const RowChoice rc = pick_rows(p.Nr, p.Br);
+  switch (rc.rows) {
+    case 128: launch_cfg<T, FwdCfg<T, 128, 128, 4, kc_large>>(p, rc.tile_items, stream); break;
+    case 256: launch_cfg<T, FwdCfg<T, 256, 64, 8, kc_large>>(p, rc.tile_items, stream); break;
+    case 512: launch_cfg<T, FwdCfg<T, 512, 32, 8, kc_small>>(p, rc.tile_items, stream); break;
+    default: TORCH_CHECK(false, "token_similarity: ", p.Nr, " tokens per item in one tile (max ", kMaxRowTokens, ")");
   }
 }
+SK_INSTANTIATE_FLOAT(template void launch_forward, (const FwdProblem& p, cudaStream_t stream));
 
 }  // namespace toksim
 }  // namespace skillkern

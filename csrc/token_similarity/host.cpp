@@ -6,7 +6,6 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/full.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -19,7 +18,8 @@
 #include <utility>
 
 #include "common.h"
-#include "token_similarity/token_similarity.h"
+#include "cuda_device.h"
+#include "token_similarity/run.h"
 
 namespace skillkern {
 namespace {
@@ -27,14 +27,7 @@ namespace {
 using at::Tensor;
 using toksim::kMaxRowTokens;
 
-// Smallest integer dtype that holds token indices 0..n-1 (op.py index_dtype).
-at::ScalarType index_dtype(int64_t n) {
-  return n <= 256 ? at::kByte : n <= 32768 ? at::kShort : at::kInt;
-}
-
-int index_bytes(at::ScalarType t) {
-  return static_cast<int>(c10::elementSize(t));
-}
+using toksim::index_dtype;
 
 bool is_index_dtype(at::ScalarType t) {
   return t == at::kByte || t == at::kShort || t == at::kInt || t == at::kLong;
@@ -147,188 +140,24 @@ std::tuple<Tensor, Tensor> token_similarity_bwd_meta(const Tensor& g_i2t, const 
 
 // ----------------------------------------------------------------------------- CUDA
 
-struct Sizes {
-  int64_t Bi, Ni, Bt, Nt, D;
-};
-
-// Concrete sizes for the kernels, which index items (not tokens) with int32.
-Sizes sizes_of(const Tensor& img, const Tensor& txt) {
-  const Sizes s{img.size(0), img.size(1), txt.size(0), txt.size(1), img.size(2)};
-  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
-  SK_CHECK_ARG(s.Bi <= kMax, "token_similarity", "img", "has ", s.Bi, " items; at most 2^31 - 1");
-  SK_CHECK_ARG(s.Bt <= kMax, "token_similarity", "txt", "has ", s.Bt, " items; at most 2^31 - 1");
-  return s;
+std::tuple<Tensor, Tensor, Tensor, Tensor> token_similarity_fwd_cuda(const Tensor& img, const Tensor& txt,
+                                                                     const std::optional<Tensor>& img_mask,
+                                                                     const std::optional<Tensor>& txt_mask) {
+  check_fwd_args(img, txt, img_mask, txt_mask);
+  check_cuda_device(img, "token_similarity", "img");
+  const c10::cuda::CUDAGuard guard(img.device());
+  return toksim::run_forward(img, txt, img_mask, txt_mask, at::cuda::getCurrentCUDAStream());
 }
 
-toksim::DType kernel_dtype(at::ScalarType t) {
-  return t == at::kFloat ? toksim::DType::kFloat : t == at::kHalf ? toksim::DType::kHalf : toksim::DType::kBFloat16;
-}
-
-const uint8_t* mask_ptr(const std::optional<Tensor>& contiguous_mask) {
-  // bool is one byte (0 / 1): the kernels read it as uint8
-  return contiguous_mask ? static_cast<const uint8_t*>(contiguous_mask->const_data_ptr()) : nullptr;
-}
-
-std::optional<Tensor> contiguous(const std::optional<Tensor>& t) {
-  return t ? std::optional<Tensor>(t->contiguous()) : std::nullopt;
-}
-
-// cp.async moves 16-byte pieces: rows must be whole pieces and the bases 16-byte aligned.
-bool vec_ok(int64_t D, int64_t elt, std::initializer_list<const void*> bases) {
-  bool ok = (D * elt) % 16 == 0;
-  for (const void* b : bases) ok = ok && reinterpret_cast<uintptr_t>(b) % 16 == 0;
-  return ok;
-}
-
-// Every other tensor argument is on img's device (checked with the shared arguments).
-void check_cuda(const Tensor& img) {
-  SK_CHECK_ARG(img.is_cuda(), "token_similarity", "img", "must be a CUDA tensor for the CUDA kernels, got ",
-               img.device());
-  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(img.get_device());
-  TORCH_CHECK(prop->major >= 8, "token_similarity: the CUDA kernels need compute capability 8.0 or newer "
-              "(tensor cores with bf16, cp.async); ", prop->name, " is ", prop->major, ".", prop->minor,
-              ". Use backend='triton' or 'torch'");
-}
-
-std::tuple<Tensor, Tensor, Tensor, Tensor> token_similarity_fwd_cuda(const Tensor& img_in, const Tensor& txt_in,
-                                                                     const std::optional<Tensor>& img_mask_in,
-                                                                     const std::optional<Tensor>& txt_mask_in) {
-  check_fwd_args(img_in, txt_in, img_mask_in, txt_mask_in);
-  check_cuda(img_in);
-  const c10::cuda::CUDAGuard guard(img_in.device());
-  const Tensor img = img_in.contiguous();
-  const Tensor txt = txt_in.contiguous();
-  const std::optional<Tensor> img_mask = contiguous(img_mask_in);
-  const std::optional<Tensor> txt_mask = contiguous(txt_mask_in);
-  const Sizes s = sizes_of(img, txt);
-
-  const auto f32 = img.options().dtype(at::kFloat);
-  Tensor i2t = at::empty({s.Bi, s.Bt}, f32);
-  Tensor t2i = at::empty({s.Bi, s.Bt}, f32);
-  Tensor row_idx = at::empty({s.Bi, s.Bt, s.Ni}, img.options().dtype(index_dtype(s.Nt)));
-  Tensor col_idx = at::empty({s.Bi, s.Bt, s.Nt}, img.options().dtype(index_dtype(s.Ni)));
-  if (s.Bi == 0 || s.Bt == 0) return {i2t, t2i, row_idx, col_idx};
-  if (s.Ni == 0 || s.Nt == 0) {  // no similarity at all: every pair scores 0, indices 0
-    i2t.zero_();
-    t2i.zero_();
-    row_idx.zero_();
-    col_idx.zero_();
-    return {i2t, t2i, row_idx, col_idx};
-  }
-
-  // Rows of a block tile hold whole text items unless texts are longer than a tile; then the
-  // images take that role (check_token_counts guarantees Ni <= kMaxRowTokens there).
-  const bool swap = s.Nt > kMaxRowTokens;
-  toksim::FwdProblem p{};
-  p.dtype = kernel_dtype(img.scalar_type());
-  p.D = s.D;
-  p.vec = vec_ok(s.D, img.element_size(), {img.const_data_ptr(), txt.const_data_ptr()});
-  const int64_t pair_img = s.Bt;  // i2t / t2i: pair (a, b) at a * Bt + b
-  const int64_t pair_txt = 1;
-  if (!swap) {  // R = txt (b, l), C = img (a, k)
-    p.r_feat = txt.const_data_ptr();
-    p.c_feat = img.const_data_ptr();
-    p.r_mask = mask_ptr(txt_mask);
-    p.c_mask = mask_ptr(img_mask);
-    p.Br = s.Bt, p.Nr = s.Nt, p.Bc = s.Bi, p.Nc = s.Ni;
-    // per image token: best text token -> row_idx[a, b, k]; mean -> i2t
-    p.c_idx = row_idx.mutable_data_ptr(), p.c_idx_sc = s.Bt * s.Ni, p.c_idx_sr = s.Ni;
-    p.c_score = i2t.mutable_data_ptr<float>(), p.c_score_sc = pair_img, p.c_score_sr = pair_txt;
-    // per text token: best image token -> col_idx[a, b, l]; mean -> t2i
-    p.r_idx = col_idx.mutable_data_ptr(), p.r_idx_sc = s.Bt * s.Nt, p.r_idx_sr = s.Nt;
-    p.r_score = t2i.mutable_data_ptr<float>(), p.r_score_sc = pair_img, p.r_score_sr = pair_txt;
-    p.c_idx_bytes = index_bytes(row_idx.scalar_type());
-    p.r_idx_bytes = index_bytes(col_idx.scalar_type());
-  } else {  // R = img (a, k), C = txt (b, l)
-    p.r_feat = img.const_data_ptr();
-    p.c_feat = txt.const_data_ptr();
-    p.r_mask = mask_ptr(img_mask);
-    p.c_mask = mask_ptr(txt_mask);
-    p.Br = s.Bi, p.Nr = s.Ni, p.Bc = s.Bt, p.Nc = s.Nt;
-    // per text token: best image token -> col_idx[a, b, l]; mean -> t2i (C item b, R item a)
-    p.c_idx = col_idx.mutable_data_ptr(), p.c_idx_sc = s.Nt, p.c_idx_sr = s.Bt * s.Nt;
-    p.c_score = t2i.mutable_data_ptr<float>(), p.c_score_sc = pair_txt, p.c_score_sr = pair_img;
-    p.r_idx = row_idx.mutable_data_ptr(), p.r_idx_sc = s.Ni, p.r_idx_sr = s.Bt * s.Ni;
-    p.r_score = i2t.mutable_data_ptr<float>(), p.r_score_sc = pair_txt, p.r_score_sr = pair_img;
-    p.c_idx_bytes = index_bytes(col_idx.scalar_type());
-    p.r_idx_bytes = index_bytes(row_idx.scalar_type());
-  }
-  toksim::launch_forward(p, at::cuda::getCurrentCUDAStream());
-  return {i2t, t2i, row_idx, col_idx};
-}
-
-// Real tokens per item, float (B,).
-Tensor real_counts(const std::optional<Tensor>& mask, int64_t B, int64_t N, const Tensor& like) {
-  const auto f32 = like.options().dtype(at::kFloat);
-  if (!mask) return at::full({B}, static_cast<double>(N), f32);
-  Tensor n = at::empty({B}, f32);
-  if (B > 0) toksim::launch_count_real(mask_ptr(mask), B, N, n.mutable_data_ptr<float>(), at::cuda::getCurrentCUDAStream());
-  return n;
-}
-
-std::tuple<Tensor, Tensor> token_similarity_bwd_cuda(const Tensor& g_i2t_in, const Tensor& g_t2i_in,
-                                                     const Tensor& img_in, const Tensor& txt_in,
-                                                     const std::optional<Tensor>& img_mask_in,
-                                                     const std::optional<Tensor>& txt_mask_in,
-                                                     const Tensor& row_idx_in, const Tensor& col_idx_in) {
-  check_bwd_args(g_i2t_in, g_t2i_in, img_in, txt_in, img_mask_in, txt_mask_in, row_idx_in, col_idx_in);
-  check_cuda(img_in);
-  const c10::cuda::CUDAGuard guard(img_in.device());
-  const Tensor img = img_in.contiguous();
-  const Tensor txt = txt_in.contiguous();
-  const std::optional<Tensor> img_mask = contiguous(img_mask_in);
-  const std::optional<Tensor> txt_mask = contiguous(txt_mask_in);
-  const Tensor g_i2t = g_i2t_in.to(at::kFloat).contiguous();
-  const Tensor g_t2i = g_t2i_in.to(at::kFloat).contiguous();
-  const Tensor row_idx = row_idx_in.contiguous();
-  const Tensor col_idx = col_idx_in.contiguous();
-  const Sizes s = sizes_of(img, txt);
-
-  Tensor d_img = at::empty({s.Bi, s.Ni, s.D}, img.options());
-  Tensor d_txt = at::empty({s.Bt, s.Nt, s.D}, txt.options());
-  if (d_img.numel() == 0 && d_txt.numel() == 0) return {d_img, d_txt};
-  const Tensor n_img = real_counts(img_mask, s.Bi, s.Ni, img);
-  const Tensor n_txt = real_counts(txt_mask, s.Bt, s.Nt, img);
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  // upstream gradients over the real-token counts, 0 for pairs without real tokens
-  Tensor c_i2t = at::empty({s.Bi, s.Bt}, g_i2t.options());
-  Tensor c_t2i = at::empty({s.Bi, s.Bt}, g_i2t.options());
-  if (c_i2t.numel() > 0) {
-    toksim::launch_coefficients(g_i2t.const_data_ptr<float>(), g_t2i.const_data_ptr<float>(),
-                                n_img.const_data_ptr<float>(), n_txt.const_data_ptr<float>(), s.Bi, s.Bt,
-                                c_i2t.mutable_data_ptr<float>(), c_t2i.mutable_data_ptr<float>(), stream);
-  }
-
-  toksim::BwdProblem p{};
-  p.dtype = kernel_dtype(img.scalar_type());
-  p.D = s.D;
-  p.vec = vec_ok(s.D, img.element_size(), {img.const_data_ptr(), txt.const_data_ptr()});
-  const int row_bytes = index_bytes(row_idx.scalar_type());
-  const int col_bytes = index_bytes(col_idx.scalar_type());
-
-  if (d_img.numel() > 0) {  // X = img (a, k), Y = txt (b, l)
-    p.src = txt.const_data_ptr();
-    p.out = d_img.mutable_data_ptr();
-    p.x_mask = mask_ptr(img_mask), p.y_mask = mask_ptr(txt_mask);
-    p.cA = c_i2t.const_data_ptr<float>(), p.cA_sx = s.Bt, p.cA_sy = 1;
-    p.cB = c_t2i.const_data_ptr<float>(), p.cB_sx = s.Bt, p.cB_sy = 1;
-    p.idxA = row_idx.const_data_ptr(), p.idxA_bytes = row_bytes, p.idxA_sx = s.Bt * s.Ni, p.idxA_sy = s.Ni;
-    p.idxB = col_idx.const_data_ptr(), p.idxB_bytes = col_bytes, p.idxB_sx = s.Bt * s.Nt, p.idxB_sy = s.Nt;
-    p.Bx = s.Bi, p.Nx = s.Ni, p.By = s.Bt, p.Ny = s.Nt;
-    toksim::launch_backward(p, stream);
-  }
-  if (d_txt.numel() > 0) {  // X = txt (b, l), Y = img (a, k)
-    p.src = img.const_data_ptr();
-    p.out = d_txt.mutable_data_ptr();
-    p.x_mask = mask_ptr(txt_mask), p.y_mask = mask_ptr(img_mask);
-    p.cA = c_t2i.const_data_ptr<float>(), p.cA_sx = 1, p.cA_sy = s.Bt;
-    p.cB = c_i2t.const_data_ptr<float>(), p.cB_sx = 1, p.cB_sy = s.Bt;
-    p.idxA = col_idx.const_data_ptr(), p.idxA_bytes = col_bytes, p.idxA_sx = s.Nt, p.idxA_sy = s.Bt * s.Nt;
-    p.idxB = row_idx.const_data_ptr(), p.idxB_bytes = row_bytes, p.idxB_sx = s.Ni, p.idxB_sy = s.Bt * s.Ni;
-    p.Bx = s.Bt, p.Nx = s.Nt, p.By = s.Bi, p.Ny = s.Ni;
-    toksim::launch_backward(p, stream);
-  }
-  return {d_img, d_txt};
+std::tuple<Tensor, Tensor> token_similarity_bwd_cuda(const Tensor& g_i2t, const Tensor& g_t2i, const Tensor& img,
+                                                     const Tensor& txt, const std::optional<Tensor>& img_mask,
+                                                     const std::optional<Tensor>& txt_mask, const Tensor& row_idx,
+                                                     const Tensor& col_idx) {
+  check_bwd_args(g_i2t, g_t2i, img, txt, img_mask, txt_mask, row_idx, col_idx);
+  check_cuda_device(img, "token_similarity", "img");
+  const c10::cuda::CUDAGuard guard(img.device());
+  return toksim::run_backward(g_i2t, g_t2i, img, txt, img_mask, txt_mask, row_idx, col_idx,
+                              at::cuda::getCurrentCUDAStream());
 }
 
 }  // namespace

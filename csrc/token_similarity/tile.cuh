@@ -12,13 +12,13 @@
 #include <type_traits>
 
 #include "common.h"
+#include "ptx.cuh"
 
 namespace skillkern {
 namespace toksim {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr unsigned kFullMask = 0xffffffffu;
 
 __host__ __device__ constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -29,24 +29,18 @@ __host__ __device__ constexpr int operand_pitch(int cols) { return cols + 16 / i
 
 // ---------------------------------------------------------------------------- async copies
 
-// 16-byte global -> shared copy that bypasses L1 (operands are reused from L2 by other blocks).
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending)); }
-
 // Stage rows [first_row, first_row + ROWS) x columns [col0, col0 + COLS) of a row-major
 // (n_rows_total, ld) matrix into smem (pitch LDS). Rows at or past n_rows_valid (relative to
 // first_row) and columns at or past ld are zero-filled by plain stores (no global address is
-// formed for them). `vec`: ld is a multiple of 16 bytes and the base is 16-byte aligned, so
+// formed for them); so are padding rows (row_mask[r] == 0; row_mask = the mask entry of
+// first_row, or null): whatever padding holds (NaN, inf) is selected away, never multiplied by
+// a zero coefficient (0 * NaN = NaN). `vec`: ld is a multiple of 16 bytes and the base is 16-byte aligned, so
 // whole 16-byte pieces go through cp.async; otherwise a plain element-wise copy (same result,
 // synchronous). Either way the caller's cp_async_wait + __syncthreads publish the tile.
 template <typename T, int ROWS, int COLS, int LDS>
 __device__ __forceinline__ void load_tile(T* __restrict__ smem, const T* __restrict__ base, int64_t first_row,
-                                          int64_t n_rows_valid, int64_t ld, int64_t col0, bool vec) {
+                                          int64_t n_rows_valid, const uint8_t* __restrict__ row_mask, int64_t ld,
+                                          int64_t col0, bool vec) {
   constexpr int kVec = 16 / int(sizeof(T));
   static_assert(COLS % kVec == 0, "tile width must be a whole number of 16-byte pieces");
   static_assert((LDS * int(sizeof(T))) % 16 == 0, "smem rows must stay 16-byte aligned");
@@ -59,7 +53,8 @@ __device__ __forceinline__ void load_tile(T* __restrict__ smem, const T* __restr
       const int c = (e % kPieces) * kVec;
       T* dst = smem + r * LDS + c;
       if (r < n_rows_valid && col0 + c < ld) {  // ld % kVec == 0: a piece is all in or all out
-        cp_async16(dst, tile + r * ld + c);
+        // a padding row's copy reads nothing and zero-fills
+        cp_async16(dst, tile + r * ld + c, row_mask == nullptr || row_mask[r] != 0);
       } else {
         *reinterpret_cast<uint4*>(dst) = make_uint4(0u, 0u, 0u, 0u);
       }
@@ -68,7 +63,7 @@ __device__ __forceinline__ void load_tile(T* __restrict__ smem, const T* __restr
     for (int e = threadIdx.x; e < ROWS * COLS; e += kThreads) {
       const int r = e / COLS;
       const int c = e % COLS;
-      const bool ok = r < n_rows_valid && col0 + c < ld;
+      const bool ok = r < n_rows_valid && col0 + c < ld && (row_mask == nullptr || row_mask[r] != 0);
       smem[r * LDS + c] = ok ? tile[r * ld + c] : from_f32<T>(0.f);
     }
   }
@@ -208,20 +203,7 @@ struct WarpTileFor<float, WM, WN, B_NK> {
   using type = SimtTile<WM, WN, B_NK>;
 };
 
-// ---------------------------------------------------------------------------- reductions
-
-// Butterfly sums: every lane ends with the same total, and the association is fixed by the
-// lane layout, so the result is the same bits on every run.
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(kFullMask, v, o);
-  return v;
-}
-__device__ __forceinline__ int warp_sum(int v) {
-#pragma unroll
-  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(kFullMask, v, o);
-  return v;
-}
+// ---------------------------------------------------------------------------- arg-max
 
 // Arg-max with skillkern's tie rule (the Triton kernels' and torch.max's): among equal values
 // the lowest token index wins, whatever order the candidates are visited in. kNone marks "no

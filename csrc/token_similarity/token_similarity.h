@@ -23,10 +23,7 @@ namespace toksim {
 // one side <= 512 tokens the roles are swapped instead, so only both sides > 512 is refused.
 constexpr int64_t kMaxRowTokens = 512;
 
-enum class DType : int { kFloat = 0, kHalf = 1, kBFloat16 = 2 };
-
 struct FwdProblem {
-  DType dtype;
   const void* r_feat;     // (Br, Nr, D) contiguous
   const void* c_feat;     // (Bc, Nc, D) contiguous
   const uint8_t* r_mask;  // (Br, Nr) bool as bytes, or null (all real)
@@ -53,7 +50,6 @@ struct FwdProblem {
 // c_t2i, idxB = col_idx; for X = txt the same arrays with the roles (and strides) exchanged.
 // As in the Triton kernels, a row term needs its X token real and a column term its Y token.
 struct BwdProblem {
-  DType dtype;
   const void* src;  // (By, Ny, D) contiguous
   void* out;        // (Bx, Nx, D) contiguous, every element written
   const uint8_t* x_mask;
@@ -72,6 +68,8 @@ struct BwdProblem {
   bool vec;  // src 16-byte aligned, D * sizeof(T) % 16 == 0
 };
 
+// T: the features' storage type (float, __half, __nv_bfloat16), from SK_DISPATCH_FLOAT.
+template <typename T>
 void launch_forward(const FwdProblem& p, cudaStream_t stream);
 // n_out[b] = real tokens of item b (mask non-null), float.
 void launch_count_real(const uint8_t* mask, int64_t B, int64_t N, float* n_out, cudaStream_t stream);
@@ -79,6 +77,7 @@ void launch_count_real(const uint8_t* mask, int64_t B, int64_t N, float* n_out, 
 // token, else 0; all (Bi, Bt) fp32 contiguous.
 void launch_coefficients(const float* g_i2t, const float* g_t2i, const float* n_img, const float* n_txt, int64_t Bi,
                          int64_t Bt, float* c_i2t, float* c_t2i, cudaStream_t stream);
+template <typename T>
 void launch_backward(const BwdProblem& p, cudaStream_t stream);
 
 }  // namespace toksim

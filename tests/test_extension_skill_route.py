@@ -146,8 +146,8 @@ def test_int64_ids_beyond_int32_are_inactive():
 
 
 @pytest.mark.parametrize("bad, match", [
-    (torch.zeros(4, dtype=torch.float32), "skill_ids must be an integer"),
-    (torch.zeros(4, dtype=torch.bool), "skill_ids must be an integer"),
+    (torch.zeros(4, dtype=torch.float32), "`skill_ids` must be an integer"),
+    (torch.zeros(4, dtype=torch.bool), "`skill_ids` must be an integer"),
 ])
 def test_rejects_non_integer_ids(bad, match):
     with pytest.raises(RuntimeError, match=match):
@@ -158,7 +158,7 @@ def test_rejects_non_integer_ids(bad, match):
 
 @pytest.mark.parametrize("num_skills", [0, -3, 1025])
 def test_rejects_num_skills_out_of_range(num_skills):
-    with pytest.raises(RuntimeError, match=r"num_skills must be in \[1, 1024\]"):
+    with pytest.raises(RuntimeError, match=r"skill_route: `num_skills` must be in \[1, 1024\]"):
         op(torch.zeros(4, dtype=torch.int64), num_skills)
 
 

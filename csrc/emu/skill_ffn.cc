@@ -1,14 +1,10 @@
-// CPU emulation of the native skill-FFN backend, for tests/test_extension_skill_ffn.py (no GPU
-// needed). It compiles the REAL sources - fwd.cuh / bwd.cuh / down.cuh / gemm.cuh with their
-// kernels, launchers and host orchestration (run_forward, run_backward) - against the host
-// stand-ins in this folder for the CUDA-only primitives (skill_ffn/ptx.cuh: threads, barriers,
-// shuffles, cp.async, launches; mma.h: wmma). Only the routing is replaced, by a host counting
-// sort (route.cu has its own tests). Registered as torch.ops.skillkern_emu.{forward,backward}
-// with the arguments of skill_ffn_fwd_cuda / skill_ffn_bwd_cuda, on CPU tensors.
-//
-// Built by torch.utils.cpp_extension.load with this folder first on the include path (so its
-// skill_ffn/ptx.cuh and mma.h shadow the real ones) and torch's half/bf16 flags. Not part of
-// the extension: setup.py compiles csrc/**/*.cpp and *.cu, and this file is .cc.
+// skill_ffn on the CPU emulation: the real fwd.cuh / bwd.cuh / down.cuh / gemm.cuh with their
+// kernels, launchers and host orchestration (run_forward, run_backward), with this folder's
+// include/ptx.cuh and include/mma.h in place of the CUDA ones. Only the routing is replaced, by
+// a host counting sort (route.cu has its own tests). Registered as
+// torch.ops.skillkern_emu.skill_ffn_fwd / _bwd with the arguments of skill_ffn_fwd_cuda /
+// _bwd_cuda, on CPU tensors (contiguous, as the tests pass them: views at chosen offsets reach
+// both the 16-byte and the element-wise copy paths).
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -49,8 +45,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> emu_forward(const at::Tensor& x, 
   const int act = check_ffn_fwd_args(x, skill_ids, scale, w1, w2, b1, b2, activation);
   at::Tensor order, offsets;
   std::tie(order, offsets) = route_host(skill_ids, w1.size(0));
-  // inputs as given (the tests pass contiguous views at chosen offsets, to reach both the
-  // 16-byte and the element-wise copy paths)
   TORCH_CHECK(x.is_contiguous() && w1.is_contiguous() && w2.is_contiguous() && scale.is_contiguous(),
               "emulation: pass contiguous tensors");
   const at::Tensor y = run_forward(x, scale, w1, w2, contiguous_opt(b1), contiguous_opt(b2), act, order, offsets,
@@ -73,14 +67,7 @@ std::vector<at::Tensor> emu_backward(const at::Tensor& dy, const at::Tensor& x, 
 }  // namespace ffn
 }  // namespace skillkern
 
-TORCH_LIBRARY(skillkern_emu, m) {
-  m.def("forward(Tensor x, Tensor skill_ids, Tensor scale, Tensor w1, Tensor w2, Tensor? b1, Tensor? b2, "
-        "str activation) -> (Tensor, Tensor, Tensor)");
-  m.def("backward(Tensor dy, Tensor x, Tensor scale, Tensor w1, Tensor w2, Tensor? b1, Tensor? b2, Tensor order, "
-        "Tensor offsets, str activation, bool need_dscale) -> Tensor[]");
-}
-
 TORCH_LIBRARY_IMPL(skillkern_emu, CPU, m) {
-  m.impl("forward", &skillkern::ffn::emu_forward);
-  m.impl("backward", &skillkern::ffn::emu_backward);
+  m.impl("skill_ffn_fwd", &skillkern::ffn::emu_forward);
+  m.impl("skill_ffn_bwd", &skillkern::ffn::emu_backward);
 }
