@@ -18,7 +18,7 @@
 // skills, so every block runs one dense GEMM against one skill's weights.
 //
 // Code: fwd.cuh (GEMM1 kernel, run_forward), down.cuh (GEMM2, combine), gemm.cuh (tiles),
-// ptx.cuh (the CUDA-only primitives; emulation/ runs all the rest on the CPU in the tests).
+// csrc/ptx.cuh (the CUDA-only primitives; csrc/emu/ runs the rest on the CPU in the tests).
 // Tiling (gemm.cuh): 128 x 128 x BK blocks, 8 warps, wmma bf16/fp16 -> fp32 (fp32 inputs: SIMT
 // fmaf, exact fp32), 3-stage cp.async pipeline, 57-61 KB of shared memory; swiglu's GEMM1
 // uses 128 x 64 tiles (two accumulators per thread). Determinism: no atomics anywhere; every

@@ -94,6 +94,37 @@ inline PrepOut run_prep(const at::Tensor& w, const at::Tensor& lnw, const at::Te
   return r;
 }
 
+// The fields FwdParams and BwdParams share: the inputs, the prep outputs, sizes and switches.
+template <class Params>
+void set_common(Params& p, const at::Tensor& x, const at::Tensor& m, const at::Tensor& w, const at::Tensor& sc,
+                const at::Tensor& lnw, const at::Tensor& lnb, const PrepOut& prep, int S, double eps,
+                const Geometry& geo, int stages, bool pool_input) {
+  p.x = x.const_data_ptr();
+  p.mask = m.defined() ? reinterpret_cast<const uint8_t*>(m.const_data_ptr<bool>()) : nullptr;
+  p.scores = ptr_or_null(sc);
+  p.scores_dtype = sc.defined() ? dtype_code(sc.scalar_type()) : kF32;
+  p.ln_w = ptr_or_null(lnw);
+  p.ln_b = ptr_or_null(lnb);
+  p.ln_w_dtype = lnw.defined() ? dtype_code(lnw.scalar_type()) : kF32;
+  p.ln_b_dtype = lnb.defined() ? dtype_code(lnb.scalar_type()) : kF32;
+  p.w_score_frags = prep.p.w_score_frags;
+  p.c1 = prep.p.c1;
+  p.c2 = prep.p.c2;
+  p.B = x.size(0);
+  p.N = static_cast<int>(x.size(1));
+  p.D = static_cast<int>(x.size(2));
+  p.S = S;
+  p.eps = static_cast<float>(eps);
+  p.geo = geo;
+  p.stages = stages;
+  p.has_ln = lnw.defined();
+  p.has_ln_bias = lnb.defined();
+  p.pool_ln = p.has_ln && !pool_input;
+  p.scores_given = sc.defined();
+  // W' = W (no LayerNorm) in x's 16-bit dtype is exact: its lo half is zero, skip those MMAs.
+  p.w_exact = w.defined() && !p.has_ln && w.scalar_type() == x.scalar_type() && x.element_size() == 2;
+}
+
 // (out, lse) of skillkern::token_reduce_fwd; the arguments are checked (tokred_host.cpp).
 inline std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& x_in, const OptTensor& w_score,
                                                       const OptTensor& scores, const OptTensor& ln_weight,
@@ -122,32 +153,9 @@ inline std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& x_in, co
   if (w.defined()) prep = run_prep(w, lnw, lnb, x, geo, S, /*with_dscore_frags=*/false, stream);
 
   FwdParams p{};
-  p.x = x.const_data_ptr();
-  p.mask = m.defined() ? reinterpret_cast<const uint8_t*>(m.const_data_ptr<bool>()) : nullptr;
-  p.scores = ptr_or_null(sc);
-  p.scores_dtype = sc.defined() ? dtype_code(sc.scalar_type()) : kF32;
-  p.ln_w = ptr_or_null(lnw);
-  p.ln_b = ptr_or_null(lnb);
-  p.ln_w_dtype = lnw.defined() ? dtype_code(lnw.scalar_type()) : kF32;
-  p.ln_b_dtype = lnb.defined() ? dtype_code(lnb.scalar_type()) : kF32;
-  p.w_score_frags = prep.p.w_score_frags;
-  p.c1 = prep.p.c1;
-  p.c2 = prep.p.c2;
+  set_common(p, x, m, w, sc, lnw, lnb, prep, S, eps, geo, cfg.stages, pool_input);
   p.out = out.mutable_data_ptr();
   p.lse = lse.mutable_data_ptr<float>();
-  p.B = B;
-  p.N = N;
-  p.D = D;
-  p.S = S;
-  p.eps = static_cast<float>(eps);
-  p.geo = geo;
-  p.stages = cfg.stages;
-  p.has_ln = lnw.defined();
-  p.has_ln_bias = lnb.defined();
-  p.pool_ln = p.has_ln && !pool_input;
-  p.scores_given = sc.defined();
-  // W' = W (no LayerNorm) in x's 16-bit dtype is exact: its lo half is zero, skip those MMAs.
-  p.w_exact = w.defined() && !p.has_ln && w.scalar_type() == x.scalar_type() && elem == 2;
   p.x_vec = (int64_t(D) * elem) % 16 == 0 && aligned16(p.x);
   p.out_vec = (int64_t(D) * elem) % 16 == 0 && aligned16(p.out);
   SK_DISPATCH_FLOAT(x.scalar_type(), kFwd, [&] { launch_fwd<scalar_t>(p, cfg.mtn, cfg.smem, stream); });
@@ -201,42 +209,20 @@ inline std::vector<at::Tensor> run_backward(const at::Tensor& d_out_in, const at
   }
 
   BwdParams p{};
-  p.x = x.const_data_ptr();
+  set_common(p, x, m, w, sc, lnw, lnb, prep, S, eps, geo, cfg.stages, pool_input);
   p.dout = d_out.const_data_ptr();
   p.out = out.const_data_ptr();
   p.lse = lse.const_data_ptr<float>();
-  p.mask = m.defined() ? reinterpret_cast<const uint8_t*>(m.const_data_ptr<bool>()) : nullptr;
-  p.scores = ptr_or_null(sc);
-  p.scores_dtype = sc.defined() ? dtype_code(sc.scalar_type()) : kF32;
   p.dscores = sc.defined() ? ds.mutable_data_ptr() : nullptr;
   p.w = ptr_or_null(w);
   p.w_dtype = w.defined() ? dtype_code(w.scalar_type()) : kF32;
-  p.ln_w = ptr_or_null(lnw);
-  p.ln_b = ptr_or_null(lnb);
-  p.ln_w_dtype = has_ln ? dtype_code(lnw.scalar_type()) : kF32;
-  p.ln_b_dtype = lnb.defined() ? dtype_code(lnb.scalar_type()) : kF32;
-  p.w_score_frags = prep.p.w_score_frags;
   p.w_dscore_frags = prep.p.w_dscore_frags;
-  p.c1 = prep.p.c1;
-  p.c2 = prep.p.c2;
   p.dx = dx.mutable_data_ptr();
   p.dw_part = dw_part.defined() ? dw_part.mutable_data_ptr<float>() : nullptr;
   p.dg_part = has_ln ? dg_part.mutable_data_ptr<float>() : nullptr;
   p.db_part = has_ln ? db_part.mutable_data_ptr<float>() : nullptr;
-  p.B = B;
-  p.N = N;
-  p.D = D;
-  p.S = S;
-  p.eps = static_cast<float>(eps);
-  p.geo = geo;
-  p.stages = cfg.stages;
   p.items_per_group = static_cast<int>(items_per_group);
   p.nt_features = geo.dp / 8;
-  p.has_ln = has_ln;
-  p.has_ln_bias = lnb.defined();
-  p.pool_ln = has_ln && !pool_input;
-  p.scores_given = sc.defined();
-  p.w_exact = w.defined() && !has_ln && w.scalar_type() == x.scalar_type() && elem == 2;
   p.x_vec = (int64_t(D) * elem) % 16 == 0 && aligned16(p.x) && aligned16(p.dx);
   p.y_vec = (int64_t(D) * elem) % 16 == 0 && aligned16(p.dout);
   const int grid = static_cast<int>(groups * geo.n_chunks);

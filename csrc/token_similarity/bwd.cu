@@ -139,19 +139,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int64_t m0 = (blockIdx.x / n_col_tiles) * MT;
   const int64_t n0 = (blockIdx.x % n_col_tiles) * NT;
 
-  for (int m = tid; m < MT; m += kThreads) {
-    const int64_t flat = m0 + m;
-    if (flat < x_tokens) {
-      const int64_t x = flat / Nx;
-      row_x[m] = static_cast<int>(x);
-      row_i[m] = static_cast<int>(flat - x * Nx);
-      row_real[m] = p.x_mask == nullptr || p.x_mask[flat] != 0;
-    } else {
-      row_x[m] = -1;
-      row_i[m] = 0;
-      row_real[m] = 0;
-    }
-  }
+  token_metadata<MT>(m0, x_tokens - m0, Nx, p.x_mask, row_x, row_i, row_real);
   const uint4 zero4 = make_uint4(0u, 0u, 0u, 0u);
   for (size_t e = tid; e < 2 * Cfg::kPBytes / 16; e += kThreads) reinterpret_cast<uint4*>(p_buf)[e] = zero4;
 

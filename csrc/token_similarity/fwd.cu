@@ -157,19 +157,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     const int c_eff = static_cast<int>(std::min<int64_t>(CT, c_end - c0));
 
     // Column metadata of this chunk (read after the K-loop's barriers).
-    for (int j = tid; j < CT; j += kThreads) {
-      if (j < c_eff) {
-        const int64_t flat = c0 + j;
-        const int64_t item = flat / Nc;
-        col_item[j] = static_cast<int>(item);
-        col_tok[j] = static_cast<int>(flat - item * Nc);
-        col_real[j] = p.c_mask == nullptr || p.c_mask[flat] != 0;
-      } else {
-        col_item[j] = -1;
-        col_tok[j] = 0;
-        col_real[j] = 0;
-      }
-    }
+    token_metadata<CT>(c0, c_eff, Nc, p.c_mask, col_item, col_tok, col_real);
 
     // ---- 1. S = R rows @ C chunk^T
     auto load_stage = [&](int buf, int ks) {

@@ -69,6 +69,22 @@ __device__ __forceinline__ void load_tile(T* __restrict__ smem, const T* __restr
   }
 }
 
+// Item, token within the item and real flag of the flat tokens first .. first + COUNT - 1
+// (n_tok tokens per item; mask (B, n_tok) bytes or null), one thread each; positions at or past
+// `count` get item -1, token 0, not real.
+template <int COUNT>
+__device__ __forceinline__ void token_metadata(int64_t first, int64_t count, int64_t n_tok,
+                                               const uint8_t* __restrict__ mask, int* item, int* tok,
+                                               uint8_t* real) {
+  for (int j = threadIdx.x; j < COUNT; j += kThreads) {
+    const int64_t flat = first + j;
+    const int64_t b = flat / n_tok;
+    item[j] = j < count ? static_cast<int>(b) : -1;
+    tok[j] = j < count ? static_cast<int>(flat - b * n_tok) : 0;
+    real[j] = j < count && (mask == nullptr || mask[flat] != 0);
+  }
+}
+
 // ---------------------------------------------------------------------------- warp tiles
 
 // A warp's WM x WN share of C += A @ B on tensor cores (m16n16k16, fp32 accumulators).
