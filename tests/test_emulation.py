@@ -26,6 +26,9 @@ from skillkern.ops.token_reduce.reference import token_pool_ref, token_reduce_re
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 SCHEDULES = ((1, False), (2, True))  # (seed, cp.async copies land when issued)
+# SKILLKERN_EMU_ALL=1 (csrc/emu/run.py --all) adds the long cases: every token_reduce case in each
+# of its dtypes, and token_similarity's largest tiles (a few minutes more)
+ALL = os.environ.get("SKILLKERN_EMU_ALL", "0") == "1"
 
 pytestmark = pytest.mark.slow  # one g++ build of csrc/emu first (~3 min on 2 cores, then cached)
 
@@ -208,7 +211,11 @@ SIM_CASES = [
     ("Nt = 5: 7 texts per backward slice", 4, 6, 37, 5, 16, True, False, True),
     ("64 images per backward block: terms past the prefetch", 300, 3, 2, 9, 8, True, False, True),
     ("misaligned bases: element-wise loads", 3, 4, 9, 6, 16, True, False, False),
-]
+] + ([
+    ("512-row tile", 2, 3, 40, 300, 8, True, False, True),
+    ("130 images of one token", 130, 18, 1, 3, 16, True, False, True),
+    ("element-wise loads over chunk boundaries", 3, 4, 130, 9, 20, True, False, False),
+] if ALL else [])
 
 
 def _sim_inputs(case, dtype, seed, poison=None):
@@ -365,12 +372,15 @@ RED_CASES = [
              smem_fwd={torch.float32: 35000, torch.bfloat16: 25000, torch.float16: 25000}),
     red_case("fp32 parameters with 16-bit x (W' split both ways)", 2, 25, 48, 6, 10, ln=True, lnb=True,
              param_dtype=torch.float32, dtypes=(torch.bfloat16, torch.float16)),
-    red_case("A100 smem limit, D=520", 2, 40, 520, 24, 11, ln=True, lnb=True, masked=True, smem=A100,
-             dtypes=(torch.bfloat16,)),
+    red_case("A100 smem limit, D=520", 2, 40, 520, 24, 11, ln=True, lnb=True, masked=True, smem=A100),
+    red_case("two D chunks (D=1100 > 1024)", 2, 18, 1100, 20, 12, ln=True, lnb=True),
+    red_case("fp32 D=768 S=24 at the A100 limit (single-stage backward)", 2, 20, 768, 24, 13, ln=True, lnb=True,
+             masked=True, smem=A100, dtypes=(torch.float32,)),
 ]
-# the cases the suite runs (CI time); csrc/emu/run.py --all runs every case in every dtype
-RED_QUICK = [("ViT-B/32", torch.bfloat16), ("an all-masked row", torch.float32), ("token_pool", torch.bfloat16),
-             ("fp32 parameters with 16-bit x", torch.float16), ("odd N and D", torch.float16)]
+# the cases the suite runs by default (CI time); with ALL, every case in each of its dtypes
+RED_RUN = [(c["label"], dt) for c in RED_CASES for dt in c.get("dtypes", (torch.float32, torch.bfloat16))] if ALL \
+    else [("ViT-B/32", torch.bfloat16), ("an all-masked row", torch.float32), ("token_pool", torch.bfloat16),
+          ("fp32 parameters with 16-bit x", torch.float16), ("odd N and D", torch.float16)]
 
 
 def _per_dtype(v, dtype):
@@ -458,7 +468,7 @@ def check_token_reduce(emu, c, dtype, bug=None, poison=None):
         assert torch.isfinite(lse).all(), "lse"
 
 
-@pytest.mark.parametrize("label,dtype", RED_QUICK, ids=[f"{c[0]}-{str(c[1])[6:]}" for c in RED_QUICK])
+@pytest.mark.parametrize("label,dtype", RED_RUN, ids=[f"{c[0]}-{str(c[1])[6:]}" for c in RED_RUN])
 def test_token_reduce(emu, label, dtype):
     check_token_reduce(emu, next(c for c in RED_CASES if c["label"].startswith(label)), dtype)
 

@@ -1,12 +1,14 @@
 """Run the emulated-kernel tests (tests/test_emulation.py) under AddressSanitizer + UBSan.
 
-    .venv/bin/python csrc/emu/run.py [--no-sanitize] [pytest arguments, e.g. -k token_reduce]
+    .venv/bin/python csrc/emu/run.py [--no-sanitize] [--all] [pytest arguments, e.g. -k token_reduce]
 
 Builds the emulation with -fsanitize=address,undefined (SKILLKERN_EMU_SANITIZE=1, a separate
 cached build) and runs pytest with the sanitizer runtime preloaded, so an out-of-bounds access
 of global or shared memory (the emulation's shared memory is an exactly sized heap buffer) stops
 the run with a report. Races need no sanitizer: every case already runs under two thread
-schedules and must give the same bits. Exits with pytest's status.
+schedules and must give the same bits. --all adds the long cases (SKILLKERN_EMU_ALL=1: every
+token_reduce case in each of its dtypes, token_similarity's largest tiles). Exits with pytest's
+status.
 """
 import os
 import subprocess
@@ -18,6 +20,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def main() -> int:
     args = sys.argv[1:]
     env = dict(os.environ)
+    if "--all" in args:
+        args.remove("--all")
+        env["SKILLKERN_EMU_ALL"] = "1"
     if "--no-sanitize" in args:
         args.remove("--no-sanitize")
     else:
