@@ -26,9 +26,12 @@ def main() -> int:
     if "--no-sanitize" in args:
         args.remove("--no-sanitize")
     else:
-        runtime = subprocess.run(["g++", "-print-file-name=libasan.so"], capture_output=True, text=True,
-                                 check=True).stdout.strip()
-        env.update(SKILLKERN_EMU_SANITIZE="1", LD_PRELOAD=runtime,
+        def lib(name):
+            return subprocess.run(["g++", f"-print-file-name={name}"], capture_output=True, text=True,
+                                  check=True).stdout.strip()
+
+        # libstdc++ with it: the sanitizer intercepts C++ exceptions (triton's import throws some)
+        env.update(SKILLKERN_EMU_SANITIZE="1", LD_PRELOAD=f"{lib('libasan.so')} {lib('libstdc++.so')}",
                    # the interpreter's own allocations are not the kernels' leaks
                    ASAN_OPTIONS="detect_leaks=0:halt_on_error=1",
                    UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1")
