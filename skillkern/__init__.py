@@ -8,8 +8,7 @@ from skillkern._config import check_ids_enabled, set_check_ids
 from skillkern._info import info
 from skillkern.ops.skill_ffn import skill_ffn, skill_route
 from skillkern.ops.token_reduce import token_pool, token_reduce
-from skillkern.ops.token_similarity import token_similarity
-from skillkern.ops.token_similarity.loss import filip_loss
+from skillkern.ops.token_similarity import filip_loss, token_similarity
 from skillkern import convert, nn
 
 __all__ = [

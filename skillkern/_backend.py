@@ -1,7 +1,10 @@
 """The one place that decides which backend runs an op.
 
 Backends:
-  "torch"  - the pure-PyTorch reference beside each op; any device, autograd by torch.
+  "torch"  - the pure-PyTorch reference beside each op; any device. Ops whose reference is
+             written as a registered forward/backward pair (skill_ffn: skill_ffn_fwd_torch /
+             skill_ffn_bwd_torch) run through it, so meta tensors and torch.compile work;
+             the others are differentiated by torch's autograd.
   "triton" - Triton kernels; CUDA tensors, or CPU tensors when TRITON_INTERPRET=1 was set
              before skillkern was imported (the Triton interpreter, used by the tests).
   "cuda"   - the compiled extension skillkern._C (csrc/, built by setup.py).

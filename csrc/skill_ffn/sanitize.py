@@ -19,6 +19,7 @@ import sys
 import torch
 
 import skillkern
+from skillkern.ops._common import rel_err
 from skillkern.ops.skill_ffn.reference import skill_ffn_ref, slot_scale
 
 FLOOR = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 5e-3}
@@ -46,11 +47,6 @@ def make_ids(T, k, E, routing, gen):
         ids = ids.masked_fill(torch.rand(T, k, generator=gen) < 0.2, -1)
     ids[T // 2] = -1  # one token without any active slot
     return ids
-
-
-def rel_err(a, ref):
-    a, ref = a.detach().double().cpu(), ref.detach().double().cpu()
-    return ((a - ref).norm() / ref.norm().clamp_min(1e-300)).item()
 
 
 def run(inputs, ids, E, activation, backend, dtype):

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import skillkern
+from skillkern.ops._common import rel_err
 from skillkern.ops.token_similarity.reference import token_similarity_ref
 
 FLOOR = {torch.float32: 1e-5, torch.bfloat16: 5e-3, torch.float16: 2e-3}
@@ -32,11 +33,6 @@ SHAPES = [
     ("Nt=520 > 512: roles swapped", 3, 2, 9, 520, 16, True, False),
     ("empty image and empty text, no masks elsewhere", 4, 5, 6, 7, 16, False, True),
 ]
-
-
-def rel_err(a, ref):
-    a, ref = a.detach().double().cpu(), ref.detach().double().cpu()
-    return ((a - ref).norm() / ref.norm().clamp_min(1e-300)).item()
 
 
 def inputs(Bi, Bt, Ni, Nt, D, masks, empty):
