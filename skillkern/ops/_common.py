@@ -1,7 +1,9 @@
 """What every op shares: the float dtypes the kernels take, the one argument-error helper, the
-relative error every test and benchmark compares with, and the tl.dot precision rule."""
+relative error every test and benchmark compares with, the tl.dot precision rule, and the one
+way a Triton kernel is autotuned (configs that would spill or overflow shared memory pruned)."""
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -53,3 +55,54 @@ def register_autograd_pair(op: str, make_backward, setup_context) -> None:
         if hasattr(torch.ops.skillkern, f"{op}_fwd_cuda"):
             torch.library.register_autograd(f"skillkern::{op}_fwd_cuda", make_backward(f"{op}_bwd_cuda"),
                                             setup_context=setup_context)
+
+
+# ----------------------------------------------------------------------------- autotuning
+
+# (kernel, positional args, call kwargs with the config's) -> bool: does this config's compiled
+# kernel fit the target? None: the current device's own answer (_device_fits); `skillkern
+# inspect` swaps in its static one for the target it compiles for.
+_fit_check = None
+
+
+@contextlib.contextmanager
+def fit_check(fits):
+    """Judge autotune configs with `fits(kernel, args, kwargs)` inside this block."""
+    global _fit_check
+    saved, _fit_check = _fit_check, fits
+    try:
+        yield
+    finally:
+        _fit_check = saved
+
+
+def _device_fits(kernel, args, kwargs) -> bool:
+    """Compile (the autotuner would anyway; Triton caches it) and load on the current device: no
+    spilled registers, and a block's shared memory within the device's limit."""
+    from triton.runtime.errors import OutOfResources
+
+    compiled = kernel.warmup(*args, grid=(1,), **kwargs)
+    try:
+        compiled._init_handles()
+    except OutOfResources:
+        return False
+    return compiled.n_spills == 0
+
+
+def autotune(kernel, configs: list, key: list, **kw):
+    """triton.autotune(configs, key) of `kernel` whose prune function drops the configs that
+    spill registers or need more shared memory than a block may have, on the device it runs on
+    (the same rule `skillkern inspect` reports against). They are never timed nor chosen; if
+    none fits, the error names the kernel."""
+    import triton
+
+    def keep_fitting(configs, named_args, **call):
+        call = {k: v for k, v in call.items() if k not in ("grid", "warmup")}
+        fits = _fit_check or _device_fits
+        kept = [c for c in configs if fits(kernel, tuple(named_args.values()), {**call, **c.all_kwargs()})]
+        if not kept:
+            raise RuntimeError(f"{kernel.__name__}: none of its {len(configs)} autotune configs fits this "
+                               "device (each spills registers or overflows shared memory)")
+        return kept
+
+    return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": keep_fitting}, **kw)(kernel)

@@ -14,7 +14,7 @@ import torch
 import triton
 
 from skillkern._backend import interpreting
-from skillkern.ops._common import dot_precision
+from skillkern.ops._common import autotune, dot_precision
 from skillkern.ops.skill_ffn import kernels as K
 
 ACT_CODE = {name: K.__dict__[name.upper()].value
@@ -59,18 +59,15 @@ def _wgrad_configs():
                           num_warps=c[4], num_stages=c[5]) for c in _WGRAD]
 
 
-_up_fwd = triton.autotune(_configs(_ROW_GEMM, _INTERP_ROW),
-                          key=["d", "h", "n_bucket", "ACT"])(K._skill_up_fwd_kernel)
-_down = triton.autotune(_configs(_ROW_GEMM, _INTERP_ROW),
-                        key=["K", "n_out", "n_bucket", "HAS_SCALE"])(K._skill_down_kernel)
+_up_fwd = autotune(K._skill_up_fwd_kernel, _configs(_ROW_GEMM, _INTERP_ROW), key=["d", "h", "n_bucket", "ACT"])
+_down = autotune(K._skill_down_kernel, _configs(_ROW_GEMM, _INTERP_ROW), key=["K", "n_out", "n_bucket", "HAS_SCALE"])
 # reset_to_zero: configs of different BLOCK_N fill different numbers of dc columns, so a
 # column written while benchmarking one config would survive into the chosen config's sum
-_up_bwd = triton.autotune(_configs(_ROW_GEMM_2ACC, _INTERP_ROW), reset_to_zero=["dc_ptr"],
-                          key=["d", "h", "n_bucket", "ACT", "NEED_DC"])(K._skill_up_bwd_kernel)
+_up_bwd = autotune(K._skill_up_bwd_kernel, _configs(_ROW_GEMM_2ACC, _INTERP_ROW), reset_to_zero=["dc_ptr"],
+                   key=["d", "h", "n_bucket", "ACT", "NEED_DC"])
 # the dc partial-sum buffer has one column per BLOCK_N tile of the narrowest config
 _DC_MIN_BLOCK_N = min(c.kwargs["BLOCK_N"] for c in _up_bwd.configs)
-_wgrad = triton.autotune(_wgrad_configs(),
-                         key=["P", "Q", "A_BY_TOKEN", "B_BY_TOKEN"])(K._skill_wgrad_kernel)
+_wgrad = autotune(K._skill_wgrad_kernel, _wgrad_configs(), key=["P", "Q", "A_BY_TOKEN", "B_BY_TOKEN"])
 
 
 

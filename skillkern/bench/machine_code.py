@@ -1,0 +1,159 @@
+"""What a compiled kernel's machine code says about its speed, read without a GPU: ptxas's
+resource report (registers, spills, stack, wgmma serialization), the SASS instruction mix
+(HGMMA / HMMA / FFMA; UTMALDG / LDGSTS / LDG) and the occupancy that follows.
+
+The tools are the ones Triton ships in triton/backends/nvidia/bin (ptxas, cuobjdump), else
+$CUDA_HOME/bin or PATH. Every function here takes files or text, never a device.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+
+# Per-SM and per-block limits by compute capability (CUDA programming guide, "Compute
+# capabilities" table). smem_block is the opt-in maximum per block; 1 KB per block is
+# reserved by the driver on sm_80 and later.
+LIMITS = {
+    80: dict(regs_sm=65536, warps_sm=64, blocks_sm=32, smem_sm=167936, smem_block=166912),
+    90: dict(regs_sm=65536, warps_sm=64, blocks_sm=32, smem_sm=233472, smem_block=232448),
+    100: dict(regs_sm=65536, warps_sm=64, blocks_sm=32, smem_sm=233472, smem_block=232448),
+}
+_SMEM_RESERVED = 1024
+
+
+@functools.lru_cache(maxsize=None)
+def tool(name: str) -> str | None:
+    """Path of ptxas / cuobjdump / nvdisasm: Triton's bundled copy first, then the CUDA toolkit."""
+    try:
+        import triton
+
+        bundled = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+        if os.access(bundled, os.X_OK):
+            return bundled
+    except ImportError:
+        pass
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "/usr/local/cuda"
+    cand = os.path.join(home, "bin", name)
+    return cand if os.access(cand, os.X_OK) else shutil.which(name)
+
+
+@dataclass
+class Resources:
+    regs: int
+    spill_bytes: int  # spill stores + spill loads
+    stack_bytes: int
+    static_smem: int
+    wgmma_serialized: str | None  # ptxas's reason, when it serialized the wgmma pipeline
+
+
+_USED = re.compile(r"Used (\d+) registers")
+_STACK = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+_SMEM = re.compile(r"(\d+) bytes smem")
+_SERIAL = re.compile(r"wgmma\.mma_async instructions are serialized (.*)")
+
+
+def parse_ptxas(log: str) -> Resources:
+    """ptxas -v's report of one kernel."""
+    regs = _USED.search(log)
+    stack = _STACK.search(log)
+    smem = _SMEM.search(log)
+    serial = _SERIAL.search(log)
+    return Resources(
+        regs=int(regs.group(1)) if regs else 0,
+        spill_bytes=int(stack.group(2)) + int(stack.group(3)) if stack else 0,
+        stack_bytes=int(stack.group(1)) if stack else 0,
+        static_smem=int(smem.group(1)) if smem else 0,
+        wgmma_serialized=serial.group(1).strip().rstrip(".") if serial else None,
+    )
+
+
+def ptxas_report(ptx: str, arch: str, extra: tuple = ()) -> Resources:
+    """Assemble `ptx` for `arch` (e.g. "sm_90a") with -v and parse the report."""
+    exe = tool("ptxas")
+    if exe is None:
+        raise FileNotFoundError("ptxas not found (it ships with triton's nvidia backend)")
+    with tempfile.TemporaryDirectory() as d:
+        src = os.path.join(d, "k.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        proc = subprocess.run([exe, "-v", *extra, f"--gpu-name={arch}", src, "-o", os.path.join(d, "k.cubin")],
+                              capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ptxas failed: {proc.stderr[-2000:]}")
+    return parse_ptxas(proc.stderr)
+
+
+def sass_of(binary: bytes | str) -> str:
+    """cuobjdump -sass of a cubin (bytes) or of a file (path: a cubin, or a .so with fatbins)."""
+    exe = tool("cuobjdump")
+    if exe is None:
+        raise FileNotFoundError("cuobjdump not found (it ships with triton's nvidia backend)")
+    with tempfile.TemporaryDirectory() as d:
+        path = binary
+        if isinstance(binary, bytes):
+            path = os.path.join(d, "k.cubin")
+            with open(path, "wb") as f:
+                f.write(binary)
+        proc = subprocess.run([exe, "-sass", path], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"cuobjdump -sass failed: {proc.stderr[-2000:]}")
+    return proc.stdout
+
+
+_OPCODE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*(?:\.[A-Z0-9_x]+)*)")
+
+
+def opcodes(sass: str) -> list[str]:
+    """Full opcodes (with modifiers, e.g. HGMMA.64x128x16.F32.BF16) in program order."""
+    return _OPCODE.findall(sass)
+
+
+@dataclass
+class Mix:
+    mma: str  # "wgmma", "mma.sync" or "none"
+    mma_shape: str | None  # e.g. "64x128x16.F32.BF16" or "16816.F32.BF16"
+    mma_input: str | None  # the tensor-core input type: BF16, F16, TF32, E4M3, ...
+    loads: str  # "tma", "cp.async", "ldg" or "none": how global loads are made (the most capable seen)
+    counts: dict  # opcode family -> count
+
+
+_FAMILIES = ("HGMMA", "HMMA", "FFMA", "UTMALDG", "UTMASTG", "LDGSTS", "LDG", "STG", "LDSM", "LDS", "STS",
+             "BAR", "SHFL", "MOVM")
+
+
+def mix(ops: list[str]) -> Mix:
+    counts = {f: 0 for f in _FAMILIES}
+    first = {}
+    for op in ops:
+        fam = op.split(".")[0]
+        if fam in counts:
+            counts[fam] += 1
+            first.setdefault(fam, op)
+    kind, shape = "none", None
+    if counts["HGMMA"]:
+        kind, shape = "wgmma", first["HGMMA"].split(".", 1)[1] if "." in first["HGMMA"] else None
+    elif counts["HMMA"]:
+        kind, shape = "mma.sync", first["HMMA"].split(".", 1)[1] if "." in first["HMMA"] else None
+    mma_input = shape.split(".")[-1] if shape else None
+    loads = ("tma" if counts["UTMALDG"] else "cp.async" if counts["LDGSTS"] else "ldg" if counts["LDG"] else "none")
+    return Mix(kind, shape, mma_input, loads, counts)
+
+
+def occupancy(cc: int, regs: int, smem: int, warps: int) -> dict:
+    """Blocks and warps per SM for a kernel of `warps` warps per block, and what limits them
+    ("regs", "smem", "warps", "blocks"). blocks_per_sm is 0 when one block does not fit."""
+    lim = LIMITS[cc]
+    if smem > lim["smem_block"]:
+        return dict(blocks_per_sm=0, warps_per_sm=0, occupancy_limiter="smem")
+    per_warp = -(-max(regs, 1) * 32 // 256) * 256  # registers are allocated per warp in units of 256
+    by = {"regs": (lim["regs_sm"] // per_warp) // warps,
+          "smem": lim["smem_sm"] // (smem + _SMEM_RESERVED),
+          "warps": lim["warps_sm"] // warps,
+          "blocks": lim["blocks_sm"]}
+    limiter = min(by, key=by.get)
+    return dict(blocks_per_sm=by[limiter], warps_per_sm=by[limiter] * warps, occupancy_limiter=limiter)

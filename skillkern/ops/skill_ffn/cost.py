@@ -1,0 +1,137 @@
+"""The work of each skill-FFN Triton kernel (FLOPs, HBM and L2 bytes) for `skillkern inspect`,
+derived from the launch's grid, tile sizes and what each program loads (kernels.py), and the
+launcher calls of one op call (forward and backward) for a benchmark case.
+
+Counting rules: flops are what the MMAs execute (row tiles padded to BLOCK_M within a skill);
+hbm_bytes counts each tensor once (reads and writes), as if L2 kept every re-read; l2_bytes
+counts every load and store of every program. Per-skill row counts come from the case's ids.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from skillkern.bench.roofline import Work
+from skillkern.ops.skill_ffn import reference, triton_impl as TI
+
+
+def _row_tiles(counts, block_m: int) -> int:
+    return sum(math.ceil(n / block_m) for n in counts)
+
+
+def _route_hist(a, grid, ctx) -> Work:
+    N, ids = a["N"], a["ids_ptr"]
+    counts_bytes = grid[0] * a["E_PAD"] * 4
+    return Work(0.0, N * ids.element_size() + counts_bytes, N * ids.element_size() + counts_bytes)
+
+
+def _route_scatter(a, grid, ctx) -> Work:
+    N, ids, nb = a["N"], a["ids_ptr"], grid[0]
+    counts = nb * a["E_PAD"] * 4
+    # each program sums the counts of the blocks before it (in chunks of NB_CHUNK rows)
+    l2 = N * ids.element_size() + nb * math.ceil(nb / a["NB_CHUNK"]) * a["NB_CHUNK"] * a["E_PAD"] * 4 / 2 + N * 4
+    return Work(0.0, N * ids.element_size() + counts + N * 4 + (a["E"] + 1) * 4, l2)
+
+
+def _gemm_rows(a, ctx, *, K: int, n_cols: int, widths: int, a_elt: int, w_elt: int, out_cols: int,
+               out_elt: int, a_rows_unique: int, extra_hbm: float = 0.0, extra_l2_per_row: float = 0.0) -> Work:
+    """A row-tiled grouped GEMM: each row tile of a skill times `widths` weight column tiles
+    of that skill, K deep; writes `out_cols` columns per row."""
+    bm, bn = a["BLOCK_M"], a["BLOCK_N"]
+    counts = ctx["counts"]
+    tiles_m = _row_tiles(counts, bm)
+    tiles_n = math.ceil(n_cols / bn)
+    flops = 2.0 * tiles_m * bm * tiles_n * bn * K * widths
+    E = len(counts)
+    used = sum(1 for n in counts if n)
+    N = sum(counts)
+    w_bytes = used * K * n_cols * widths * w_elt
+    hbm = a_rows_unique * K * a_elt + w_bytes + N * out_cols * out_elt + N * 4 + extra_hbm
+    l2 = (tiles_m * tiles_n * (bm * K * a_elt + K * bn * widths * w_elt)
+          + N * out_cols * out_elt + N * (4 + extra_l2_per_row) * tiles_n + (E + 1) * 4 * tiles_m * tiles_n)
+    return Work(flops, hbm, l2)
+
+
+def _up_fwd(a, grid, ctx) -> Work:
+    x, w1 = a["x_ptr"], a["w1_ptr"]
+    swiglu = a["ACT"] == TI.ACT_CODE["swiglu"]
+    return _gemm_rows(a, ctx, K=a["d"], n_cols=a["h"], widths=2 if swiglu else 1, a_elt=x.element_size(),
+                      w_elt=w1.element_size(), out_cols=a["h"], out_elt=a["hid_ptr"].element_size(),
+                      a_rows_unique=ctx["tokens"])
+
+
+def _down(a, grid, ctx) -> Work:
+    src, w = a["a_ptr"], a["w_ptr"]
+    N = sum(ctx["counts"])
+    return _gemm_rows(a, ctx, K=a["K"], n_cols=a["n_out"], widths=1, a_elt=src.element_size(),
+                      w_elt=w.element_size(), out_cols=a["n_out"], out_elt=a["out_ptr"].element_size(),
+                      a_rows_unique=N, extra_hbm=N * 4 if a["HAS_SCALE"] else 0.0,
+                      extra_l2_per_row=4 if a["HAS_SCALE"] else 0)
+
+
+def _up_bwd(a, grid, ctx) -> Work:
+    """Recomputes x @ w1 and forms dy @ w2^T in one K loop over d (widths: 1-2 for w1, 1 for
+    w2; a_elt doubled: an x row and a dy row per K step); writes hid and dz."""
+    x, w1 = a["x_ptr"], a["w1_ptr"]
+    swiglu = a["ACT"] == TI.ACT_CODE["swiglu"]
+    h, d = a["h"], a["d"]
+    N = sum(ctx["counts"])
+    elt = x.element_size()
+    return _gemm_rows(a, ctx, K=d, n_cols=h, widths=(2 if swiglu else 1) + 1, a_elt=2 * elt, w_elt=w1.element_size(),
+                   out_cols=h * (3 if swiglu else 2), out_elt=elt, a_rows_unique=ctx["tokens"],
+                   extra_hbm=N * 4 + (N * math.ceil(h / 64) * 4 if a["NEED_DC"] else 0))
+
+
+def _wgrad(a, grid, ctx) -> Work:
+    """Program (e, tile) loops over all rows of skill e: dw[e] tile = a_rows^T b_rows."""
+    bp, bq, br = a["BLOCK_P"], a["BLOCK_Q"], a["BLOCK_R"]
+    P, Q = a["P"], a["Q"]
+    counts = ctx["counts"]
+    elt = a["a_ptr"].element_size()
+    tiles = math.ceil(P / bp) * math.ceil(Q / bq)
+    rows_padded = [math.ceil(n / br) * br for n in counts]
+    flops = 2.0 * sum(rows_padded) * tiles * bp * bq
+    N = sum(counts)
+    a_rows = ctx["tokens"] if a["A_BY_TOKEN"] else N
+    b_rows = ctx["tokens"] if a["B_BY_TOKEN"] else N
+    hbm = (a_rows * P + b_rows * Q) * elt + len(counts) * P * Q * a["dw_ptr"].element_size() + N * 4
+    l2 = sum(rows_padded) * tiles * ((bp + bq) * elt + 4) + len(counts) * P * Q * a["dw_ptr"].element_size()
+    return Work(flops, hbm, l2, max_program_flops=2.0 * max(rows_padded) * bp * bq)
+
+
+KERNELS = {
+    "_route_hist_kernel": _route_hist,
+    "_route_scatter_kernel": _route_scatter,
+    "_skill_up_fwd_kernel": _up_fwd,
+    "_skill_down_kernel": _down,
+    "_skill_up_bwd_kernel": _up_bwd,
+    "_skill_wgrad_kernel": _wgrad,
+}
+
+
+def launches(case) -> tuple[dict, list]:
+    """(context, [(phase, thunk)]): the launcher calls of one skill_ffn call (fwd, then bwd) on
+    the case's tensors, as op.py makes them (ids as (T, k), fp32 slot weights)."""
+    x = case.x.detach().reshape(-1, case.x.shape[-1])
+    ids = case.ids.reshape(x.shape[0], -1)
+    ids32 = ids.to(torch.int32)
+    E = case.w1.shape[0]
+    scale = reference.slot_scale(ids, E, None)
+    valid = ids[ids >= 0]
+    counts = torch.bincount(valid.reshape(-1).long(), minlength=E).tolist()
+    ctx = {"counts": counts, "tokens": x.shape[0], "k": ids.shape[1]}
+    w1, w2 = case.w1.detach(), case.w2.detach()
+    b1 = case.b1.detach() if case.b1 is not None else None
+    b2 = case.b2.detach() if case.b2 is not None else None
+    state = {}
+
+    def fwd():
+        state["y"], state["order"], state["offsets"] = TI.skill_ffn_fwd(x, ids32, scale, w1, w2, b1, b2,
+                                                                        case.activation)
+
+    def bwd():
+        TI.skill_ffn_bwd(torch.empty_like(x), x, scale, w1, w2, b1, b2, state["order"], state["offsets"],
+                         case.activation, True)
+
+    return ctx, [("fwd", fwd), ("bwd", bwd)]
