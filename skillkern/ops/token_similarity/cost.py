@@ -68,7 +68,7 @@ def _bwd(a, grid, ctx) -> Work:
     nA * nC image blocks and chunks, one (N x M) @ (M x BLOCK_D) dot each. Either way every
     (image block, chunk, text block, D slice) meets once, rebuilding the one-hot tile from the
     upstream gradients of its valid pairs, row_idx of the real image tokens and col_idx of the
-    real text tokens (so the index tensors are read nD times, col_idx nC * nD times), and
+    real text tokens (row_idx is read nD times, col_idx and the gradients nC * nD times), and
     reads the partner's real rows over its D slice: the text rows nA * nC times (FOR_IMG), the
     image rows nB times (d_txt). Masks: the partner side's twice per step, the own side's once
     per program. Writes d_img / d_txt once, padding tokens included (as zeros)."""
