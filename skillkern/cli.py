@@ -7,6 +7,9 @@ installed script: `python -m skillkern.cli ...`).
                      ncu command line (skillkern/bench/profile.py)
   skillkern info     versions, devices, compiled extension archs, backends per op and the one
                      "auto" picks (skillkern/_info.py)
+  skillkern inspect  a static profile of every kernel an op call launches, compiled for a target
+                     GPU without the GPU: registers, spills, shared memory, occupancy, MMA kind,
+                     loads, predicted time and limiter (skillkern/bench/inspect.py)
 
 Examples:
   skillkern bench --quick                          # all ops, quick presets (CPU: tiny shapes)
@@ -15,6 +18,9 @@ Examples:
   skillkern bench --no-run --compare HEAD~3        # the newest recorded run vs an older commit
   skillkern profile --op skill_ffn --shape T=32768:d=1024:h=4096:routing=skewed --mode fwd+bwd
   skillkern info --json
+  skillkern inspect --op skill_ffn --all-configs   # every autotune config at the goal shape, sm_90
+  skillkern inspect --arch 80 --json static.json   # every op for an A100, records as JSON lines
+  skillkern inspect --op skill_ffn --activation swiglu --compare HEAD~1
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="skillkern", description="Benchmark, profile and inspect skillkern's kernels.",
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="Examples:" + __doc__.split("Examples:")[1])
-    sub = ap.add_subparsers(dest="command", required=True, metavar="{bench,profile,info}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{bench,profile,info,inspect}")
 
     from skillkern.bench import profile, suite
 
@@ -41,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     profile.add_args(p)
     i = sub.add_parser("info", help="versions, device, extension archs, backends per op")
     i.add_argument("--json", action="store_true", help="print info() as JSON")
+    from skillkern.bench import inspect
+
+    s = sub.add_parser("inspect", help="static profile of every kernel for a target GPU (no GPU needed)",
+                       description=inspect.__doc__.split("\n\n")[0],
+                       epilog="Other options go to the op's benchmark case (e.g. --activation swiglu, --no-bias).")
+    inspect.add_args(s)
     return ap
 
 
@@ -51,6 +63,11 @@ def main(argv=None) -> int:
     if "--" in argv:
         k = argv.index("--")
         argv, passthrough = argv[:k], argv[k + 1:]
+    if argv[:1] == ["inspect"]:  # the op's own options (--activation ...) pass through
+        args, extra = _parser().parse_known_args(argv)
+        from skillkern.bench import inspect
+
+        return inspect.run(args, argv[1:], extra)
     args = _parser().parse_args(argv)
     if passthrough and args.command != "bench":
         raise SystemExit(f"skillkern {args.command}: arguments after `--` are only for `skillkern bench`")

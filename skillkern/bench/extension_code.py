@@ -301,7 +301,8 @@ def _cached_facts(lib: str, sm: str) -> list[dict]:
     from skillkern.bench.inspect import cache_dir
 
     st = os.stat(lib)
-    key = hashlib.sha256(f"{_FORMAT}|{os.path.realpath(lib)}|{st.st_mtime_ns}|{st.st_size}|{sm}".encode())
+    key = hashlib.sha256(
+        f"{_FORMAT}|{mc.FACTS_VERSION}|{os.path.realpath(lib)}|{st.st_mtime_ns}|{st.st_size}|{sm}".encode())
     path = os.path.join(cache_dir(), f"extension-{key.hexdigest()[:24]}.json")
     if os.path.exists(path):
         with open(path) as f:

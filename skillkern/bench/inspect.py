@@ -21,6 +21,7 @@ import importlib
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -53,6 +54,7 @@ class Launch:
     config: object = None  # its triton.Config
     kept: bool = True  # survived the autotuner's prune_configs_by
     site: int = 0  # the launch site: the configs of one autotuned launch share it
+    tune_key: str | None = None  # the autotuner's cache key for this launch (as Autotuner.run forms it)
 
 
 @contextlib.contextmanager
@@ -63,21 +65,24 @@ def recording(out: list, phase_ref: list):
     from triton.runtime.jit import JITFunction
 
     saved = (JITFunction.run, Autotuner.run)
-    ctx = {"tuner": None, "config": None, "kept": True, "site": 0}
+    ctx = {"tuner": None, "config": None, "kept": True, "site": 0, "key": None}
 
     def jit_run(self, *args, grid, warmup, **kwargs):
         out.append(Launch(phase_ref[0], self, args, kwargs, grid, ctx["tuner"], ctx["config"], ctx["kept"],
-                          ctx["site"]))
+                          ctx["site"], ctx["key"]))
         if ctx["tuner"] is None:
             ctx["site"] += 1
 
     def tuner_run(self, *args, **kwargs):
         self.nargs = dict(zip(self.arg_names, args))
         kept = self.prune_configs(kwargs) if len(self.configs) > 1 else list(self.configs)
+        named = {**self.nargs, **kwargs}
+        key = [named[k] for k in self.keys if k in named]
+        key += [str(v.dtype) for k, v in named.items() if k in self.arg_names and hasattr(v, "dtype")]
         for c in self.configs:
-            ctx.update(tuner=self, config=c, kept=c in kept)
+            ctx.update(tuner=self, config=c, kept=c in kept, key=str(tuple(key)))
             self.fn.run(*args, **kwargs, **c.all_kwargs())
-        ctx.update(tuner=None, config=None, kept=True, site=ctx["site"] + 1)
+        ctx.update(tuner=None, config=None, kept=True, site=ctx["site"] + 1, key=None)
         self.nargs = None
 
     JITFunction.run, Autotuner.run = jit_run, tuner_run
@@ -128,7 +133,7 @@ def _ptx_arch(cc: int) -> str:
 
 def kernel_facts(kernel, cc: int) -> dict:
     """The machine-code facts of a compiled Triton kernel (cached by its hash and arch)."""
-    path = os.path.join(cache_dir(), f"{kernel.hash}-{cc}.json")
+    path = os.path.join(cache_dir(), f"{kernel.hash}-{cc}-v{mc.FACTS_VERSION}.json")
     if os.path.exists(path):
         with open(path) as f:
             return json.load(f)
@@ -147,7 +152,8 @@ def kernel_facts(kernel, cc: int) -> dict:
 
 
 def static_fits(facts: dict, cc: int) -> bool:
-    """The one rule the autotuners prune by: no spills, and the shared memory fits one block."""
+    """What the autotuners' prune rule (ops._common.keep_fitting) asks first: no spills, and the
+    shared memory fits one block."""
     return facts["spill_bytes"] == 0 and facts["smem_bytes"] <= mc.LIMITS[cc]["smem_block"]
 
 
@@ -196,16 +202,42 @@ def case_for(op: str, shape, dtype: str, extra: list | None = None):
 def inspect_op(op: str, shape=None, dtype: str = "bf16", arch: int = 90, gpu: str | None = None,
                extra: list | None = None, choices: dict | None = None, log=None) -> tuple[dict, list[dict]]:
     """(the op-call record, the kernel records) of one op call (forward + backward) at `shape`."""
+    target = roofline.target_for(arch, gpu)
+    spec, shape, case = case_for(op, shape, dtype, extra)
+    cost = importlib.import_module(f"skillkern.ops.{op}.cost")
+    ctx, calls = cost.launches(case)
+    records = profile_calls(calls, cost.KERNELS, ctx, target, choices, log)
+    for r in records:
+        r["op"] = op
+    chosen = [r for r in records if r["chosen"]]
+    total = sum(r["predicted_ms"] for r in chosen if r["predicted_ms"] is not None)
+    useful = spec.work(case, "fwd+bwd")
+    if spec.metric == "tflops":
+        rate = useful["flops"] / (total * 1e-3) / 1e12 if total else None
+        peak = target.mma_tflops * (0.5 if dtype == "fp32" else 1.0)  # fp32: TF32 at best
+    else:
+        rate = useful["bytes"] / (total * 1e-3) / 1e9 if total else None
+        peak = target.hbm_tbps * 1e3
+    slowest = max(chosen, key=lambda r: r["predicted_ms"] or 0.0) if chosen else None
+    call = dict(op=op, shape=shape.label(), dtype=dtype, arch=target.cc, gpu=target.name, predicted_ms=total,
+                predicted_rate=rate, predicted_pct_of_peak=100.0 * rate / peak if rate else None,
+                metric="TFLOP/s" if spec.metric == "tflops" else "GB/s",
+                limiter=f"{slowest['kernel']}: {slowest['limiter']}" if slowest else None,
+                kernels=len(chosen), target=roofline.target_dict(target))
+    return call, records
+
+
+def profile_calls(calls: list, kernels: dict, ctx: dict, target: roofline.Target, choices: dict | None = None,
+                  log=None) -> list[dict]:
+    """Kernel records of the Triton launches that `calls` ([(phase, thunk)]) make: each kernel x
+    config compiled for the target, its machine-code facts, work (kernels[name](args, grid, ctx))
+    and prediction; the priced config of each launch marked `chosen`."""
     from skillkern._backend import interpreting
 
     if interpreting():
         raise RuntimeError("skillkern inspect compiles real kernels: run it in a process started without "
                            "TRITON_INTERPRET (the autotuners were built with the interpreter's one config)")
-    target = roofline.target_for(arch, gpu)
     cc = target.cc
-    spec, shape, case = case_for(op, shape, dtype, extra)
-    cost = importlib.import_module(f"skillkern.ops.{op}.cost")
-    ctx, calls = cost.launches(case)
     launches, phase = [], [None]
     with recording(launches, phase), pruning_by(cc):
         for phase[0], thunk in calls:
@@ -219,40 +251,26 @@ def inspect_op(op: str, shape=None, dtype: str = "bf16", arch: int = 90, gpu: st
         grid = _grid_of(L, bound)
         programs = grid[0] * grid[1] * grid[2]
         occ = mc.occupancy(cc, facts["regs"], facts["smem_bytes"], facts["warps"])
-        work = cost.KERNELS[fn.__name__](bound, grid, ctx)
+        work = kernels[fn.__name__](bound, grid, ctx)
         pred = roofline.predict(target, work, programs=programs, blocks_per_sm=occ["blocks_per_sm"],
                                 mma=facts["mma"], mma_input=facts["mma_input"],
                                 pipelined=facts["wgmma_serialized"] is None, inflight_bytes=_inflight(facts))
-        rec = dict(op=op, phase=L.phase, kernel=fn.__name__, config=_config_label(L, bound), arch=cc,
-                   gpu=target.name, tuned=L.tuner is not None, pruned=not L.kept, regs=facts["regs"],
-                   spill_bytes=facts["spill_bytes"], stack_bytes=facts["stack_bytes"], smem_bytes=facts["smem_bytes"],
-                   smem_limit=mc.LIMITS[cc]["smem_block"], **occ, mma=facts["mma"], mma_shape=facts["mma_shape"],
-                   wgmma_pipelined=None if facts["mma"] != "wgmma" else facts["wgmma_serialized"] is None,
+        rec = dict(op=None, phase=L.phase, kernel=fn.__name__, config=_config_label(L, bound), arch=cc,
+                   gpu=target.name, tuned=L.tuner is not None, tune_key=L.tune_key, pruned=not L.kept,
+                   regs=facts["regs"], spill_bytes=facts["spill_bytes"], stack_bytes=facts["stack_bytes"],
+                   smem_bytes=facts["smem_bytes"], smem_limit=mc.LIMITS[cc]["smem_block"], **occ, mma=facts["mma"],
+                   mma_shape=facts["mma_shape"],
+                   wgmma_pipelined=None if "wgmma" not in facts["mma"] else facts["wgmma_serialized"] is None,
                    wgmma_serialized=facts["wgmma_serialized"], loads=facts["loads"], tma=facts["loads"] == "tma",
-                   programs=programs, flops=work.flops, hbm_bytes=work.hbm_bytes, l2_bytes=work.l2_bytes,
-                   predicted_ms=pred["predicted_ms"], limiter=pred["limiter"], terms=pred["terms"],
-                   fits=static_fits(facts, cc), launch=L.site, compile_s=round(time.time() - t0, 2))
+                   sass_counts=facts["sass_counts"], programs=programs, flops=work.flops, hbm_bytes=work.hbm_bytes,
+                   l2_bytes=work.l2_bytes, predicted_ms=pred["predicted_ms"], limiter=pred["limiter"],
+                   terms=pred["terms"], fits=static_fits(facts, cc), launch=L.site,
+                   compile_s=round(time.time() - t0, 2))
         records.append(rec)
         if log:
             log(rec)
     _mark_chosen(records, choices or {})
-    chosen = [r for r in records if r["chosen"]]
-    total = sum(r["predicted_ms"] for r in chosen if r["predicted_ms"] is not None)
-    useful = spec.work(case, "fwd+bwd")
-    metric = spec.metric
-    if metric == "tflops":
-        rate = useful["flops"] / (total * 1e-3) / 1e12 if total else None
-        peak = target.mma_tflops * (0.5 if dtype == "fp32" else 1.0)
-    else:
-        rate = useful["bytes"] / (total * 1e-3) / 1e9 if total else None
-        peak = target.hbm_tbps * 1e3
-    slowest = max(chosen, key=lambda r: r["predicted_ms"] or 0.0) if chosen else None
-    call = dict(op=op, shape=shape.label(), dtype=dtype, arch=cc, gpu=target.name, predicted_ms=total,
-                predicted_rate=rate, predicted_pct_of_peak=100.0 * rate / peak if rate else None,
-                metric="TFLOP/s" if metric == "tflops" else "GB/s",
-                limiter=f"{slowest['kernel']}: {slowest['limiter']}" if slowest else None,
-                kernels=len(chosen), target=roofline.target_dict(target))
-    return call, records
+    return records
 
 
 def _mark_chosen(records: list, choices: dict) -> None:
@@ -264,7 +282,7 @@ def _mark_chosen(records: list, choices: dict) -> None:
     for group in sites.values():
         for r in group:
             r["chosen"] = False
-        want = choices.get(group[0]["kernel"])
+        want = choices.get((group[0]["kernel"], group[0]["tune_key"]))
         pick = next((r for r in group if r["config"] == want), None)
         if pick is None:
             kept = [r for r in group if not r["pruned"] and r["predicted_ms"] is not None] or group
@@ -280,9 +298,225 @@ def pruning_by(cc: int):
     """Make the autotuners' prune functions judge configs by their compiled code for cc."""
     from skillkern.ops import _common
 
-    def fits(fn, args, kwargs):
+    def facts(fn, args, kwargs):
         kernel, _ = compile_launch(_base_fn(fn), args, kwargs, cc)
-        return static_fits(kernel_facts(kernel, cc), cc)
+        f = kernel_facts(kernel, cc)
+        return f["spill_bytes"], f["smem_bytes"] <= mc.LIMITS[cc]["smem_block"]
 
-    with _common.fit_check(fits):
+    with warnings.catch_warnings(), _common.fit_check(facts):
+        warnings.simplefilter("ignore", RuntimeWarning)  # the report shows every config's spills
         yield
+
+
+# ----------------------------------------------------------------------------- autotune choices
+
+def config_label(cfg) -> str:
+    """A triton.Config as inspect labels it: its tile values joined by x, warps, stages."""
+    return "x".join(str(v) for v in cfg.kwargs.values()) + f" w{cfg.num_warps} s{cfg.num_stages}"
+
+
+def record_autotune(device: str, commit: str | None, path: str | None = None) -> list[dict]:
+    """After a GPU run: the config each skillkern autotuner picked, per key, appended to
+    benchmarks/results/autotune.jsonl, for `skillkern inspect` to price instead of its own pick."""
+    from triton.runtime.autotuner import Autotuner
+
+    from skillkern.bench._common import RESULTS, now_iso
+
+    rows = []
+    for op in OPS:
+        mod = importlib.import_module(f"skillkern.ops.{op}.triton_impl")
+        for tuner in (v for v in vars(mod).values() if isinstance(v, Autotuner)):
+            for key, cfg in tuner.cache.items():
+                rows.append(dict(time=now_iso(), device=device, commit=commit, op=op,
+                                 kernel=tuner.base_fn.__name__, key=str(key), config=config_label(cfg)))
+    if rows:
+        from skillkern.bench.history import append
+
+        append(path or os.path.join(RESULTS, "autotune.jsonl"), rows)
+    return rows
+
+
+def recorded_choices(gpu: str, path: str | None = None) -> dict:
+    """kernel -> the newest recorded autotune choice on a device of this target ({} if none)."""
+    from skillkern.bench._common import RESULTS
+    from skillkern.bench.history import read
+
+    out = {}
+    for r in read(path or os.path.join(RESULTS, "autotune.jsonl")):
+        t = roofline.target_of_device(r.get("device") or "")
+        if t is not None and t.name == gpu:
+            out[(r["kernel"], r["key"])] = r["config"]
+    return out
+
+
+# ----------------------------------------------------------------------------- report
+
+def _kb(b) -> str:
+    return f"{b / 1024:.0f}K" if b is not None else "-"
+
+
+def format_report(call: dict, records: list[dict], all_configs: bool) -> str:
+    pct = call["predicted_pct_of_peak"]
+    t = call["target"]
+    lines = [f"== {call['op']} {call['shape']} {call['dtype']} on {call['gpu']} (sm_{call['arch']}): predicted "
+             f"{call['predicted_ms']:.3f} ms fwd+bwd = {call['predicted_rate']:.4g} {call['metric']}"
+             f" = {pct:.1f} % of peak; slowest: {call['limiter']}" if pct is not None else
+             f"== {call['op']} {call['shape']}: no prediction",
+             f"   ceilings: mma {t['mma_tflops']:g} TFLOP/s ({t['mma_src']}), HBM {t['hbm_tbps']:g} TB/s "
+             f"({t['hbm_src']}), L2 {t['l2_tbps']:g} TB/s ({t['l2_src']}), mma.sync x{t['mma_sync_factor']:g} (assumed)",
+             f"{'':2s}{'phase':5s} {'kernel':24s} {'config':22s} {'regs':>4s} {'spill':>5s} {'stack':>5s} "
+             f"{'smem':>5s} {'blk/SM':>9s} {'mma':21s} {'loads':8s} {'progs':>6s} {'ms':>7s}  limiter"]
+    shown = [r for r in records if all_configs or r["chosen"]]
+    for r in shown:
+        mark = "*" if r["chosen"] else ("x" if r["pruned"] else " ")
+        mma = r["mma"] if r["mma"] == "none" else f"{r['mma']} {(r['mma_shape'] or '').split('.')[0]}"
+        if r["wgmma_pipelined"] is False:
+            mma += " SER"
+        ms = f"{r['predicted_ms']:7.3f}" if r["predicted_ms"] is not None else "      -"
+        lines.append(f"{mark:2s}{r['phase']:5s} {r['kernel'][:24]:24s} {r['config'][:22]:22s} {r['regs']:4d} "
+                     f"{r['spill_bytes']:5d} {r['stack_bytes']:5d} {_kb(r['smem_bytes']):>5s} "
+                     f"{r['blocks_per_sm']:2d}x{r['warps_per_sm']:2d}w {r['occupancy_limiter'][:3]:3s} {mma[:21]:21s} "
+                     f"{r['loads']:8s} {r['programs']:6d} {ms}  {r['limiter']}")
+    hidden = len(records) - len(shown)
+    pruned = sum(r["pruned"] for r in records)
+    lines.append(f"   (* = the config priced: {'recorded autotune choice' if any(r.get('chosen_by') == 'recorded autotune' for r in records) else 'the fastest predicted among those kept'}; "
+                 f"x = pruned: spills or overflows shared memory ({pruned}); "
+                 + (f"{hidden} other configs: --all-configs)" if hidden else "all configs shown)"))
+    return "\n".join(lines)
+
+
+def add_args(ap) -> None:
+    ap.add_argument("--op", default=None, help=f"one of {', '.join(OPS)} (default: all)")
+    ap.add_argument("--shape", default=None,
+                    help="a preset name (its shapes) or a spec such as T=4096,d=1024 (default: the goal shapes)")
+    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    ap.add_argument("--arch", type=int, default=90, choices=sorted(roofline.ARCH_DEFAULT),
+                    help="compute capability to compile for (90: H100/H200, 80: A100, 100: B200)")
+    ap.add_argument("--gpu", default=None, choices=sorted(roofline.TARGETS),
+                    help="the target's ceilings (default: the arch's first GPU: 90 -> h100)")
+    ap.add_argument("--all-configs", action="store_true", help="list every autotune config, not only the priced one")
+    ap.add_argument("--no-extension", action="store_true", help="skip the compiled extension's kernels")
+    ap.add_argument("--json", default=None, metavar="FILE", help="write every record as JSON lines ('-': stdout)")
+    ap.add_argument("--record", action="store_true", help="append the records to benchmarks/results/static.jsonl")
+    ap.add_argument("--compare", default=None, metavar="REV",
+                    help="print what changed against the records of git revision REV in static.jsonl")
+
+
+def _shapes(op: str, shape: str | None) -> list:
+    from skillkern.bench import runner
+
+    spec = runner.spec_of(op)
+    if shape is None or shape in spec.presets:
+        return spec.presets[shape or "goal"]()
+    return [spec.parse_shape(shape.replace(",", ":"))]
+
+
+def collect(ops, shape, dtype, arch, gpu, extra, extension: bool, all_configs: bool = False,
+            log=None) -> tuple[list[dict], list[str]]:
+    """Every record (op calls, their kernels, and the extension's kernels) and the report lines."""
+    target = roofline.target_for(arch, gpu)
+    choices = recorded_choices(target.name)
+    rows, text = [], []
+    for op in ops:
+        for s in _shapes(op, shape):
+            call, records = inspect_op(op, s, dtype, arch, gpu, extra, choices, log)
+            rows.append(dict(kind="call", **call))
+            rows += [dict(kind="kernel", shape=call["shape"], dtype=dtype, **r) for r in records]
+            text.append(format_report(call, records, all_configs))
+    if extension:
+        from skillkern.bench import extension_code
+
+        ext, reason = extension_code.extension_records(arch, target.name)
+        ext = [r for r in ext if r.get("op") in ops or (r.get("op") == "skill_route" and "skill_ffn" in ops)]
+        rows += [dict(kind="extension", **r) for r in ext]
+        text.append(extension_code.format_records(ext) if ext else
+                    f"== compiled extension: {reason or 'no kernels of these ops in it'}")
+    return rows, text
+
+
+def run(args, argv: list[str] | None = None, extra: list | None = None) -> int:
+    """`skillkern inspect`."""
+    import subprocess
+    import sys
+
+    from skillkern._backend import interpreting
+    from skillkern.bench._common import RESULTS, env_info
+    from skillkern.bench.history import append, read, resolve_rev
+
+    if interpreting():  # the autotuners of this process hold the interpreter's config: start clean
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        return subprocess.call([sys.executable, "-m", "skillkern.cli", "inspect", *(argv or [])], env=env)
+    ops = [args.op] if args.op else list(OPS)
+    t0 = time.time()
+    rows, text = collect(ops, args.shape, args.dtype, args.arch, args.gpu, extra, not args.no_extension,
+                         args.all_configs)
+    print("\n\n".join(text))
+    print(f"\n({len(rows)} records, {time.time() - t0:.0f} s; compiled kernels cached in ~/.triton and {cache_dir()})")
+    env = env_info(torch.device("cpu"))
+    stamp = dict(time=time.strftime("%Y-%m-%dT%H:%M:%S"), commit=env["commit"],
+                 versions={k: env[k] for k in ("torch", "triton", "python")})
+    if args.json:
+        out = "\n".join(json.dumps(dict(stamp, **r)) for r in rows)
+        if args.json == "-":
+            print(out)
+        else:
+            with open(args.json, "w") as f:
+                f.write(out + "\n")
+    path = os.path.join(RESULTS, "static.jsonl")
+    if args.compare:
+        sha = resolve_rev(args.compare) or args.compare
+        old = [r for r in read(path) if (r.get("commit") or "").removesuffix("-dirty")[:7] == sha[:7]]
+        print(format_compare(rows, old, sha[:12]))
+    if args.record:
+        append(path, [dict(stamp, **r) for r in rows])
+        print(f"{len(rows)} records appended to {path}")
+    return 0
+
+
+_COMPARED = ("regs", "spill_bytes", "smem_bytes", "mma", "loads", "predicted_ms")
+
+
+def _static_key(r: dict) -> tuple:
+    return (r.get("kind"), r.get("op"), r.get("shape"), r.get("dtype"), r.get("arch"), r.get("phase"),
+            r.get("kernel"), r.get("config") if r.get("kind") != "call" else None)
+
+
+def format_compare(rows: list[dict], old: list[dict], what: str) -> str:
+    """What changed since the records of another commit: registers, spills, shared memory, MMA
+    kind, loads and the predictions, for every chosen kernel and op call present in both."""
+    if not old:
+        return f"--compare {what}: no records of that commit in static.jsonl (record them there with --record)"
+    before = {_static_key(r): r for r in old}
+    lines = [f"== compared with {what}"]
+    for r in rows:
+        if r["kind"] == "kernel" and not r["chosen"]:
+            continue
+        o = before.get(_static_key(r))
+        if o is None:
+            lines.append(f"new   {r['op']} {r.get('kernel', 'call')} {r.get('config') or r.get('shape')}")
+            continue
+        diffs = [f"{k} {o.get(k)} -> {r.get(k)}" for k in _COMPARED if k in r and o.get(k) != r.get(k)
+                 and not (k == "predicted_ms" and o.get(k) and r.get(k) and abs(o[k] / r[k] - 1) < 0.005)]
+        if diffs:
+            lines.append(f"diff  {r['op']} {r.get('phase') or ''} {r.get('kernel', 'call')} {r.get('config') or r['shape']}: "
+                         + "; ".join(diffs))
+    if len(lines) == 1:
+        lines.append("no change in the compared fields")
+    return "\n".join(lines)
+
+
+def predictions(op: str, dtype: str, device: str, path: str | None = None) -> dict:
+    """shape label -> (predicted_ms, gpu, commit) from the newest static.jsonl op-call record of
+    this op and dtype for the device's target (else another GPU of its arch): what `skillkern
+    bench` prints beside its measurement."""
+    from skillkern.bench._common import RESULTS
+    from skillkern.bench.history import read
+
+    t = roofline.target_of_device(device)
+    if t is None:
+        return {}
+    same, arch = {}, {}
+    for r in read(path or os.path.join(RESULTS, "static.jsonl")):
+        if r.get("kind") == "call" and r.get("op") == op and r.get("dtype") == dtype and r.get("arch") == t.cc:
+            (same if r.get("gpu") == t.name else arch)[r["shape"]] = (r["predicted_ms"], r["gpu"], r.get("commit"))
+    return {**arch, **same}

@@ -24,6 +24,8 @@ LIMITS = {
     100: dict(regs_sm=65536, warps_sm=64, blocks_sm=32, smem_sm=233472, smem_block=232448),
 }
 _SMEM_RESERVED = 1024
+# Part of every cache key of parsed facts: bump it when a parser here changes what it reports.
+FACTS_VERSION = 2
 
 
 @functools.lru_cache(maxsize=None)
@@ -115,7 +117,7 @@ def opcodes(sass: str) -> list[str]:
 
 @dataclass
 class Mix:
-    mma: str  # "wgmma", "mma.sync" or "none"
+    mma: str  # "wgmma", "mma.sync", "wgmma+mma.sync" (both in one kernel) or "none"
     mma_shape: str | None  # e.g. "64x128x16.F32.BF16" or "16816.F32.BF16"
     mma_input: str | None  # the tensor-core input type: BF16, F16, TF32, E4M3, ...
     loads: str  # "tma", "cp.async", "ldg" or "none": how global loads are made (the most capable seen)
@@ -137,6 +139,8 @@ def mix(ops: list[str]) -> Mix:
     kind, shape = "none", None
     if counts["HGMMA"]:
         kind, shape = "wgmma", first["HGMMA"].split(".", 1)[1] if "." in first["HGMMA"] else None
+        if counts["HMMA"]:  # some dots fell back to mma.sync (e.g. an M < 64 tile): priced as mma.sync
+            kind = "wgmma+mma.sync"
     elif counts["HMMA"]:
         kind, shape = "mma.sync", first["HMMA"].split(".", 1)[1] if "." in first["HMMA"] else None
     mma_input = shape.split(".")[-1] if shape else None

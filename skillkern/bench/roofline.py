@@ -101,7 +101,7 @@ def mma_rate(t: Target, mma: str, mma_input: str | None, pipelined: bool) -> flo
     if mma == "none":
         return t.fp32_tflops * 1e12
     rate = t.mma_tflops * 1e12 * _INPUT_RATE.get(mma_input or "BF16", 1.0)
-    if mma == "mma.sync":
+    if "mma.sync" in mma:  # a kernel mixing wgmma and mma.sync dots is priced at the slower
         rate *= t.mma_sync_factor
     elif not pipelined:
         rate *= t.serialized_factor

@@ -482,6 +482,22 @@ def print_table(spec: OpSpec, rows: list[dict], modes, cpu: bool) -> None:
           f"of the {last} time over the fastest baseline: {', '.join(spec.baselines)})")
 
 
+def print_predictions(spec: OpSpec, rows: list[dict], env: dict, args) -> None:
+    """After a GPU run: the static model's prediction (benchmarks/results/static.jsonl, written by
+    `skillkern inspect --record`) beside skillkern-triton's fwd+bwd measurement, and the configs
+    the autotuners picked (results/autotune.jsonl), so every GPU run checks and corrects the model."""
+    from skillkern.bench import inspect
+
+    inspect.record_autotune(env["device"], env["commit"])
+    pred = inspect.predictions(spec.name, args.dtype, env["device"])
+    for r in rows:
+        if r.get("provider") == "skillkern-triton" and r.get("mode") == "fwd+bwd" and r.get("status") == "ok":
+            p = pred.get(r["label"])
+            note = (f"model {p[0]:.3f} ms on {p[1]} (static.jsonl @ {(p[2] or '?')[:10]}): measured/model = "
+                    f"{r['ms'] / p[0]:.2f}" if p else "no static prediction recorded (skillkern inspect --record)")
+            print(f"-- {r['label']}: skillkern-triton fwd+bwd measured {r['ms']:.3f} ms; {note}")
+
+
 @dataclass
 class Result:
     rows: list
@@ -516,6 +532,8 @@ def run(op: str | OpSpec, argv=None) -> Result:
                     args, device, env, rows, t0)
     ok &= not (ceil_row and ceil_row["status"] != "ok")
     print_table(spec, rows, modes, cpu)
+    if not cpu:
+        print_predictions(spec, rows, env, args)
     if not ok:
         print(FAILED_NOTE)
     return Result(rows, ok, cpu)

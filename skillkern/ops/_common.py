@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 
 import torch
 
@@ -59,50 +60,64 @@ def register_autograd_pair(op: str, make_backward, setup_context) -> None:
 
 # ----------------------------------------------------------------------------- autotuning
 
-# (kernel, positional args, call kwargs with the config's) -> bool: does this config's compiled
-# kernel fit the target? None: the current device's own answer (_device_fits); `skillkern
-# inspect` swaps in its static one for the target it compiles for.
+# (kernel, positional args, call kwargs with the config's) -> (spilled bytes, shared memory fits):
+# the facts of this config's compiled kernel on the target. None: the current device's own
+# answer (_device_facts); `skillkern inspect` swaps in its static one for the target it compiles for.
 _fit_check = None
 
 
 @contextlib.contextmanager
-def fit_check(fits):
-    """Judge autotune configs with `fits(kernel, args, kwargs)` inside this block."""
+def fit_check(facts):
+    """Judge autotune configs with `facts(kernel, args, kwargs)` inside this block."""
     global _fit_check
-    saved, _fit_check = _fit_check, fits
+    saved, _fit_check = _fit_check, facts
     try:
         yield
     finally:
         _fit_check = saved
 
 
-def _device_fits(kernel, args, kwargs) -> bool:
-    """Compile (the autotuner would anyway; Triton caches it) and load on the current device: no
-    spilled registers, and a block's shared memory within the device's limit."""
+def _device_facts(kernel, args, kwargs) -> tuple[int, bool]:
+    """Compile (the autotuner would anyway; Triton caches it) and load on the current device."""
     from triton.runtime.errors import OutOfResources
 
     compiled = kernel.warmup(*args, grid=(1,), **kwargs)
     try:
         compiled._init_handles()
     except OutOfResources:
-        return False
-    return compiled.n_spills == 0
+        return 0, False
+    return compiled.n_spills, True
+
+
+def keep_fitting(configs: list, facts: list[tuple[int, bool]], name: str) -> list:
+    """The prune rule: the configs without spills whose shared memory fits a block. Where every
+    config spills, the ones that spill least (a slow kernel still beats none), with a warning;
+    where none fits in shared memory, an error naming the kernel."""
+    kept = [c for c, (spill, smem) in zip(configs, facts) if smem and spill == 0]
+    if kept:
+        return kept
+    in_smem = [(spill, c) for c, (spill, smem) in zip(configs, facts) if smem]
+    if not in_smem:
+        raise RuntimeError(f"{name}: none of its {len(configs)} autotune configs fits in this device's "
+                           "shared memory per block")
+    least = min(spill for spill, _ in in_smem)
+    warnings.warn(f"{name}: every autotune config spills registers here; keeping the least-spilling ones",
+                  RuntimeWarning, stacklevel=2)
+    return [c for spill, c in in_smem if spill == least]
 
 
 def autotune(kernel, configs: list, key: list, **kw):
-    """triton.autotune(configs, key) of `kernel` whose prune function drops the configs that
-    spill registers or need more shared memory than a block may have, on the device it runs on
-    (the same rule `skillkern inspect` reports against). They are never timed nor chosen; if
-    none fits, the error names the kernel."""
+    """triton.autotune(configs, key) of `kernel` with the one prune rule (keep_fitting), judged on
+    the device it runs on (the same rule `skillkern inspect` reports against): configs that
+    spill registers or need more shared memory than a block may have are never timed nor chosen."""
     import triton
 
-    def keep_fitting(configs, named_args, **call):
+    def prune(configs, named_args, **call):
         call = {k: v for k, v in call.items() if k not in ("grid", "warmup")}
-        fits = _fit_check or _device_fits
-        kept = [c for c in configs if fits(kernel, tuple(named_args.values()), {**call, **c.all_kwargs()})]
-        if not kept:
-            raise RuntimeError(f"{kernel.__name__}: none of its {len(configs)} autotune configs fits this "
-                               "device (each spills registers or overflows shared memory)")
-        return kept
+        facts = _fit_check or _device_facts
+        args = tuple(named_args.values())
+        return keep_fitting(configs, [facts(kernel, args, {**call, **c.all_kwargs()}) for c in configs],
+                            kernel.__name__)
 
-    return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": keep_fitting}, **kw)(kernel)
+    prune.__name__ = "keep_fitting"
+    return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": prune}, **kw)(kernel)
