@@ -21,7 +21,7 @@ PTX that -lineinfo embeds). `wgmma_pipelined` stays None (ptxas's serialization 
 the binary). There is no work model for the extension's kernels yet:
 predicted_ms, flops and the bytes are None (`note`).
 
-The parsed facts are cached under inspect.cache_dir() by the library's path, mtime, size and arch
+The parsed facts are cached under machine_code.cache_dir() by the library's path, mtime, size and arch
 (the sm_90 dump of the current build is ~300 MB of text: ~30 s cold for sm_90 and ~25 s for sm_80
 on 2 shared cores, ~0.1 s from the cache). machine_code.sass_of is not used: the one streamed run
 gives the resource usage and the ELF attributes with the SASS.
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import os
 import re
 import subprocess
@@ -298,22 +297,10 @@ def dump_facts(lib: str, sm: str) -> list[dict]:
 
 
 def _cached_facts(lib: str, sm: str) -> list[dict]:
-    from skillkern.bench.inspect import cache_dir
-
     st = os.stat(lib)
     key = hashlib.sha256(
         f"{_FORMAT}|{mc.FACTS_VERSION}|{os.path.realpath(lib)}|{st.st_mtime_ns}|{st.st_size}|{sm}".encode())
-    path = os.path.join(cache_dir(), f"extension-{key.hexdigest()[:24]}.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    facts = dump_facts(lib, sm)
-    os.makedirs(cache_dir(), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(facts, f)
-    os.replace(tmp, path)
-    return facts
+    return mc.cached(f"extension-{key.hexdigest()[:24]}", lambda: dump_facts(lib, sm))
 
 
 # ----------------------------------------------------------------------------- records

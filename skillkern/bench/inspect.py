@@ -15,14 +15,12 @@ Records (one per kernel x config x arch, and one per op call) are plain dicts; s
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
 import importlib
 import json
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -37,8 +35,7 @@ KERNEL_KEYS = ("op", "phase", "kernel", "config", "arch", "chosen", "pruned", "r
 CALL_KEYS = ("op", "shape", "dtype", "arch", "gpu", "predicted_ms", "predicted_pct_of_peak", "metric", "limiter")
 
 
-def cache_dir() -> str:
-    return os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "skillkern", "inspect")
+cache_dir = mc.cache_dir
 
 
 # ----------------------------------------------------------------------------- recording launches
@@ -133,22 +130,15 @@ def _ptx_arch(cc: int) -> str:
 
 def kernel_facts(kernel, cc: int) -> dict:
     """The machine-code facts of a compiled Triton kernel (cached by its hash and arch)."""
-    path = os.path.join(cache_dir(), f"{kernel.hash}-{cc}-v{mc.FACTS_VERSION}.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    res = mc.ptxas_report(kernel.asm["ptx"], _ptx_arch(cc), ("--regAllocOptLevel=2",))
-    mix = mc.mix(mc.opcodes(mc.sass_of(kernel.asm["cubin"])))
-    facts = dict(regs=res.regs, spill_bytes=res.spill_bytes, stack_bytes=res.stack_bytes,
-                 smem_bytes=kernel.metadata.shared + res.static_smem, warps=kernel.metadata.num_warps,
-                 stages=kernel.metadata.num_stages, mma=mix.mma, mma_shape=mix.mma_shape, mma_input=mix.mma_input,
-                 wgmma_serialized=res.wgmma_serialized, loads=mix.loads, sass_counts=mix.counts)
-    os.makedirs(cache_dir(), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(facts, f)
-    os.replace(tmp, path)
-    return facts
+    def compute():
+        res = mc.ptxas_report(kernel.asm["ptx"], _ptx_arch(cc), ("--regAllocOptLevel=2",))
+        mix = mc.mix(mc.opcodes(mc.sass_of(kernel.asm["cubin"])))
+        return dict(regs=res.regs, spill_bytes=res.spill_bytes, stack_bytes=res.stack_bytes,
+                    smem_bytes=kernel.metadata.shared + res.static_smem, warps=kernel.metadata.num_warps,
+                    stages=kernel.metadata.num_stages, mma=mix.mma, mma_shape=mix.mma_shape, mma_input=mix.mma_input,
+                    wgmma_serialized=res.wgmma_serialized, loads=mix.loads, sass_counts=mix.counts)
+
+    return mc.cached(f"{kernel.hash}-{cc}-v{mc.FACTS_VERSION}", compute)
 
 
 def static_fits(facts: dict, cc: int) -> bool:

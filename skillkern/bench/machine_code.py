@@ -8,6 +8,7 @@ $CUDA_HOME/bin or PATH. Every function here takes files or text, never a device.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import shutil
@@ -26,6 +27,26 @@ LIMITS = {
 _SMEM_RESERVED = 1024
 # Part of every cache key of parsed facts: bump it when a parser here changes what it reports.
 FACTS_VERSION = 2
+
+
+def cache_dir() -> str:
+    return os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "skillkern", "inspect")
+
+
+def cached(name: str, compute):
+    """compute()'s JSON-able result, kept in cache_dir()/<name>.json (written atomically, so
+    concurrent runs never read half a file)."""
+    path = os.path.join(cache_dir(), f"{name}.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    value = compute()
+    os.makedirs(cache_dir(), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(value, f)
+    os.replace(tmp, path)
+    return value
 
 
 @functools.lru_cache(maxsize=None)
