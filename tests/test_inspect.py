@@ -217,6 +217,23 @@ def test_ptxas_and_sass_parsers():
     assert mc.mix([]).mma == "none" and mc.mix([]).loads == "none"
 
 
+def test_without_cuobjdump_the_rest_is_reported(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from skillkern.bench import inspect
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(mc, "ptxas_report", lambda ptx, arch, extra=(): mc.parse_ptxas(PTXAS_LOG))
+    real_tool = mc.tool
+    monkeypatch.setattr(mc, "tool", lambda name: None if name == "cuobjdump" else real_tool(name))
+    kernel = SimpleNamespace(hash="h", asm={"ptx": "", "cubin": b""},
+                             metadata=SimpleNamespace(shared=4096, num_warps=4, num_stages=3))
+    facts = inspect.kernel_facts(kernel, 90)
+    assert facts["regs"] == 168 and facts["smem_bytes"] == 4096 + 1024 and facts["mma"] == "unknown"
+    assert "cuobjdump not found" in facts["note"]
+    assert not list(tmp_path.rglob("*.json"))  # incomplete facts are not cached
+
+
 def test_occupancy():
     # 112 regs x 8 warps: 3584 regs per warp -> 18 warps -> 2 blocks; 96 KB smem -> 2 blocks
     assert mc.occupancy(90, 112, 96 * 1024, 8)["blocks_per_sm"] == 2

@@ -1,7 +1,9 @@
 """skillkern's benchmark harness: one runner (runner.py) that the op benchmarks declare
 themselves to (skill_ffn.py, token_similarity.py, token_reduce.py: shapes, providers, reference,
 FLOPs / bytes), the device ceilings, the history file and the charts behind the `skillkern
-bench` and `skillkern profile` commands.
+bench` and `skillkern profile` commands; and the static profile behind `skillkern inspect`
+(inspect.py; Python API: inspect.inspect_op(op, shape, dtype, arch) -> (op-call record, kernel
+records), inspect.collect(...) for several ops and the extension, extension_code.extension_records).
 
 It lives in the package, not only in the repo's benchmarks/ folder, so that an installed
 skillkern can measure itself (`pip install skillkern; skillkern bench`). In a checkout,

@@ -132,12 +132,19 @@ def kernel_facts(kernel, cc: int) -> dict:
     """The machine-code facts of a compiled Triton kernel (cached by its hash and arch)."""
     def compute():
         res = mc.ptxas_report(kernel.asm["ptx"], _ptx_arch(cc), ("--regAllocOptLevel=2",))
-        mix = mc.mix(mc.opcodes(mc.sass_of(kernel.asm["cubin"])))
-        return dict(regs=res.regs, spill_bytes=res.spill_bytes, stack_bytes=res.stack_bytes,
-                    smem_bytes=kernel.metadata.shared + res.static_smem, warps=kernel.metadata.num_warps,
-                    stages=kernel.metadata.num_stages, mma=mix.mma, mma_shape=mix.mma_shape, mma_input=mix.mma_input,
-                    wgmma_serialized=res.wgmma_serialized, loads=mix.loads, sass_counts=mix.counts)
+        facts = dict(regs=res.regs, spill_bytes=res.spill_bytes, stack_bytes=res.stack_bytes,
+                     smem_bytes=kernel.metadata.shared + res.static_smem, warps=kernel.metadata.num_warps,
+                     stages=kernel.metadata.num_stages, wgmma_serialized=res.wgmma_serialized)
+        try:
+            mix = mc.mix(mc.opcodes(mc.sass_of(kernel.asm["cubin"])))
+        except FileNotFoundError as e:  # no disassembler: the rest of the report still stands
+            return dict(facts, mma="unknown", mma_shape=None, mma_input=None, loads="unknown", sass_counts={},
+                        note=f"{e}: MMA kind and loads unknown (priced as the arch's best MMA)")
+        return dict(facts, mma=mix.mma, mma_shape=mix.mma_shape, mma_input=mix.mma_input, loads=mix.loads,
+                    sass_counts=mix.counts)
 
+    if mc.tool("cuobjdump") is None:  # not cached: the facts are incomplete
+        return compute()
     return mc.cached(f"{kernel.hash}-{cc}-v{mc.FACTS_VERSION}", compute)
 
 
@@ -242,8 +249,9 @@ def profile_calls(calls: list, kernels: dict, ctx: dict, target: roofline.Target
         programs = grid[0] * grid[1] * grid[2]
         occ = mc.occupancy(cc, facts["regs"], facts["smem_bytes"], facts["warps"])
         work = kernels[fn.__name__](bound, grid, ctx)
+        mma = facts["mma"] if facts["mma"] != "unknown" else ("wgmma" if cc == 90 else "mma.sync")
         pred = roofline.predict(target, work, programs=programs, blocks_per_sm=occ["blocks_per_sm"],
-                                mma=facts["mma"], mma_input=facts["mma_input"],
+                                mma=mma, mma_input=facts["mma_input"],
                                 pipelined=facts["wgmma_serialized"] is None, inflight_bytes=_inflight(facts))
         rec = dict(op=None, phase=L.phase, kernel=fn.__name__, config=_config_label(L, bound), arch=cc,
                    gpu=target.name, tuned=L.tuner is not None, tune_key=L.tune_key, pruned=not L.kept,
@@ -254,7 +262,7 @@ def profile_calls(calls: list, kernels: dict, ctx: dict, target: roofline.Target
                    wgmma_serialized=facts["wgmma_serialized"], loads=facts["loads"], tma=facts["loads"] == "tma",
                    sass_counts=facts["sass_counts"], programs=programs, flops=work.flops, hbm_bytes=work.hbm_bytes,
                    l2_bytes=work.l2_bytes, predicted_ms=pred["predicted_ms"], limiter=pred["limiter"],
-                   terms=pred["terms"], fits=static_fits(facts, cc), launch=L.site,
+                   terms=pred["terms"], fits=static_fits(facts, cc), launch=L.site, note=facts.get("note"),
                    compile_s=round(time.time() - t0, 2))
         records.append(rec)
         if log:
@@ -367,6 +375,8 @@ def format_report(call: dict, records: list[dict], all_configs: bool) -> str:
                      f"{r['spill_bytes']:5d} {r['stack_bytes']:5d} {_kb(r['smem_bytes']):>5s} "
                      f"{r['blocks_per_sm']:2d}x{r['warps_per_sm']:2d}w {r['occupancy_limiter'][:3]:3s} {mma[:21]:21s} "
                      f"{r['loads']:8s} {r['programs']:6d} {ms}  {r['limiter']}")
+    notes = {r["note"] for r in records if r.get("note")}
+    lines += [f"   note: {n}" for n in sorted(notes)]
     hidden = len(records) - len(shown)
     pruned = sum(r["pruned"] for r in records)
     lines.append(f"   (* = the config priced: {'recorded autotune choice' if any(r.get('chosen_by') == 'recorded autotune' for r in records) else 'the fastest predicted among those kept'}; "
