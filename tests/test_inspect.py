@@ -267,6 +267,15 @@ def test_roofline_limiters():
     skew = roofline.predict(t, roofline.Work(790e12 * 1e-3, 1.0, 1.0, max_program_flops=790e12 * 1e-3 / 10), **full)
     assert skew["limiter"] == "skew" and skew["predicted_ms"] > 13
     assert roofline.predict(t, roofline.Work(1.0, 1.0, 1.0), **dict(full, blocks_per_sm=0))["predicted_ms"] is None
+    # loads waited for before each MMA: the terms add up
+    serial = roofline.predict(t, roofline.Work(790e12 * 1e-3, 3e9, 3e9), **dict(full, overlap=False))
+    assert serial["limiter"] == "loads not overlapped" and abs(serial["predicted_ms"] - 2.0 - t.launch_us * 1e-3) < 1e-9
+
+
+def test_ptx_pipelining():
+    assert mc.ptx_pipelining("wgmma.wait_group.sync.aligned 1;\n cp.async.wait_group 2;\n"
+                             "wgmma.wait_group.sync.aligned 0;") == dict(wgmma_pending=1, cp_async_pending=2)
+    assert mc.ptx_pipelining("wgmma.wait_group.sync.aligned 0;") == dict(wgmma_pending=0, cp_async_pending=None)
 
 
 def test_targets():

@@ -134,7 +134,8 @@ def kernel_facts(kernel, cc: int) -> dict:
         res = mc.ptxas_report(kernel.asm["ptx"], _ptx_arch(cc), ("--regAllocOptLevel=2",))
         facts = dict(regs=res.regs, spill_bytes=res.spill_bytes, stack_bytes=res.stack_bytes,
                      smem_bytes=kernel.metadata.shared + res.static_smem, warps=kernel.metadata.num_warps,
-                     stages=kernel.metadata.num_stages, wgmma_serialized=res.wgmma_serialized)
+                     stages=kernel.metadata.num_stages, wgmma_serialized=res.wgmma_serialized,
+                     **mc.ptx_pipelining(kernel.asm["ptx"]))
         try:
             mix = mc.mix(mc.opcodes(mc.sass_of(kernel.asm["cubin"])))
         except FileNotFoundError as e:  # no disassembler: the rest of the report still stands
@@ -168,10 +169,31 @@ def _config_label(launch: Launch, bound: dict) -> str:
 
 
 def _inflight(facts: dict) -> float:
-    """Bytes one program keeps in flight (see roofline's docstring)."""
-    if facts["loads"] in ("tma", "cp.async") and facts["stages"] > 1:
-        return facts["smem_bytes"] * (facts["stages"] - 1) / facts["stages"]
-    return facts["warps"] * 32 * 16 * 2
+    """Bytes one program keeps in flight (see roofline's docstring): stages - 1 shared-memory
+    stages when its copies run ahead (cp.async waited with N >= 1 pending groups, or TMA), one
+    stage when each is waited for at once, ~2 16-byte loads per thread for plain loads."""
+    stages = facts["stages"]
+    if facts["loads"] not in ("tma", "cp.async"):
+        return facts["warps"] * 32 * 16 * 2
+    if _loads_pipelined(facts):
+        return facts["smem_bytes"] * (stages - 1) / stages
+    return facts["smem_bytes"] / max(stages, 1)
+
+
+def _loads_pipelined(facts: dict) -> bool:
+    """Copies of later stages run while the current one is used (or the loads are plain loads)."""
+    if facts["loads"] == "tma":
+        return facts["stages"] > 1
+    if facts["loads"] == "cp.async":
+        return bool(facts.get("cp_async_pending"))
+    return True
+
+
+def _wgmma_pipelined(facts: dict) -> bool | None:
+    """None without wgmma; else False when ptxas serialized it or the PTX waits for every wgmma."""
+    if "wgmma" not in facts["mma"]:
+        return None
+    return facts["wgmma_serialized"] is None and (facts.get("wgmma_pending") or 0) >= 1
 
 
 def _grid_of(launch: Launch, bound: dict) -> tuple:
@@ -252,14 +274,15 @@ def profile_calls(calls: list, kernels: dict, ctx: dict, target: roofline.Target
         mma = facts["mma"] if facts["mma"] != "unknown" else ("wgmma" if cc == 90 else "mma.sync")
         pred = roofline.predict(target, work, programs=programs, blocks_per_sm=occ["blocks_per_sm"],
                                 mma=mma, mma_input=facts["mma_input"],
-                                pipelined=facts["wgmma_serialized"] is None, inflight_bytes=_inflight(facts))
+                                pipelined=_wgmma_pipelined(facts) is not False, inflight_bytes=_inflight(facts),
+                                overlap=_loads_pipelined(facts) or occ["blocks_per_sm"] > 1)
         rec = dict(op=None, phase=L.phase, kernel=fn.__name__, config=_config_label(L, bound), arch=cc,
                    gpu=target.name, tuned=L.tuner is not None, tune_key=L.tune_key, pruned=not L.kept,
                    regs=facts["regs"], spill_bytes=facts["spill_bytes"], stack_bytes=facts["stack_bytes"],
                    smem_bytes=facts["smem_bytes"], smem_limit=mc.LIMITS[cc]["smem_block"], **occ, mma=facts["mma"],
                    mma_shape=facts["mma_shape"],
-                   wgmma_pipelined=None if "wgmma" not in facts["mma"] else facts["wgmma_serialized"] is None,
-                   wgmma_serialized=facts["wgmma_serialized"], loads=facts["loads"], tma=facts["loads"] == "tma",
+                   wgmma_pipelined=_wgmma_pipelined(facts), wgmma_serialized=facts["wgmma_serialized"],
+                   loads=facts["loads"], tma=facts["loads"] == "tma", loads_pipelined=_loads_pipelined(facts),
                    sass_counts=facts["sass_counts"], programs=programs, flops=work.flops, hbm_bytes=work.hbm_bytes,
                    l2_bytes=work.l2_bytes, predicted_ms=pred["predicted_ms"], limiter=pred["limiter"],
                    terms=pred["terms"], fits=static_fits(facts, cc), launch=L.site, note=facts.get("note"),
@@ -363,22 +386,24 @@ def format_report(call: dict, records: list[dict], all_configs: bool) -> str:
              f"   ceilings: mma {t['mma_tflops']:g} TFLOP/s ({t['mma_src']}), HBM {t['hbm_tbps']:g} TB/s "
              f"({t['hbm_src']}), L2 {t['l2_tbps']:g} TB/s ({t['l2_src']}), mma.sync x{t['mma_sync_factor']:g} (assumed)",
              f"{'':2s}{'phase':5s} {'kernel':24s} {'config':22s} {'regs':>4s} {'spill':>5s} {'stack':>5s} "
-             f"{'smem':>5s} {'blk/SM':>9s} {'mma':21s} {'loads':8s} {'progs':>6s} {'ms':>7s}  limiter"]
+             f"{'smem':>5s} {'blk/SM':>9s} {'mma':21s} {'loads':12s} {'progs':>6s} {'ms':>7s}  limiter"]
     shown = [r for r in records if all_configs or r["chosen"]]
     for r in shown:
         mark = "*" if r["chosen"] else ("x" if r["pruned"] else " ")
         mma = r["mma"] if r["mma"] == "none" else f"{r['mma']} {(r['mma_shape'] or '').split('.')[0]}"
         if r["wgmma_pipelined"] is False:
-            mma += " SER"
+            mma += " SER"  # serialized by ptxas, or every wgmma waited for
+        loads = r["loads"] + ("" if r["loads_pipelined"] or r["loads"] in ("ldg", "none") else " 1st")
         ms = f"{r['predicted_ms']:7.3f}" if r["predicted_ms"] is not None else "      -"
         lines.append(f"{mark:2s}{r['phase']:5s} {r['kernel'][:24]:24s} {r['config'][:22]:22s} {r['regs']:4d} "
                      f"{r['spill_bytes']:5d} {r['stack_bytes']:5d} {_kb(r['smem_bytes']):>5s} "
                      f"{r['blocks_per_sm']:2d}x{r['warps_per_sm']:2d}w {r['occupancy_limiter'][:3]:3s} {mma[:21]:21s} "
-                     f"{r['loads']:8s} {r['programs']:6d} {ms}  {r['limiter']}")
+                     f"{loads[:12]:12s} {r['programs']:6d} {ms}  {r['limiter']}")
     notes = {r["note"] for r in records if r.get("note")}
     lines += [f"   note: {n}" for n in sorted(notes)]
     hidden = len(records) - len(shown)
     pruned = sum(r["pruned"] for r in records)
+    lines.append("   (SER: wgmma serialized or waited for one by one; 1st: each load stage waited for at once)")
     lines.append(f"   (* = the config priced: {'recorded autotune choice' if any(r.get('chosen_by') == 'recorded autotune' for r in records) else 'the fastest predicted among those kept'}; "
                  f"x = pruned: spills or overflows shared memory ({pruned}); "
                  + (f"{hidden} other configs: --all-configs)" if hidden else "all configs shown)"))

@@ -26,7 +26,7 @@ LIMITS = {
 }
 _SMEM_RESERVED = 1024
 # Part of every cache key of parsed facts: bump it when a parser here changes what it reports.
-FACTS_VERSION = 2
+FACTS_VERSION = 3
 
 
 def cache_dir() -> str:
@@ -109,6 +109,20 @@ def ptxas_report(ptx: str, arch: str, extra: tuple = ()) -> Resources:
     if proc.returncode != 0:
         raise RuntimeError(f"ptxas failed: {proc.stderr[-2000:]}")
     return parse_ptxas(proc.stderr)
+
+
+_WGMMA_WAIT = re.compile(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)")
+_CP_ASYNC_WAIT = re.compile(r"cp\.async\.wait_group\s+(\d+)")
+
+
+def ptx_pipelining(ptx: str) -> dict:
+    """How deep the PTX lets loads and MMAs run ahead: the largest N of its `wgmma.wait_group N`
+    (0: every wgmma is waited for before the next is issued: MMA and loads serialize) and of its
+    `cp.async.wait_group N` (0: each stage's copies are waited for at once: single-buffered).
+    None where the instruction does not occur."""
+    w = [int(n) for n in _WGMMA_WAIT.findall(ptx)]
+    c = [int(n) for n in _CP_ASYNC_WAIT.findall(ptx)]
+    return dict(wgmma_pending=max(w) if w else None, cp_async_pending=max(c) if c else None)
 
 
 def sass_of(binary: bytes | str) -> str:

@@ -2,7 +2,7 @@
 declared beside its launcher in skillkern/ops/<op>/cost.py) and, from the machine code's facts
 (MMA kind, occupancy, how loads are made), a predicted time, % of peak and limiter.
 
-  t = max(mma, hbm, l2, longest program) + launch
+  t = max(mma, hbm, l2, longest program) + launch   (mma + memory where loads cannot overlap)
   mma  = flops / (peak of the MMA the SASS uses, for its input type) / wave efficiency
   hbm  = hbm bytes / (HBM bandwidth x latency cover)
   l2   = l2 bytes / (L2 bandwidth x latency cover)
@@ -109,8 +109,10 @@ def mma_rate(t: Target, mma: str, mma_input: str | None, pipelined: bool) -> flo
 
 
 def predict(t: Target, work: Work, *, programs: int, blocks_per_sm: int, mma: str, mma_input: str | None,
-            pipelined: bool, inflight_bytes: float) -> dict:
-    """Predicted time (ms), the limiter and the terms behind it, for one launch."""
+            pipelined: bool, inflight_bytes: float, overlap: bool = True) -> dict:
+    """Predicted time (ms), the limiter and the terms behind it, for one launch. overlap=False
+    (each load stage waited for before its MMA, and one block per SM to hide it): the MMA and
+    memory terms add up instead of overlapping."""
     if blocks_per_sm <= 0:
         return dict(predicted_ms=None, limiter="does not fit", terms={})
     slots = t.sms * blocks_per_sm
@@ -129,8 +131,13 @@ def predict(t: Target, work: Work, *, programs: int, blocks_per_sm: int, mma: st
     limiter = max(terms, key=terms.get)
     if limiter in ("hbm", "l2") and (cover_hbm if limiter == "hbm" else cover_l2) < 1.0:
         limiter += " latency"  # too few bytes in flight to reach the bandwidth
-    seconds = max(terms.values()) + t.launch_us * 1e-6
-    if t.launch_us * 1e-6 > max(terms.values()):
+    busy = max(terms.values())
+    if not overlap:
+        busy = max(busy, terms["mma"] + max(terms["hbm"], terms["l2"]))
+        if busy > max(terms.values()):
+            limiter = "loads not overlapped"
+    seconds = busy + t.launch_us * 1e-6
+    if t.launch_us * 1e-6 > busy:
         limiter = "launch"
     return dict(predicted_ms=seconds * 1e3, limiter=limiter, wave_eff=round(wave_eff, 3),
                 latency_cover=round(cover_hbm, 3), terms={k: v * 1e3 for k, v in terms.items()})
