@@ -84,7 +84,7 @@ def _up_bwd(a, grid, ctx) -> Work:
 
 
 def _wgrad(a, grid, ctx) -> Work:
-    """Program (e, tile) loops over all rows of skill e: dw[e] tile = a_rows^T b_rows."""
+    """Program (e, tile) loops over all sorted rows of skill e: dw[e] tile = a_rows^T b_rows."""
     bp, bq, br = a["BLOCK_P"], a["BLOCK_Q"], a["BLOCK_R"]
     P, Q = a["P"], a["Q"]
     counts = ctx["counts"]
@@ -93,11 +93,19 @@ def _wgrad(a, grid, ctx) -> Work:
     rows_padded = [math.ceil(n / br) * br for n in counts]
     flops = 2.0 * sum(rows_padded) * tiles * bp * bq
     N = sum(counts)
-    a_rows = ctx["tokens"] if a["A_BY_TOKEN"] else N
-    b_rows = ctx["tokens"] if a["B_BY_TOKEN"] else N
-    hbm = (a_rows * P + b_rows * Q) * elt + len(counts) * P * Q * a["dw_ptr"].element_size() + N * 4
-    l2 = sum(rows_padded) * tiles * ((bp + bq) * elt + 4) + len(counts) * P * Q * a["dw_ptr"].element_size()
+    out = len(counts) * P * Q * a["dw_ptr"].element_size()
+    hbm = N * (P + Q) * elt + out
+    l2 = sum(rows_padded) * tiles * (bp + bq) * elt + out
     return Work(flops, hbm, l2, max_program_flops=2.0 * max(rows_padded) * bp * bq)
+
+
+def _gather(a, grid, ctx) -> Work:
+    """Each active slot's row read by token and written in sorted order (+ c and the sums)."""
+    N, C = sum(ctx["counts"]), a["C"]
+    elt = a["src_ptr"].element_size()
+    sums = grid[0] * C * 4 + N * 4 if a["SUMS"] else 0
+    moved = 2.0 * N * C * elt + N * 4 + sums
+    return Work(0.0, moved, moved)
 
 
 KERNELS = {
@@ -107,6 +115,7 @@ KERNELS = {
     "_skill_down_kernel": _down,
     "_skill_up_bwd_kernel": _up_bwd,
     "_skill_wgrad_kernel": _wgrad,
+    "_gather_rows_kernel": _gather,
 }
 
 

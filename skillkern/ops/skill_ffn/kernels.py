@@ -126,7 +126,7 @@ def _swizzle(pid, n_m, n_n, GROUP_M: tl.constexpr):
 def _row_tile(offsets_ptr, order_ptr, N, E, n_cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
               GROUP_M: tl.constexpr):
     """This program's tile of a row-tiled kernel: skill (-1 = surplus tile: the caller exits),
-    pid_n, sorted positions `rows` + mask, their slot indices (int64), columns + mask."""
+    pid_m, pid_n, sorted positions `rows` + mask, their slot indices (int64), columns + mask."""
     n_m = tl.cdiv(N, BLOCK_M) + E
     pid_m, pid_n = _swizzle(tl.program_id(0), n_m, tl.cdiv(n_cols, BLOCK_N), GROUP_M)
     skill, row0, row_end = _tile_rows(offsets_ptr, pid_m, E, BLOCK_M)
@@ -134,7 +134,7 @@ def _row_tile(offsets_ptr, order_ptr, N, E, n_cols, BLOCK_M: tl.constexpr, BLOCK
     rmask = rows < row_end  # all False on a surplus tile: the slot load below is a no-op
     slot = tl.load(order_ptr + rows, mask=rmask, other=0).to(tl.int64)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    return skill, pid_n, rows, rmask, slot, cols, cols < n_cols
+    return skill, pid_m, pid_n, rows, rmask, slot, cols, cols < n_cols
 
 
 @triton.jit
@@ -191,7 +191,7 @@ def _skill_up_fwd_kernel(
     """hid[p, :] = act(x[token(p)] @ w1[e] + b1[e]) for sorted position p of skill e.
     For SWIGLU w1 is (E, d, 2h), gate columns [0, h), up columns [h, 2h): both tiles are
     accumulated side by side so the hidden tile is finished in registers."""
-    skill, pid_n, rows, rmask, slot, cols, cmask = _row_tile(
+    skill, pid_m, pid_n, rows, rmask, slot, cols, cmask = _row_tile(
         offsets_ptr, order_ptr, N, E, h, BLOCK_M, BLOCK_N, GROUP_M)
     if skill < 0:
         return
@@ -242,7 +242,7 @@ def _skill_down_kernel(
     Backward dX:   a = dZ (sorted),     w = w1 read transposed (E, h1, d), no bias, no scale.
     out has one row per slot (T*k rows; for k = 1 that is y itself): the unpermute and the
     weighted combine happen in this epilogue, no permuted output copy is made."""
-    skill, pid_n, rows, rmask, slot, cols, cmask = _row_tile(
+    skill, pid_m, pid_n, rows, rmask, slot, cols, cmask = _row_tile(
         offsets_ptr, order_ptr, N, E, n_out, BLOCK_M, BLOCK_N, GROUP_M)
     if skill < 0:
         return
@@ -271,32 +271,35 @@ def _skill_down_kernel(
 @triton.jit
 def _skill_up_bwd_kernel(
     x_ptr, dy_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, scale_ptr,
-    hid_ptr, dz_ptr, dc_ptr, order_ptr, offsets_ptr,
+    hid_ptr, dz_ptr, dc_ptr, db1_ptr, tile_skill_ptr, order_ptr, offsets_ptr,
     N, E, d, h, k,
-    stride_xt, stride_dyt, stride_w1e, stride_w1d, stride_w1h, stride_b1e,
-    stride_w2e, stride_w2h, stride_w2d, stride_b2e, stride_hp, stride_zp, stride_cp,
+    stride_xp, stride_dyp, stride_w1e, stride_w1d, stride_w1h, stride_b1e,
+    stride_w2e, stride_w2h, stride_w2d, stride_b2e, stride_hp, stride_zp, stride_cp, stride_db1,
     n_bucket,  # autotune key only
     ACT: tl.constexpr, HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, NEED_DC: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    """For sorted position p of skill e and a tile of hidden columns j:
-        Z = x[tok] @ w1[e][:, j] + b1[e][j]      (recomputed: the forward keeps no hidden)
-        G = dy[tok] @ w2[e][j, :]^T              (upstream grad of the hidden, before c)
+    """For sorted position p of skill e and a tile of hidden columns j (x and dy already
+    gathered into sorted order by _gather_rows_kernel, so every row tile is contiguous):
+        Z = x[p] @ w1[e][:, j] + b1[e][j]        (recomputed: the forward keeps no hidden)
+        G = dy[p] @ w2[e][j, :]^T                (upstream grad of the hidden, before c)
         H = act(Z);  dZ = c * G * act'(Z)        (SWIGLU: dgate, dup for both halves)
-    Stores H (for dW2) and dZ (for dW1, db1, dX) in sorted order; both K-loops run over d and
-    share the x / dy row gathers. With NEED_DC: dc[p, pid_n] = sum_j G * H (+ dy.b2[e] from
+    Stores c * H (dW2's operand: dW2 = (cH)^T dy, so its GEMM needs no scaling) and dZ (for
+    dW1, dX) in sorted order; both K-loops run over d. db1 leaves the wgrad GEMM's loop: with
+    HAS_B1, db1[pid_m, j] = the fp32 column sums of this tile's dZ rows and tile_skill[pid_m] =
+    e + 1 (0: no tile); the launcher adds the partials of each skill in a fixed order. With NEED_DC: dc[p, pid_n] = sum_j G * H (+ dy.b2[e] from
     the pid_n == 0 tile); the partials are summed on the host side of the op (deterministic)."""
-    skill, pid_n, rows, rmask, slot, cols, cmask = _row_tile(
+    skill, pid_m, pid_n, rows, rmask, slot, cols, cmask = _row_tile(
         offsets_ptr, order_ptr, N, E, h, BLOCK_M, BLOCK_N, GROUP_M)
     if skill < 0:
         return
     e64 = skill.to(tl.int64)
-    tok = slot // k
+    rows64 = rows.to(tl.int64)
     cols64 = cols.to(tl.int64)
     kk = tl.arange(0, BLOCK_K)
-    x_base = x_ptr + tok[:, None] * stride_xt
-    dy_base = dy_ptr + tok[:, None] * stride_dyt
+    x_base = x_ptr + rows64[:, None] * stride_xp
+    dy_base = dy_ptr + rows64[:, None] * stride_dyp
     w1_base = w1_ptr + e64 * stride_w1e + cols64[None, :] * stride_w1h
     w2_base = w2_ptr + e64 * stride_w2e + cols64[None, :] * stride_w2h
     z = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
@@ -330,20 +333,32 @@ def _skill_up_bwd_kernel(
     c = tl.load(scale_ptr + slot, mask=rmask, other=0.0)[:, None]
     omask = rmask[:, None] & cmask[None, :]
     dz_ptrs = dz_ptr + rows.to(tl.int64)[:, None] * stride_zp + cols[None, :]
+    db1_ptrs = db1_ptr + pid_m.to(tl.int64) * stride_db1 + cols
     if ACT == SWIGLU:
         s = _sigmoid(z)
         silu = z * s
         hid = silu * z_up
         dh = c * g
-        tl.store(dz_ptrs, (dh * z_up * s * (1.0 + z * (1.0 - s))).to(dz_ptr.dtype.element_ty),
-                 mask=omask)
-        tl.store(dz_ptrs + h, (dh * silu).to(dz_ptr.dtype.element_ty), mask=omask)
+        dgate = (dh * z_up * s * (1.0 + z * (1.0 - s))).to(dz_ptr.dtype.element_ty)
+        dup = (dh * silu).to(dz_ptr.dtype.element_ty)
+        tl.store(dz_ptrs, dgate, mask=omask)
+        tl.store(dz_ptrs + h, dup, mask=omask)
+        if HAS_B1:  # sums of the rounded dZ: what dW1's GEMM sees
+            tl.store(db1_ptrs, tl.sum(tl.where(omask, dgate.to(tl.float32), 0.0), axis=0), mask=cmask)
+            tl.store(db1_ptrs + h, tl.sum(tl.where(omask, dup.to(tl.float32), 0.0), axis=0), mask=cmask)
     else:
         hid = _act(z, ACT)
-        tl.store(dz_ptrs, (c * g * _act_grad(z, ACT)).to(dz_ptr.dtype.element_ty), mask=omask)
-    # the stored (rounded) hidden is what the forward fed to GEMM2; dc uses the same values
+        dz = (c * g * _act_grad(z, ACT)).to(dz_ptr.dtype.element_ty)
+        tl.store(dz_ptrs, dz, mask=omask)
+        if HAS_B1:
+            tl.store(db1_ptrs, tl.sum(tl.where(omask, dz.to(tl.float32), 0.0), axis=0), mask=cmask)
+    if HAS_B1:
+        if pid_n == 0:
+            tl.store(tile_skill_ptr + pid_m, skill + 1)
+    # the rounded hidden is what the forward fed to GEMM2; dc uses the same values
     hid = hid.to(hid_ptr.dtype.element_ty)
-    tl.store(hid_ptr + rows.to(tl.int64)[:, None] * stride_hp + cols[None, :], hid, mask=omask)
+    tl.store(hid_ptr + rows.to(tl.int64)[:, None] * stride_hp + cols[None, :],
+             (c * hid.to(tl.float32)).to(hid_ptr.dtype.element_ty), mask=omask)
     if NEED_DC:
         part = tl.sum(g * hid.to(tl.float32), axis=1) + dyb2
         tl.store(dc_ptr + rows.to(tl.int64) * stride_cp + pid_n, part, mask=rmask)
@@ -353,20 +368,50 @@ def _skill_up_bwd_kernel(
 
 
 @triton.jit
+def _gather_rows_kernel(src_ptr, scale_ptr, dst_ptr, sum_ptr, tile_skill_ptr, order_ptr, offsets_ptr,
+                        N, E, C, k, stride_src, stride_dst, stride_sum,
+                        SUMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    """dst[p, :] = src[token(p), :] for every active sorted position p: the token-indexed operand
+    (x, dy) in sorted order, so that the backward's GEMMs read contiguous row tiles (no index
+    load inside their loops). Row tiles follow the skills (_tile_rows). With SUMS: sum[pid_m, :]
+    = the fp32 column sums of scale[slot] * src rows of this tile (db2 = sum_p c dy) and
+    tile_skill[pid_m] = e + 1, added per skill in a fixed order by the launcher."""
+    pid_m = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    skill, row0, row_end = _tile_rows(offsets_ptr, pid_m, E, BLOCK_M)
+    if skill < 0:
+        return
+    rows = row0 + tl.arange(0, BLOCK_M)
+    rmask = rows < row_end
+    slot = tl.load(order_ptr + rows, mask=rmask, other=0).to(tl.int64)
+    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    m = rmask[:, None] & cmask[None, :]
+    v = tl.load(src_ptr + (slot // k)[:, None] * stride_src + cols[None, :], mask=m, other=0.0)
+    tl.store(dst_ptr + rows.to(tl.int64)[:, None] * stride_dst + cols[None, :], v, mask=m)
+    if SUMS:
+        c = tl.load(scale_ptr + slot, mask=rmask, other=0.0)
+        tl.store(sum_ptr + pid_m.to(tl.int64) * stride_sum + cols, tl.sum(c[:, None] * v.to(tl.float32), axis=0),
+                 mask=cmask)
+        if pid_c == 0:
+            tl.store(tile_skill_ptr + pid_m, skill + 1)
+
+
+@triton.jit
 def _skill_wgrad_kernel(
-    a_ptr, b_ptr, scale_ptr, dw_ptr, db_ptr, order_ptr, offsets_ptr,
-    E, P, Q, k,
-    stride_a, stride_b, stride_we, stride_wp, stride_wq, stride_be,
-    A_BY_TOKEN: tl.constexpr, B_BY_TOKEN: tl.constexpr, B_SCALED: tl.constexpr,
-    HAS_DB: tl.constexpr, PRECISION: tl.constexpr,
+    a_ptr, b_ptr, dw_ptr, offsets_ptr,
+    E, P, Q,
+    stride_a, stride_b, stride_we, stride_wp, stride_wq,
+    n_bucket,  # next_power_of_2(N): autotune key only
+    PRECISION: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
-    """dw[e] (P, Q) = sum over sorted p of skill e of a[row_a(p)]^T b[row_b(p)] (* c[slot]).
-    row = token of slot order[p] when *_BY_TOKEN, else p itself (sorted buffers).
-      dW1: a = x (by token), b = dZ (sorted).     dW2: a = H (sorted), b = dy (by token) * c.
-    With HAS_DB the programs of the first P tile also write db[e] = sum_p b row (bias grad).
-    One program owns one output tile and loops over all rows of its skill: no split-K, no
-    atomics, so results are deterministic and an unused skill writes exact zeros."""
+    """dw[e] (P, Q) = a[rows of e]^T b[rows of e], both operands in sorted order (rows
+    offsets[e] .. offsets[e + 1]):  dW1: a = x, b = dZ.   dW2: a = c * H, b = dy.
+    The loop holds contiguous loads and the MMA only (no index loads, no scaling, no bias sums),
+    so loads run stages ahead of the MMA. One program owns one output tile and loops over all
+    rows of its skill: no split-K, no atomics, so results are deterministic and an unused skill
+    writes exact zeros."""
     e = tl.program_id(0)
     n_q = tl.cdiv(Q, BLOCK_Q)
     pid_p = tl.program_id(1) // n_q
@@ -379,33 +424,11 @@ def _skill_wgrad_kernel(
     qmask = qs < Q
     rr = tl.arange(0, BLOCK_R)
     acc = tl.zeros([BLOCK_P, BLOCK_Q], dtype=tl.float32)
-    dbias = tl.zeros([BLOCK_Q], dtype=tl.float32)
     for r0 in range(lo, hi, BLOCK_R):
-        rows = r0 + rr
+        rows = (r0 + rr).to(tl.int64)
         rmask = rows < hi
-        slot = tl.load(order_ptr + rows, mask=rmask, other=0).to(tl.int64)
-        if A_BY_TOKEN:
-            ra = slot // k
-        else:
-            ra = rows.to(tl.int64)
-        if B_BY_TOKEN:
-            rb = slot // k
-        else:
-            rb = rows.to(tl.int64)
-        a = tl.load(a_ptr + ra[:, None] * stride_a + ps[None, :],
-                    mask=rmask[:, None] & pmask[None, :], other=0.0)
-        b = tl.load(b_ptr + rb[:, None] * stride_b + qs[None, :],
-                    mask=rmask[:, None] & qmask[None, :], other=0.0)
-        if B_SCALED:
-            c = tl.load(scale_ptr + slot, mask=rmask, other=0.0)
-            b = (b.to(tl.float32) * c[:, None]).to(b_ptr.dtype.element_ty)
+        a = tl.load(a_ptr + rows[:, None] * stride_a + ps[None, :], mask=rmask[:, None] & pmask[None, :], other=0.0)
+        b = tl.load(b_ptr + rows[:, None] * stride_b + qs[None, :], mask=rmask[:, None] & qmask[None, :], other=0.0)
         acc = tl.dot(tl.trans(a), b, acc, input_precision=PRECISION)
-        if HAS_DB:
-            if pid_p == 0:
-                dbias += tl.sum(b.to(tl.float32), axis=0)
-    e64 = e.to(tl.int64)
-    w_ptrs = dw_ptr + e64 * stride_we + ps.to(tl.int64)[:, None] * stride_wp + qs[None, :] * stride_wq
+    w_ptrs = dw_ptr + e.to(tl.int64) * stride_we + ps.to(tl.int64)[:, None] * stride_wp + qs[None, :] * stride_wq
     tl.store(w_ptrs, acc.to(dw_ptr.dtype.element_ty), mask=pmask[:, None] & qmask[None, :])
-    if HAS_DB:
-        if pid_p == 0:
-            tl.store(db_ptr + e64 * stride_be + qs, dbias.to(db_ptr.dtype.element_ty), mask=qmask)

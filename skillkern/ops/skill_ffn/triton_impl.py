@@ -63,11 +63,16 @@ _up_fwd = autotune(K._skill_up_fwd_kernel, _configs(_ROW_GEMM, _INTERP_ROW), key
 _down = autotune(K._skill_down_kernel, _configs(_ROW_GEMM, _INTERP_ROW), key=["K", "n_out", "n_bucket", "HAS_SCALE"])
 # reset_to_zero: configs of different BLOCK_N fill different numbers of dc columns, so a
 # column written while benchmarking one config would survive into the chosen config's sum
-_up_bwd = autotune(K._skill_up_bwd_kernel, _configs(_ROW_GEMM_2ACC, _INTERP_ROW), reset_to_zero=["dc_ptr"],
+_up_bwd = autotune(K._skill_up_bwd_kernel, _configs(_ROW_GEMM_2ACC, _INTERP_ROW),
+                   reset_to_zero=["dc_ptr", "db1_ptr", "tile_skill_ptr"],
                    key=["d", "h", "n_bucket", "ACT", "NEED_DC"])
-# the dc partial-sum buffer has one column per BLOCK_N tile of the narrowest config
+# the partial-sum buffers have one column per BLOCK_N tile (dc) / one row per BLOCK_M tile
+# (db1) of the narrowest config
 _DC_MIN_BLOCK_N = min(c.kwargs["BLOCK_N"] for c in _up_bwd.configs)
-_wgrad = autotune(K._skill_wgrad_kernel, _wgrad_configs(), key=["P", "Q", "A_BY_TOKEN", "B_BY_TOKEN"])
+_DB_MIN_BLOCK_M = min(c.kwargs["BLOCK_M"] for c in _up_bwd.configs)
+_wgrad = autotune(K._skill_wgrad_kernel, _wgrad_configs(), key=["P", "Q", "n_bucket"])
+# the row gather of the backward: memory-bound, 64 rows x 128 columns of 16-bit values per program
+_GATHER_M, _GATHER_C = (16, 32) if interpreting() else (64, 128)
 
 
 
@@ -92,6 +97,28 @@ def route(ids: torch.Tensor, num_skills: int) -> tuple[torch.Tensor, torch.Tenso
     K._route_scatter_kernel[(n_blocks,)](ids, counts, order, offsets, N, E, n_blocks,
                                          BLOCK=_ROUTE_BLOCK, E_PAD=e_pad, NB_CHUNK=64)
     return order, offsets
+
+
+def _gather_sorted(src, scale, order, offsets, E: int, k: int, sums: bool):
+    """(src rows in sorted order (N, C), and with `sums` the per-tile fp32 column sums of
+    scale * rows with each tile's skill + 1; else None, None)."""
+    N, C = order.numel(), src.shape[1]
+    n_tiles = triton.cdiv(N, _GATHER_M) + E
+    dst = torch.empty((N, C), dtype=src.dtype, device=src.device)
+    part = torch.zeros((n_tiles, C) if sums else (1, 1), dtype=torch.float32, device=src.device)
+    tile_skill = torch.zeros(n_tiles if sums else 1, dtype=torch.int32, device=src.device)
+    K._gather_rows_kernel[(n_tiles, triton.cdiv(C, _GATHER_C))](
+        src, scale, dst, part, tile_skill, order, offsets, N, E, C, k, src.stride(0), dst.stride(0),
+        part.stride(0), SUMS=sums, BLOCK_M=_GATHER_M, BLOCK_C=_GATHER_C)
+    return dst, (part if sums else None), (tile_skill if sums else None)
+
+
+def _sum_by_skill(part: torch.Tensor, tile_skill: torch.Tensor, E: int, dtype) -> torch.Tensor:
+    """(E, C) sums of the rows of part (n_tiles, C) whose tile_skill is e + 1, in float64 (a
+    matmul with a one-hot matrix: a fixed order on every run, never TF32, exact zeros for a skill
+    without tiles)."""
+    onehot = torch.nn.functional.one_hot(tile_skill.long(), E + 1)[:, 1:].to(torch.float64)
+    return (onehot.T @ part.double()).to(dtype)
 
 
 def _combine(buf: torch.Tensor, T: int, k: int) -> torch.Tensor:
@@ -149,33 +176,40 @@ def skill_ffn_bwd(dy, x, scale, w1, w2, b1, b2, order, offsets, activation, need
     # zero-filled: columns past the chosen BLOCK_N's tile count stay 0 in the sum below
     dc_part = torch.zeros((N, triton.cdiv(h, _DC_MIN_BLOCK_N)) if need_dscale else (1, 1),
                           dtype=torch.float32, device=x.device)
+    # x and dy in sorted order: every GEMM below reads contiguous row tiles (2 N d elements of
+    # extra memory, ~4 N d bytes of traffic per 16-bit element for the gathers); the dy gather
+    # also sums c * dy per row tile for db2
+    x_s = _gather_sorted(x, scale, order, offsets, E, k, False)[0]
+    dy_s, db2_part, db2_skill = _gather_sorted(dy, scale, order, offsets, E, k, b2 is not None)
+    db2 = _sum_by_skill(db2_part, db2_skill, E, b2.dtype) if b2 is not None else None
+    # per row tile of up_bwd: column sums of dZ (db1) and the tile's skill + 1
+    n_tiles = triton.cdiv(N, _DB_MIN_BLOCK_M) + E
+    db1_part = torch.zeros((n_tiles, h1) if b1 is not None else (1, 1), dtype=torch.float32, device=x.device)
+    tile_skill = torch.zeros(n_tiles, dtype=torch.int32, device=x.device)
     _up_bwd[_row_grid(N, E, h)](
-        x, dy, w1, b1 if b1 is not None else w1, w2, b2 if b2 is not None else w2, scale,
-        hid, dz, dc_part, order, offsets,
+        x_s, dy_s, w1, b1 if b1 is not None else w1, w2, b2 if b2 is not None else w2, scale,
+        hid, dz, dc_part, db1_part, tile_skill, order, offsets,
         N, E, d, h, k,
-        x.stride(0), dy.stride(0), w1.stride(0), w1.stride(1), w1.stride(2),
+        x_s.stride(0), dy_s.stride(0), w1.stride(0), w1.stride(1), w1.stride(2),
         b1.stride(0) if b1 is not None else 0,
         w2.stride(0), w2.stride(1), w2.stride(2), b2.stride(0) if b2 is not None else 0,
-        hid.stride(0), dz.stride(0), dc_part.stride(0),
+        hid.stride(0), dz.stride(0), dc_part.stride(0), db1_part.stride(0),
         n_bucket, ACT=ACT_CODE[activation], HAS_B1=b1 is not None, HAS_B2=b2 is not None,
         NEED_DC=need_dscale, PRECISION=prec)
+    db1 = _sum_by_skill(db1_part, tile_skill, E, b1.dtype) if b1 is not None else None
 
     dw1 = torch.empty_like(w1)
     dw2 = torch.empty_like(w2)
-    db1 = torch.empty_like(b1) if b1 is not None else None
-    db2 = torch.empty_like(b2) if b2 is not None else None
 
-    def wgrad(a, b, dw, db, P, Q, a_by_token, b_by_token, b_scaled):
+    def wgrad(a, b, dw, P, Q):
         grid = lambda meta: (E, triton.cdiv(P, meta["BLOCK_P"]) * triton.cdiv(Q, meta["BLOCK_Q"]))
-        _wgrad[grid](a, b, scale, dw, db if db is not None else dw, order, offsets,
-                     E, P, Q, k, a.stride(0), b.stride(0), dw.stride(0), dw.stride(1), dw.stride(2),
-                     db.stride(0) if db is not None else 0,
-                     A_BY_TOKEN=a_by_token, B_BY_TOKEN=b_by_token, B_SCALED=b_scaled,
-                     HAS_DB=db is not None, PRECISION=prec)
+        _wgrad[grid](a, b, dw, offsets, E, P, Q, a.stride(0), b.stride(0), dw.stride(0), dw.stride(1),
+                     dw.stride(2), n_bucket, PRECISION=prec)
 
-    wgrad(x, dz, dw1, db1, d, h1, True, False, False)  # dW1 = X^T dZ, db1 = sum dZ
-    wgrad(hid, dy, dw2, db2, h, d, False, True, True)  # dW2 = H^T (c dy), db2 = sum c dy
-    del hid
+    wgrad(x_s, dz, dw1, d, h1)  # dW1 = X^T dZ
+    del x_s
+    wgrad(hid, dy_s, dw2, h, d)  # dW2 = (c H)^T dy
+    del hid, dy_s
 
     dx_slots = torch.zeros((N, d), dtype=x.dtype, device=x.device)
     _down[_row_grid(N, E, d)](  # dX = dZ W1^T: w1 read transposed through its strides
