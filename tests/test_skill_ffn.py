@@ -75,17 +75,17 @@ def reference64(p, ids, activation, dtype=torch.float64):
     return y, leaves
 
 
-def run(p, ids, dtype, activation, backend):
+def run(p, ids, dtype, activation, backend, recompute=True):
     leaves = {n: t.to(dtype).clone().requires_grad_() for n, t in p.items() if t is not None}
     if "skill_weights" in leaves:  # weights stay fp32: they are per-slot coefficients
         leaves["skill_weights"] = p["skill_weights"].float().clone().requires_grad_()
     y = skillkern.skill_ffn(leaves["x"], ids, leaves["w1"], leaves["w2"], leaves.get("b1"),
                             leaves.get("b2"), skill_weights=leaves.get("skill_weights"),
-                            activation=activation, backend=backend)
+                            activation=activation, recompute=recompute, backend=backend)
     return y, leaves
 
 
-def check_against_reference(p, ids, dtype, activation):
+def check_against_reference(p, ids, dtype, activation, recompute=True):
     y64, l64 = reference64(p, ids, activation, dtype)
     g = torch.randn_like(y64).to(dtype).double()
     names = list(l64)
@@ -93,7 +93,7 @@ def check_against_reference(p, ids, dtype, activation):
     y_t, l_t = run(p, ids, dtype, activation, "torch")
     grads_t = torch.autograd.grad(y_t, [l_t[n] for n in names], g.to(dtype))
     for backend in BACKENDS:
-        y_b, l_b = run(p, ids, dtype, activation, backend)
+        y_b, l_b = run(p, ids, dtype, activation, backend, recompute)
         assert y_b.dtype == dtype and y_b.shape == p["x"].shape
         grads_b = torch.autograd.grad(y_b, [l_b[n] for n in names], g.to(dtype))
         for what, got, torch_val, ref in [("y", y_b, y_t, y64)] + list(zip(names, grads_b, grads_t, grads64)):
@@ -132,6 +132,30 @@ def test_matches_reference(shape, weighted, dtype):
 def test_every_activation(activation, dtype):
     p, ids = make_problem((37,), 40, 48, 4, 2, "uniform", 0.2, True, activation)
     check_against_reference(p, ids, dtype, activation)
+
+
+STORED_SHAPES = [s for s in SHAPES if s[0] in ("T < block, odd d and h", "empty skills", "all tokens on one skill",
+                                                 "k=2 with -1 holes")]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "relu", "silu", "swiglu"])
+@pytest.mark.parametrize("shape", STORED_SHAPES, ids=[s[0] for s in STORED_SHAPES])
+def test_recompute_false_matches_reference(shape, activation, dtype):
+    """recompute=False: the backward reads the forward's pre-activation instead of redoing GEMM1."""
+    _, lead, d, h, E, k, routing, holes = shape
+    p, ids = make_problem(lead, d, h, E, k, routing, holes, True, activation)
+    check_against_reference(p, ids, dtype, activation, recompute=False)
+
+
+def test_recompute_switch_on_the_module_and_bad_value():
+    layer = skillkern.nn.SkillFFN(16, 24, 3, activation="gelu", recompute=False)
+    assert layer.recompute is False and "recompute=False" in repr(layer)
+    p, ids = make_problem((9,), 16, 24, 3, 1)
+    with pytest.raises(TypeError, match="skill_ffn: `recompute` must be a bool"):
+        skillkern.skill_ffn(p["x"], ids, p["w1"], p["w2"], recompute="no")
+    with pytest.raises(TypeError, match="SkillFFN: `recompute` must be a bool"):
+        skillkern.nn.SkillFFN(16, 24, 3, recompute=1)
 
 
 def test_no_bias_fp16():
@@ -289,6 +313,7 @@ def _op_args(k, weighted, activation="gelu", bias=True):
 def test_opcheck(k, weighted, activation, bias):
     args = _op_args(k, weighted, activation, bias)
     torch.library.opcheck(torch.ops.skillkern.skill_ffn_fwd.default, args)
+    torch.library.opcheck(torch.ops.skillkern.skill_ffn_fwd_stored.default, args)
     ids = args[1]
     torch.library.opcheck(torch.ops.skillkern.skill_route_triton.default, (ids, 3))
     torch.library.opcheck(torch.ops.skillkern.skill_ids_checked.default, (ids, 3))
@@ -296,11 +321,12 @@ def test_opcheck(k, weighted, activation, bias):
         torch.library.opcheck(torch.ops.skillkern.skill_ffn_fwd_cuda.default, args)
 
 
-@pytest.mark.parametrize("backend", ["torch"] + BACKENDS)
-def test_torch_compile_fullgraph_forward_backward(backend):
+@pytest.mark.parametrize("backend,recompute", [("torch", True)] + [(b, r) for b in BACKENDS for r in (True, False)
+                                                                   if r or b == "triton"])
+def test_torch_compile_fullgraph_forward_backward(backend, recompute):
     """Two token counts (the second recompiles with a dynamic shape) with the id check on: the
     check is an opaque op in the graph, so the compiled step still rejects a bad id."""
-    layer = skillkern.nn.SkillFFN(16, 40, 3, activation="silu").to(DEVICE)
+    layer = skillkern.nn.SkillFFN(16, 40, 3, activation="silu", recompute=recompute).to(DEVICE)
     layer.backend = backend
 
     def step(x, ids, sw):

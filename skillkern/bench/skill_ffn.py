@@ -90,6 +90,7 @@ class Case:
     dy: torch.Tensor
     n_active: int
     activation: str
+    recompute: bool = True  # skillkern's providers: skill_ffn(recompute=...)
 
     def leaves(self) -> tuple:
         return tuple(t for t in (self.x, self.w1, self.w2, self.b1, self.b2) if t is not None)
@@ -118,7 +119,7 @@ def make_case(shape: Shape, dtype, device, args) -> Case:
     return Case(shape, randn(T, d).requires_grad_(), ids.long(), randn(E, d, h1, scale=d ** -0.5).requires_grad_(),
                 randn(E, h, d, scale=h ** -0.5).requires_grad_(), randn(E, h1, scale=0.1).requires_grad_() if bias else None,
                 randn(E, d, scale=0.1).requires_grad_() if bias else None, randn(T, d), int((ids >= 0).sum()),
-                args.activation)
+                args.activation, not args.no_recompute)
 
 
 def ffn_rows(x, w1, w2, b1, b2, activation):
@@ -183,7 +184,7 @@ def _skillkern(backend: str):
         why = backend_reason("skill_ffn", backend, c.x.device)
         if why:
             raise Unavailable(why)
-        return _fn(lambda *a, **kw: sk.skill_ffn(*a, **kw, backend=backend))(c, args)
+        return _fn(lambda *a, **kw: sk.skill_ffn(*a, **kw, recompute=c.recompute, backend=backend))(c, args)
     return build
 
 
@@ -278,6 +279,8 @@ def work(c: Case, mode: str) -> dict:
 def _add_args(ap) -> None:
     ap.add_argument("--activation", default="gelu", choices=["gelu", "gelu_tanh", "relu", "silu", "swiglu"])
     ap.add_argument("--no-bias", action="store_true", help="b1 = b2 = None (default: bias on)")
+    ap.add_argument("--no-recompute", action="store_true",
+                    help="skillkern providers keep the pre-activation for the backward (recompute=False)")
 
 
 SPEC = OpSpec(
@@ -295,5 +298,6 @@ SPEC = OpSpec(
     peers={"liger-moe": "liger_kernel"}, make_case=make_case, reference=reference, work=work,
     out_spec=lambda c: [(tuple(c.x.shape), c.x.dtype)], add_args=_add_args,
     case_fields=lambda c, args, device, modes: {"activation": c.activation, "bias": c.b1 is not None,
+                                                "recompute": c.recompute,
                                                 "n_active": c.n_active},
 )

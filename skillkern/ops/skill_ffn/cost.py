@@ -78,9 +78,15 @@ def _up_bwd(a, grid, ctx) -> Work:
     h, d = a["h"], a["d"]
     N = sum(ctx["counts"])
     elt = x.element_size()
+    if not a["RECOMPUTE"]:  # G = dy @ w2^T only; the pre-activation is read in the epilogue
+        pre = N * h * (2 if swiglu else 1) * elt
+        return _gemm_rows(a, ctx, K=d, n_cols=h, widths=1, a_elt=elt, w_elt=w1.element_size(),
+                          out_cols=h * (3 if swiglu else 2), out_elt=elt, a_rows_unique=N,
+                          extra_hbm=N * 4 + pre + (N * math.ceil(h / 64) * 4 if a["NEED_DC"] else 0),
+                          extra_l2_per_row=h * (2 if swiglu else 1) * elt / math.ceil(h / a["BLOCK_N"]))
     return _gemm_rows(a, ctx, K=d, n_cols=h, widths=(2 if swiglu else 1) + 1, a_elt=2 * elt, w_elt=w1.element_size(),
-                   out_cols=h * (3 if swiglu else 2), out_elt=elt, a_rows_unique=ctx["tokens"],
-                   extra_hbm=N * 4 + (N * math.ceil(h / 64) * 4 if a["NEED_DC"] else 0))
+                      out_cols=h * (3 if swiglu else 2), out_elt=elt, a_rows_unique=N,
+                      extra_hbm=N * 4 + (N * math.ceil(h / 64) * 4 if a["NEED_DC"] else 0))
 
 
 def _wgrad(a, grid, ctx) -> Work:
@@ -108,6 +114,13 @@ def _gather(a, grid, ctx) -> Work:
     return Work(0.0, moved, moved)
 
 
+def _zero_tail(a, grid, ctx) -> Work:
+    """Zeros the rows of inactive slots (the rest of the programs exit after one load)."""
+    inactive = ctx["tokens"] * ctx["k"] - sum(ctx["counts"])
+    moved = inactive * a["C"] * a["ptr"].element_size() + grid[0] * 4
+    return Work(0.0, moved, moved)
+
+
 KERNELS = {
     "_route_hist_kernel": _route_hist,
     "_route_scatter_kernel": _route_scatter,
@@ -116,6 +129,7 @@ KERNELS = {
     "_skill_up_bwd_kernel": _up_bwd,
     "_skill_wgrad_kernel": _wgrad,
     "_gather_rows_kernel": _gather,
+    "_zero_inactive_rows_kernel": _zero_tail,
 }
 
 
@@ -135,14 +149,16 @@ def launches(case) -> tuple[dict, list]:
     b2 = case.b2.detach() if case.b2 is not None else None
     state = {}
 
+    recompute = getattr(case, "recompute", True)
+
     def fwd():
-        TI.skill_ffn_fwd(x, ids32, scale, w1, w2, b1, b2, case.activation)
+        state["pre"] = TI.skill_ffn_fwd(x, ids32, scale, w1, w2, b1, b2, case.activation, save_pre=not recompute)[3]
         # the routing kernels are recorded, not run: the backward's host code indexes with the
         # real order, so it gets the reference's
         state["order"], state["offsets"] = (t.to(torch.int32) for t in reference.route_ref(ids32.reshape(-1), E))
 
     def bwd():
         TI.skill_ffn_bwd(torch.empty_like(x), x, scale, w1, w2, b1, b2, state["order"], state["offsets"],
-                         case.activation, True)
+                         case.activation, True, state["pre"])
 
     return ctx, [("fwd", fwd), ("bwd", bwd)]

@@ -181,16 +181,18 @@ def _act_grad(z, ACT: tl.constexpr):
 
 @triton.jit
 def _skill_up_fwd_kernel(
-    x_ptr, w1_ptr, b1_ptr, hid_ptr, order_ptr, offsets_ptr,
+    x_ptr, w1_ptr, b1_ptr, hid_ptr, pre_ptr, order_ptr, offsets_ptr,
     N, E, d, h, k,
-    stride_xt, stride_we, stride_wd, stride_wh, stride_be, stride_hp,
+    stride_xt, stride_we, stride_wd, stride_wh, stride_be, stride_hp, stride_pp,
     n_bucket,  # next_power_of_2(N): autotune key only, so each token-count range tunes once
-    ACT: tl.constexpr, HAS_B1: tl.constexpr, PRECISION: tl.constexpr,
+    ACT: tl.constexpr, HAS_B1: tl.constexpr, STORE_PRE: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """hid[p, :] = act(x[token(p)] @ w1[e] + b1[e]) for sorted position p of skill e.
     For SWIGLU w1 is (E, d, 2h), gate columns [0, h), up columns [h, 2h): both tiles are
-    accumulated side by side so the hidden tile is finished in registers."""
+    accumulated side by side so the hidden tile is finished in registers. With STORE_PRE the
+    pre-activation (both halves for SWIGLU) is also stored, in sorted order, for a backward that
+    does not recompute GEMM1."""
     skill, pid_m, pid_n, rows, rmask, slot, cols, cmask = _row_tile(
         offsets_ptr, order_ptr, N, E, h, BLOCK_M, BLOCK_N, GROUP_M)
     if skill < 0:
@@ -216,6 +218,11 @@ def _skill_up_fwd_kernel(
         acc += tl.load(b_ptrs, mask=cmask, other=0.0).to(tl.float32)[None, :]
         if ACT == SWIGLU:
             acc_up += tl.load(b_ptrs + h, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    if STORE_PRE:
+        p_ptrs = pre_ptr + rows.to(tl.int64)[:, None] * stride_pp + cols[None, :]
+        tl.store(p_ptrs, acc.to(pre_ptr.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
+        if ACT == SWIGLU:
+            tl.store(p_ptrs + h, acc_up.to(pre_ptr.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
     if ACT == SWIGLU:
         out = acc * _sigmoid(acc) * acc_up
     else:
@@ -270,19 +277,19 @@ def _skill_down_kernel(
 
 @triton.jit
 def _skill_up_bwd_kernel(
-    x_ptr, dy_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, scale_ptr,
+    x_ptr, dy_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, scale_ptr, pre_ptr,
     hid_ptr, dz_ptr, dc_ptr, db1_ptr, tile_skill_ptr, order_ptr, offsets_ptr,
     N, E, d, h, k,
     stride_xp, stride_dyp, stride_w1e, stride_w1d, stride_w1h, stride_b1e,
-    stride_w2e, stride_w2h, stride_w2d, stride_b2e, stride_hp, stride_zp, stride_cp, stride_db1,
+    stride_w2e, stride_w2h, stride_w2d, stride_b2e, stride_pp, stride_hp, stride_zp, stride_cp, stride_db1,
     n_bucket,  # autotune key only
     ACT: tl.constexpr, HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, NEED_DC: tl.constexpr,
-    PRECISION: tl.constexpr,
+    RECOMPUTE: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """For sorted position p of skill e and a tile of hidden columns j (x and dy already
     gathered into sorted order by _gather_rows_kernel, so every row tile is contiguous):
-        Z = x[p] @ w1[e][:, j] + b1[e][j]        (recomputed: the forward keeps no hidden)
+        Z = x[p] @ w1[e][:, j] + b1[e][j]        (RECOMPUTE; else read from the forward's pre)
         G = dy[p] @ w2[e][j, :]^T                (upstream grad of the hidden, before c)
         H = act(Z);  dZ = c * G * act'(Z)        (SWIGLU: dgate, dup for both halves)
     Stores c * H (dW2's operand: dW2 = (cH)^T dy, so its GEMM needs no scaling) and dZ (for
@@ -312,12 +319,13 @@ def _skill_up_bwd_kernel(
         amask = rmask[:, None] & kmask[None, :]
         wmask = kmask[:, None] & cmask[None, :]
         koff = (k0 + kk).to(tl.int64)[:, None]
-        a = tl.load(x_base + (k0 + kk)[None, :], mask=amask, other=0.0)
-        w1 = tl.load(w1_base + koff * stride_w1d, mask=wmask, other=0.0)
-        z = tl.dot(a, w1, z, input_precision=PRECISION)
-        if ACT == SWIGLU:
-            w1u = tl.load(w1_base + koff * stride_w1d + h * stride_w1h, mask=wmask, other=0.0)
-            z_up = tl.dot(a, w1u, z_up, input_precision=PRECISION)
+        if RECOMPUTE:
+            a = tl.load(x_base + (k0 + kk)[None, :], mask=amask, other=0.0)
+            w1 = tl.load(w1_base + koff * stride_w1d, mask=wmask, other=0.0)
+            z = tl.dot(a, w1, z, input_precision=PRECISION)
+            if ACT == SWIGLU:
+                w1u = tl.load(w1_base + koff * stride_w1d + h * stride_w1h, mask=wmask, other=0.0)
+                z_up = tl.dot(a, w1u, z_up, input_precision=PRECISION)
         dy = tl.load(dy_base + (k0 + kk)[None, :], mask=amask, other=0.0)
         w2t = tl.load(w2_base + koff * stride_w2d, mask=wmask, other=0.0)
         g = tl.dot(dy, w2t, g, input_precision=PRECISION)
@@ -325,13 +333,19 @@ def _skill_up_bwd_kernel(
             if pid_n == 0:
                 b2 = tl.load(b2_ptr + e64 * stride_b2e + k0 + kk, mask=kmask, other=0.0)
                 dyb2 += tl.sum(dy.to(tl.float32) * b2.to(tl.float32)[None, :], axis=1)
-    if HAS_B1:
-        b_ptrs = b1_ptr + e64 * stride_b1e + cols
-        z += tl.load(b_ptrs, mask=cmask, other=0.0).to(tl.float32)[None, :]
-        if ACT == SWIGLU:
-            z_up += tl.load(b_ptrs + h, mask=cmask, other=0.0).to(tl.float32)[None, :]
-    c = tl.load(scale_ptr + slot, mask=rmask, other=0.0)[:, None]
     omask = rmask[:, None] & cmask[None, :]
+    if RECOMPUTE:
+        if HAS_B1:
+            b_ptrs = b1_ptr + e64 * stride_b1e + cols
+            z += tl.load(b_ptrs, mask=cmask, other=0.0).to(tl.float32)[None, :]
+            if ACT == SWIGLU:
+                z_up += tl.load(b_ptrs + h, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    else:  # the forward's pre-activation, bias included, as it was rounded there
+        p_ptrs = pre_ptr + rows64[:, None] * stride_pp + cols[None, :]
+        z = tl.load(p_ptrs, mask=omask, other=0.0).to(tl.float32)
+        if ACT == SWIGLU:
+            z_up = tl.load(p_ptrs + h, mask=omask, other=0.0).to(tl.float32)
+    c = tl.load(scale_ptr + slot, mask=rmask, other=0.0)[:, None]
     dz_ptrs = dz_ptr + rows.to(tl.int64)[:, None] * stride_zp + cols[None, :]
     db1_ptrs = db1_ptr + pid_m.to(tl.int64) * stride_db1 + cols
     if ACT == SWIGLU:
@@ -365,6 +379,23 @@ def _skill_up_bwd_kernel(
 
 
 # ----------------------------------------------------------------------------- weight grads
+
+
+@triton.jit
+def _zero_inactive_rows_kernel(ptr, offsets_ptr, N, E, C, stride, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    """ptr[p, :] = 0 for the sorted positions of inactive slots (p >= offsets[E]): a per-slot
+    output that only active rows fill gets defined values everywhere. Blocks of active rows
+    exit at once, so the cost follows the number of inactive slots."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    first = tl.load(offsets_ptr + E)
+    if tl.program_id(0) * BLOCK_M + BLOCK_M <= first:
+        return
+    rmask = (rows >= first) & (rows < N)
+    zeros = tl.zeros([BLOCK_M, BLOCK_C], dtype=ptr.dtype.element_ty)
+    for c0 in range(0, C, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        tl.store(ptr + rows.to(tl.int64)[:, None] * stride + cols[None, :], zeros,
+                 mask=rmask[:, None] & (cols < C)[None, :])
 
 
 @triton.jit

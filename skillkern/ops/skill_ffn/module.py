@@ -17,14 +17,18 @@ class SkillFFN(nn.Module):
 
     Parameters: w1 (E, d_model, d_ff) ((E, d_model, 2*d_ff) for "swiglu", gate first),
     b1 (E, d_ff | 2*d_ff), w2 (E, d_ff, d_model), b2 (E, d_model). Initialised per skill like
-    nn.Linear. `backend` ("auto", "torch", "triton", "cuda") may be set after construction.
+    nn.Linear. `backend` ("auto", "torch", "triton", "cuda") may be set after construction;
+    `recompute` as in skillkern.skill_ffn (False keeps the pre-activation for the backward).
     """
 
     def __init__(self, d_model: int, d_ff: int, num_skills: int, activation: str = "gelu",
-                 bias: bool = True, device=None, dtype=None):
+                 bias: bool = True, device=None, dtype=None, recompute: bool = True):
         super().__init__()
         expect(activation in ACTIVATIONS, "SkillFFN", "activation",
                f"must be one of {ACTIVATIONS}, got {activation!r}")
+        expect(isinstance(recompute, bool), "SkillFFN", "recompute", f"must be a bool, got {type(recompute).__name__}",
+               TypeError)
+        self.recompute = recompute
         for name, n in (("d_model", d_model), ("d_ff", d_ff), ("num_skills", num_skills)):
             expect(isinstance(n, numbers.Integral) and not isinstance(n, bool), "SkillFFN", name,
                    f"must be an int, got {type(n).__name__}", TypeError)
@@ -49,7 +53,8 @@ class SkillFFN(nn.Module):
 
     def forward(self, x, skill_ids, skill_weights=None):
         return skill_ffn(x, skill_ids, self.w1, self.w2, self.b1, self.b2,
-                         skill_weights=skill_weights, activation=self.activation, backend=self.backend)
+                         skill_weights=skill_weights, activation=self.activation, recompute=self.recompute,
+                         backend=self.backend)
 
     @classmethod
     def from_dense(cls, fc1: nn.Linear, fc2: nn.Linear, num_skills: int, activation: str = "gelu"):
@@ -76,4 +81,4 @@ class SkillFFN(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_ff={self.d_ff}, num_skills={self.num_skills}, "
-                f"activation={self.activation!r}, bias={self.b1 is not None}")
+                f"activation={self.activation!r}, bias={self.b1 is not None}, recompute={self.recompute}")

@@ -3,8 +3,10 @@
 Ops in the skillkern:: namespace (torch.library.custom_op + register_fake + register_autograd,
 so torch.compile(fullgraph=True) sees one opaque node per phase and opcheck passes):
   skillkern::skill_ffn_fwd(x, skill_ids, scale, w1, w2, b1?, b2?, activation) -> (y, order, offsets)
-  skillkern::skill_ffn_bwd(dy, x, scale, w1, w2, b1?, b2?, order, offsets, activation, need_dscale)
-      -> [dx, dw1, dw2, db1, db2, dscale]                                  (the Triton backend)
+  skillkern::skill_ffn_bwd(dy, x, scale, w1, w2, b1?, b2?, order, offsets, activation, need_dscale,
+      pre?) -> [dx, dw1, dw2, db1, db2, dscale]                            (the Triton backend)
+  skillkern::skill_ffn_fwd_stored(...same...) -> (y, order, offsets, pre): recompute=False, the
+      pre-activation kept for the backward (Triton)
   skillkern::skill_ffn_fwd_torch / skill_ffn_bwd_torch: the same contract, computed by the
       pure-PyTorch reference (the torch backend: its per-skill loop has data-dependent shapes,
       so torch.compile(fullgraph=True) and meta tensors need it behind an opaque op)
@@ -143,7 +145,12 @@ def _fwd_fake(x, skill_ids, scale, w1, w2, b1, b2, activation):
             x.new_empty(w1.shape[0] + 1, dtype=torch.int32))
 
 
-def _bwd_fake(dy, x, scale, w1, w2, b1, b2, order, offsets, activation, need_dscale):
+def _fwd_stored_fake(x, skill_ids, scale, w1, w2, b1, b2, activation):
+    T, k = skill_ids.shape
+    return (*_fwd_fake(x, skill_ids, scale, w1, w2, b1, b2, activation), x.new_empty(T * k, w1.shape[2]))
+
+
+def _bwd_fake(dy, x, scale, w1, w2, b1, b2, order, offsets, activation, need_dscale, pre=None):
     return [x.new_empty(x.shape), w1.new_empty(w1.shape), w2.new_empty(w2.shape),
             b1.new_empty(b1.shape) if b1 is not None else x.new_empty(0),
             b2.new_empty(b2.shape) if b2 is not None else x.new_empty(0),
@@ -165,18 +172,27 @@ def _skill_ffn_fwd_op(x: Tensor, skill_ids: Tensor, scale: Tensor, w1: Tensor, w
                       ) -> tuple[Tensor, Tensor, Tensor]:
     from skillkern.ops.skill_ffn import triton_impl
     x, skill_ids, scale, b1, b2 = _contiguous(x, skill_ids, scale, b1, b2)
-    return triton_impl.skill_ffn_fwd(x, skill_ids, scale, w1, w2, b1, b2, activation)
+    return triton_impl.skill_ffn_fwd(x, skill_ids, scale, w1, w2, b1, b2, activation)[:3]
+
+
+@torch.library.custom_op("skillkern::skill_ffn_fwd_stored", mutates_args=())
+def _skill_ffn_fwd_stored_op(x: Tensor, skill_ids: Tensor, scale: Tensor, w1: Tensor, w2: Tensor,
+                             b1: Optional[Tensor], b2: Optional[Tensor], activation: str
+                             ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from skillkern.ops.skill_ffn import triton_impl
+    x, skill_ids, scale, b1, b2 = _contiguous(x, skill_ids, scale, b1, b2)
+    return triton_impl.skill_ffn_fwd(x, skill_ids, scale, w1, w2, b1, b2, activation, save_pre=True)
 
 
 @torch.library.custom_op("skillkern::skill_ffn_bwd", mutates_args=())
 def _skill_ffn_bwd_op(dy: Tensor, x: Tensor, scale: Tensor, w1: Tensor, w2: Tensor,
                       b1: Optional[Tensor], b2: Optional[Tensor], order: Tensor, offsets: Tensor,
-                      activation: str, need_dscale: bool) -> list[Tensor]:
+                      activation: str, need_dscale: bool, pre: Optional[Tensor] = None) -> list[Tensor]:
     """Returns [dx, dw1, dw2, db1, db2, dscale]; absent ones are empty (0-element) tensors."""
     from skillkern.ops.skill_ffn import triton_impl
     dy, x, scale, b1, b2 = _contiguous(dy, x, scale, b1, b2)
     return _present(triton_impl.skill_ffn_bwd(dy, x, scale, w1, w2, b1, b2, order, offsets,
-                                              activation, need_dscale), x)
+                                              activation, need_dscale, pre), x)
 
 
 @torch.library.custom_op("skillkern::skill_ffn_fwd_torch", mutates_args=())
@@ -197,27 +213,28 @@ def _skill_ffn_bwd_torch_op(dy: Tensor, x: Tensor, scale: Tensor, w1: Tensor, w2
 
 for _op in (_skill_ffn_fwd_op, _skill_ffn_fwd_torch_op):
     _op.register_fake(_fwd_fake)
+_skill_ffn_fwd_stored_op.register_fake(_fwd_stored_fake)
 for _op in (_skill_ffn_bwd_op, _skill_ffn_bwd_torch_op):
     _op.register_fake(_bwd_fake)
 
 
 def _fwd_setup_context(ctx, inputs, output):
+    """Saves what the backward reads; the stored variant's fourth output (pre) is saved too."""
     x, _, scale, w1, w2, b1, b2, activation = inputs
-    _, order, offsets = output
-    ctx.save_for_backward(x, scale, w1, w2, b1, b2, order, offsets)
+    ctx.save_for_backward(x, scale, w1, w2, b1, b2, *output[1:])
     ctx.activation = activation
 
 
 def _make_backward(bwd_op_name: str):
     """The autograd backward of a forward op, calling torch.ops.skillkern.<bwd_op_name> (the
     Triton skill_ffn_bwd, the reference skill_ffn_bwd_torch or the native skill_ffn_bwd_cuda:
-    same arguments and outputs)."""
+    same arguments and outputs; the Triton one also takes the stored variant's pre)."""
 
-    def backward(ctx, dy, _d_order, _d_offsets):
-        x, scale, w1, w2, b1, b2, order, offsets = ctx.saved_tensors
+    def backward(ctx, dy, *_d_indices_and_pre):
+        x, scale, w1, w2, b1, b2, order, offsets, *pre = ctx.saved_tensors
         need_dscale = ctx.needs_input_grad[2]
         dx, dw1, dw2, db1, db2, dscale = getattr(torch.ops.skillkern, bwd_op_name)(
-            dy, x, scale, w1, w2, b1, b2, order, offsets, ctx.activation, need_dscale)
+            dy, x, scale, w1, w2, b1, b2, order, offsets, ctx.activation, need_dscale, *pre)
         return (dx, None, dscale if need_dscale else None, dw1, dw2,
                 db1 if b1 is not None else None, db2 if b2 is not None else None, None)
 
@@ -225,6 +242,8 @@ def _make_backward(bwd_op_name: str):
 
 
 register_autograd_pair("skill_ffn", _make_backward, _fwd_setup_context)
+torch.library.register_autograd("skillkern::skill_ffn_fwd_stored", _make_backward("skill_ffn_bwd"),
+                                setup_context=_fwd_setup_context)
 torch.library.register_autograd("skillkern::skill_ffn_fwd_torch", _make_backward("skill_ffn_bwd_torch"),
                                 setup_context=_fwd_setup_context)
 
@@ -267,7 +286,7 @@ def skill_route(skill_ids: Tensor, num_skills: int, *, backend: str = "auto") ->
 
 def skill_ffn(x: Tensor, skill_ids: Tensor, w1: Tensor, w2: Tensor, b1: Optional[Tensor] = None,
               b2: Optional[Tensor] = None, *, skill_weights: Optional[Tensor] = None,
-              activation: str = "gelu", backend: str = "auto") -> Tensor:
+              activation: str = "gelu", recompute: bool = True, backend: str = "auto") -> Tensor:
     """Skill-routed FFN (SkillNet): each token runs only its skills' FFNs; outputs are combined.
 
         y[t] = sum_j c[t,j] * ( act(x[t] @ w1[s] + b1[s]) @ w2[s] + b2[s] ),  s = skill_ids[t,j]
@@ -283,6 +302,11 @@ def skill_ffn(x: Tensor, skill_ids: Tensor, w1: Tensor, w2: Tensor, b1: Optional
     ((E, d, 2h) for "swiglu", gate half first); b1: (E, h|2h); w2: (E, h, d); b2: (E, d); all
     of x's dtype and device.
     activation: "gelu" (erf), "gelu_tanh", "relu", "silu", "swiglu" (silu(gate) * up).
+    recompute: True (default) keeps no hidden activation: the backward recomputes GEMM1 (7
+    GEMM-equivalents per step, 4 bytes kept per token slot). False keeps the pre-activation,
+    T*k*h bytes per element size (268 MB per layer at T=32768, h=4096 in bf16; twice that for
+    swiglu), and runs 6. Honoured by the triton backend; torch and cuda always recompute (the
+    results agree up to the rounding of the kept pre-activation).
     backend: "auto" | "torch" | "triton" | "cuda" (see skillkern._backend); every backend is
     one registered op pair, so torch.compile(fullgraph=True) and meta tensors work on each.
     Returns (..., d) in x.dtype (fp32 accumulation); differentiable w.r.t. x, w1, w2, b1, b2
@@ -296,6 +320,8 @@ def skill_ffn(x: Tensor, skill_ids: Tensor, w1: Tensor, w2: Tensor, b1: Optional
         dt = torch.get_autocast_dtype(x.device.type)
         x, w1, w2, b1, b2 = (t.to(dt) if isinstance(t, Tensor) and t.is_floating_point() else t
                              for t in (x, w1, w2, b1, b2))
+    expect(isinstance(recompute, bool), "skill_ffn", "recompute", f"must be a bool, got {type(recompute).__name__}",
+           TypeError)
     T, k, E, d, h = _validate(x, skill_ids, w1, w2, b1, b2, skill_weights, activation)
     which = _backend.resolve("skill_ffn", backend, x.device)
     ids = skill_ids.reshape(T, k)
@@ -305,7 +331,9 @@ def skill_ffn(x: Tensor, skill_ids: Tensor, w1: Tensor, w2: Tensor, b1: Optional
         if not torch.compiler.is_compiling():  # resolve() loaded it; dynamo cannot trace a load
             _backend.load_cuda_extension()
         fwd = torch.ops.skillkern.skill_ffn_fwd_cuda
+    elif which == "torch":
+        fwd = torch.ops.skillkern.skill_ffn_fwd_torch
     else:
-        fwd = getattr(torch.ops.skillkern, "skill_ffn_fwd_torch" if which == "torch" else "skill_ffn_fwd")
+        fwd = torch.ops.skillkern.skill_ffn_fwd if recompute else torch.ops.skillkern.skill_ffn_fwd_stored
     y = fwd(x.reshape(T, d), ids, scale, w1, w2, b1, b2, activation)[0]
     return y.reshape(x.shape)

@@ -63,13 +63,18 @@ _up_fwd = autotune(K._skill_up_fwd_kernel, _configs(_ROW_GEMM, _INTERP_ROW), key
 _down = autotune(K._skill_down_kernel, _configs(_ROW_GEMM, _INTERP_ROW), key=["K", "n_out", "n_bucket", "HAS_SCALE"])
 # reset_to_zero: configs of different BLOCK_N fill different numbers of dc columns, so a
 # column written while benchmarking one config would survive into the chosen config's sum
-_up_bwd = autotune(K._skill_up_bwd_kernel, _configs(_ROW_GEMM_2ACC, _INTERP_ROW),
-                   reset_to_zero=["dc_ptr", "db1_ptr", "tile_skill_ptr"],
+_UP_BWD_ZEROED = ["dc_ptr", "db1_ptr", "tile_skill_ptr"]
+_up_bwd = autotune(K._skill_up_bwd_kernel, _configs(_ROW_GEMM_2ACC, _INTERP_ROW), reset_to_zero=_UP_BWD_ZEROED,
                    key=["d", "h", "n_bucket", "ACT", "NEED_DC"])
+# recompute=False: the pre-activation comes from the forward (one GEMM in the loop), but the
+# epilogue's registers (the loaded pre-activation, G, the activation and its derivative) are those
+# of two accumulators: the same tile list (the 4-warp single-GEMM tiles spill 600-8000 B on sm_90)
+_up_bwd_stored = autotune(K._skill_up_bwd_kernel, _configs(_ROW_GEMM_2ACC, _INTERP_ROW), reset_to_zero=_UP_BWD_ZEROED,
+                          key=["d", "h", "n_bucket", "ACT", "NEED_DC"])
 # the partial-sum buffers have one column per BLOCK_N tile (dc) / one row per BLOCK_M tile
 # (db1) of the narrowest config
-_DC_MIN_BLOCK_N = min(c.kwargs["BLOCK_N"] for c in _up_bwd.configs)
-_DB_MIN_BLOCK_M = min(c.kwargs["BLOCK_M"] for c in _up_bwd.configs)
+_DC_MIN_BLOCK_N = min(c.kwargs["BLOCK_N"] for t in (_up_bwd, _up_bwd_stored) for c in t.configs)
+_DB_MIN_BLOCK_M = min(c.kwargs["BLOCK_M"] for t in (_up_bwd, _up_bwd_stored) for c in t.configs)
 _wgrad = autotune(K._skill_wgrad_kernel, _wgrad_configs(), key=["P", "Q", "n_bucket"])
 # the row gather of the backward: memory-bound, 64 rows x 128 columns of 16-bit values per program
 _GATHER_M, _GATHER_C = (16, 32) if interpreting() else (64, 128)
@@ -127,25 +132,28 @@ def _combine(buf: torch.Tensor, T: int, k: int) -> torch.Tensor:
     return buf if k == 1 else buf.view(T, k, -1).sum(dim=1)
 
 
-def skill_ffn_fwd(x, ids, scale, w1, w2, b1, b2, activation):
-    """x: (T, d); ids: (T, k); scale: (T, k) fp32; returns y (T, d), order, offsets."""
+def skill_ffn_fwd(x, ids, scale, w1, w2, b1, b2, activation, save_pre: bool = False):
+    """x: (T, d); ids: (T, k); scale: (T, k) fp32; returns y (T, d), order, offsets and, with
+    save_pre, the pre-activation (T*k, h1) in sorted order (rows of inactive slots unset) for a
+    backward that does not recompute GEMM1 (else None)."""
     T, d = x.shape
     k = ids.shape[1]
     E, _, h1 = w1.shape
     h = w2.shape[1]
     N = T * k
     order, offsets = route(ids.reshape(-1), E)
+    pre = torch.empty((N, h1), dtype=x.dtype, device=x.device) if save_pre else None
     if N == 0:  # no token: nothing to launch (offsets are all 0)
-        return x.new_zeros((T, d)), order, offsets
+        return x.new_zeros((T, d)), order, offsets, pre
     hid = torch.empty((N, h), dtype=x.dtype, device=x.device)
     prec = dot_precision(x.dtype)
     n_bucket = triton.next_power_of_2(N)
     _up_fwd[_row_grid(N, E, h)](
-        x, w1, b1 if b1 is not None else w1, hid, order, offsets,
+        x, w1, b1 if b1 is not None else w1, hid, pre if save_pre else hid, order, offsets,
         N, E, d, h, k,
         x.stride(0), w1.stride(0), w1.stride(1), w1.stride(2),
-        b1.stride(0) if b1 is not None else 0, hid.stride(0),
-        n_bucket, ACT=ACT_CODE[activation], HAS_B1=b1 is not None, PRECISION=prec)
+        b1.stride(0) if b1 is not None else 0, hid.stride(0), pre.stride(0) if save_pre else 0,
+        n_bucket, ACT=ACT_CODE[activation], HAS_B1=b1 is not None, STORE_PRE=save_pre, PRECISION=prec)
     # zeros: tokens (k = 1) or slots (k > 1) with no active skill are never written
     out = torch.zeros((N, d), dtype=x.dtype, device=x.device)
     _down[_row_grid(N, E, d)](
@@ -154,11 +162,16 @@ def skill_ffn_fwd(x, ids, scale, w1, w2, b1, b2, activation):
         hid.stride(0), w2.stride(0), w2.stride(1), w2.stride(2),
         b2.stride(0) if b2 is not None else 0, out.stride(0),
         n_bucket, HAS_BIAS=b2 is not None, HAS_SCALE=True, PRECISION=prec)
-    return _combine(out, T, k), order, offsets
+    if save_pre:  # rows of inactive slots: zeros, not whatever memory held (an op output)
+        K._zero_inactive_rows_kernel[(triton.cdiv(N, _GATHER_M),)](pre, offsets, N, E, h1, pre.stride(0),
+                                                                   BLOCK_M=_GATHER_M, BLOCK_C=_GATHER_C)
+    return _combine(out, T, k), order, offsets, pre
 
 
-def skill_ffn_bwd(dy, x, scale, w1, w2, b1, b2, order, offsets, activation, need_dscale):
-    """Returns dx, dw1, dw2, db1, db2, dscale (None for absent biases / unneeded dscale)."""
+def skill_ffn_bwd(dy, x, scale, w1, w2, b1, b2, order, offsets, activation, need_dscale, pre=None):
+    """Returns dx, dw1, dw2, db1, db2, dscale (None for absent biases / unneeded dscale).
+    pre: the forward's saved pre-activation (skill_ffn_fwd(save_pre=True)), or None to
+    recompute GEMM1 here (7 GEMM-equivalents per step instead of 6, no (T*k, h1) activation kept)."""
     T, d = x.shape
     k = scale.shape[1]
     E, _, h1 = w1.shape
@@ -186,16 +199,16 @@ def skill_ffn_bwd(dy, x, scale, w1, w2, b1, b2, order, offsets, activation, need
     n_tiles = triton.cdiv(N, _DB_MIN_BLOCK_M) + E
     db1_part = torch.zeros((n_tiles, h1) if b1 is not None else (1, 1), dtype=torch.float32, device=x.device)
     tile_skill = torch.zeros(n_tiles, dtype=torch.int32, device=x.device)
-    _up_bwd[_row_grid(N, E, h)](
+    (_up_bwd if pre is None else _up_bwd_stored)[_row_grid(N, E, h)](
         x_s, dy_s, w1, b1 if b1 is not None else w1, w2, b2 if b2 is not None else w2, scale,
-        hid, dz, dc_part, db1_part, tile_skill, order, offsets,
+        pre if pre is not None else x_s, hid, dz, dc_part, db1_part, tile_skill, order, offsets,
         N, E, d, h, k,
         x_s.stride(0), dy_s.stride(0), w1.stride(0), w1.stride(1), w1.stride(2),
         b1.stride(0) if b1 is not None else 0,
         w2.stride(0), w2.stride(1), w2.stride(2), b2.stride(0) if b2 is not None else 0,
-        hid.stride(0), dz.stride(0), dc_part.stride(0), db1_part.stride(0),
-        n_bucket, ACT=ACT_CODE[activation], HAS_B1=b1 is not None, HAS_B2=b2 is not None,
-        NEED_DC=need_dscale, PRECISION=prec)
+        pre.stride(0) if pre is not None else 0, hid.stride(0), dz.stride(0), dc_part.stride(0),
+        db1_part.stride(0), n_bucket, ACT=ACT_CODE[activation], HAS_B1=b1 is not None, HAS_B2=b2 is not None,
+        NEED_DC=need_dscale, RECOMPUTE=pre is None, PRECISION=prec)
     db1 = _sum_by_skill(db1_part, tile_skill, E, b1.dtype) if b1 is not None else None
 
     dw1 = torch.empty_like(w1)
