@@ -184,7 +184,7 @@ def _skill_up_fwd_kernel(
     x_ptr, w1_ptr, b1_ptr, hid_ptr, pre_ptr, order_ptr, offsets_ptr,
     N, E, d, h, k,
     stride_xt, stride_we, stride_wd, stride_wh, stride_be, stride_hp, stride_pp,
-    n_bucket,  # next_power_of_2(N): autotune key only, so each token-count range tunes once
+    n_bucket,  # next_power_of_2(rows per skill): autotune key only, so each size range tunes once
     ACT: tl.constexpr, HAS_B1: tl.constexpr, STORE_PRE: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
@@ -433,7 +433,7 @@ def _skill_wgrad_kernel(
     a_ptr, b_ptr, dw_ptr, offsets_ptr,
     E, P, Q,
     stride_a, stride_b, stride_we, stride_wp, stride_wq,
-    n_bucket,  # next_power_of_2(N): autotune key only
+    n_bucket,  # next_power_of_2(rows per skill): autotune key only
     PRECISION: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_R: tl.constexpr,
 ):

@@ -3,10 +3,11 @@
 Nothing here syncs with the host: grids are sized for the worst case from shapes alone.
 
 What the forward keeps for backward (besides x, the weights and c, which autograd holds
-anyway): order (int32, 4 bytes per token slot) and offsets (E + 1 int32). The hidden
+anyway): order (int32, 4 bytes per token slot) and offsets (E + 1 int32). By default the hidden
 activations (2*h bytes per slot in bf16, 8 KB at h = 4096) are NOT kept: the backward
 recomputes GEMM1 inside the kernel that also forms the hidden gradient (one extra GEMM,
-7 GEMM-equivalents per step instead of 6, for ~2000x less saved state per slot).
+7 GEMM-equivalents per step instead of 6, for ~2000x less saved state per slot). With
+save_pre (skill_ffn(recompute=False)) the pre-activation is kept and that GEMM is skipped.
 """
 from __future__ import annotations
 
@@ -81,6 +82,13 @@ _GATHER_M, _GATHER_C = (16, 32) if interpreting() else (64, 128)
 
 
 
+def _rows_per_skill_bucket(N: int, E: int) -> int:
+    """The autotune key of every skill-FFN GEMM: next_power_of_2 of the mean rows per skill
+    (N / E, from shapes alone: the real per-skill counts are on the device). The best tile
+    depends on how many rows a skill brings, not on N: 8 skills of 4k rows tune like 2 of 4k."""
+    return triton.next_power_of_2(max(1, triton.cdiv(N, E)))
+
+
 def _row_grid(N: int, E: int, n_cols: int):
     return lambda meta: ((triton.cdiv(N, meta["BLOCK_M"]) + E) * triton.cdiv(n_cols, meta["BLOCK_N"]),)
 
@@ -147,7 +155,7 @@ def skill_ffn_fwd(x, ids, scale, w1, w2, b1, b2, activation, save_pre: bool = Fa
         return x.new_zeros((T, d)), order, offsets, pre
     hid = torch.empty((N, h), dtype=x.dtype, device=x.device)
     prec = dot_precision(x.dtype)
-    n_bucket = triton.next_power_of_2(N)
+    n_bucket = _rows_per_skill_bucket(N, E)
     _up_fwd[_row_grid(N, E, h)](
         x, w1, b1 if b1 is not None else w1, hid, pre if save_pre else hid, order, offsets,
         N, E, d, h, k,
@@ -183,7 +191,7 @@ def skill_ffn_bwd(dy, x, scale, w1, w2, b1, b2, order, offsets, activation, need
                 torch.zeros_like(b2) if b2 is not None else None,
                 scale.new_zeros(scale.shape) if need_dscale else None)
     prec = dot_precision(x.dtype)
-    n_bucket = triton.next_power_of_2(N)
+    n_bucket = _rows_per_skill_bucket(N, E)
     hid = torch.empty((N, h), dtype=x.dtype, device=x.device)
     dz = torch.empty((N, h1), dtype=x.dtype, device=x.device)
     # zero-filled: columns past the chosen BLOCK_N's tile count stay 0 in the sum below
