@@ -238,7 +238,8 @@ def inspect_op(op: str, shape=None, dtype: str = "bf16", arch: int = 90, gpu: st
         rate = useful["bytes"] / (total * 1e-3) / 1e9 if total else None
         peak = target.hbm_tbps * 1e3
     slowest = max(chosen, key=lambda r: r["predicted_ms"] or 0.0) if chosen else None
-    call = dict(op=op, shape=shape.label(), dtype=dtype, arch=target.cc, gpu=target.name, predicted_ms=total,
+    call = dict(op=op, shape=shape.label(), dtype=dtype, options=" ".join(extra or []), arch=target.cc,
+                gpu=target.name, predicted_ms=total,
                 predicted_rate=rate, predicted_pct_of_peak=100.0 * rate / peak if rate else None,
                 metric="TFLOP/s" if spec.metric == "tflops" else "GB/s",
                 limiter=f"{slowest['kernel']}: {slowest['limiter']}" if slowest else None,
@@ -379,12 +380,14 @@ def _kb(b) -> str:
 def format_report(call: dict, records: list[dict], all_configs: bool) -> str:
     pct = call["predicted_pct_of_peak"]
     t = call["target"]
-    lines = [f"== {call['op']} {call['shape']} {call['dtype']} on {call['gpu']} (sm_{call['arch']}): predicted "
-             f"{call['predicted_ms']:.3f} ms fwd+bwd = {call['predicted_rate']:.4g} {call['metric']}"
-             f" = {pct:.1f} % of peak; slowest: {call['limiter']}" if pct is not None else
-             f"== {call['op']} {call['shape']}: no prediction",
+    what = f"{call['op']} {call['shape']} {call['dtype']}" + (f" {call['options']}" if call["options"] else "")
+    head = (f"== {what} on {call['gpu']} (sm_{call['arch']}): predicted {call['predicted_ms']:.3f} ms fwd+bwd = "
+            f"{call['predicted_rate']:.4g} {call['metric']} = {pct:.1f} % of peak; slowest: {call['limiter']}"
+            if pct is not None else f"== {what}: no prediction")
+    lines = [head,
              f"   ceilings: mma {t['mma_tflops']:g} TFLOP/s ({t['mma_src']}), HBM {t['hbm_tbps']:g} TB/s "
-             f"({t['hbm_src']}), L2 {t['l2_tbps']:g} TB/s ({t['l2_src']}), mma.sync x{t['mma_sync_factor']:g} (assumed)",
+             f"({t['hbm_src']}), L2 {t['l2_tbps']:g} TB/s ({t['l2_src']}), "
+             f"mma.sync x{t['mma_sync_factor']:g} (assumed)",
              f"{'':2s}{'phase':5s} {'kernel':24s} {'config':22s} {'regs':>4s} {'spill':>5s} {'stack':>5s} "
              f"{'smem':>5s} {'blk/SM':>9s} {'mma':21s} {'loads':12s} {'progs':>6s} {'ms':>7s}  limiter"]
     shown = [r for r in records if all_configs or r["chosen"]]
@@ -403,8 +406,10 @@ def format_report(call: dict, records: list[dict], all_configs: bool) -> str:
     lines += [f"   note: {n}" for n in sorted(notes)]
     hidden = len(records) - len(shown)
     pruned = sum(r["pruned"] for r in records)
-    lines.append("   (SER: wgmma serialized or waited for one by one; 1st: each load stage waited for at once)")
-    lines.append(f"   (* = the config priced: {'recorded autotune choice' if any(r.get('chosen_by') == 'recorded autotune' for r in records) else 'the fastest predicted among those kept'}; "
+    lines.append("   (SER: wgmma serialized or waited for one by one; 1st: loads prefetched one stage ahead only)")
+    recorded = any(r.get("chosen_by") == "recorded autotune" for r in records)
+    pick = "recorded autotune choice" if recorded else "the fastest predicted among those kept"
+    lines.append(f"   (* = the config priced: {pick}; "
                  f"x = pruned: spills or overflows shared memory ({pruned}); "
                  + (f"{hidden} other configs: --all-configs)" if hidden else "all configs shown)"))
     return "\n".join(lines)
@@ -446,7 +451,8 @@ def collect(ops, shape, dtype, arch, gpu, extra, extension: bool, all_configs: b
         for s in _shapes(op, shape):
             call, records = inspect_op(op, s, dtype, arch, gpu, extra, choices, log)
             rows.append(dict(kind="call", **call))
-            rows += [dict(kind="kernel", shape=call["shape"], dtype=dtype, **r) for r in records]
+            rows += [dict(kind="kernel", shape=call["shape"], dtype=dtype, options=call["options"], **r)
+                     for r in records]
             text.append(format_report(call, records, all_configs))
     if extension:
         from skillkern.bench import extension_code
@@ -502,8 +508,8 @@ _COMPARED = ("regs", "spill_bytes", "smem_bytes", "mma", "loads", "predicted_ms"
 
 
 def _static_key(r: dict) -> tuple:
-    return (r.get("kind"), r.get("op"), r.get("shape"), r.get("dtype"), r.get("arch"), r.get("phase"),
-            r.get("kernel"), r.get("config") if r.get("kind") != "call" else None)
+    return (r.get("kind"), r.get("op"), r.get("shape"), r.get("dtype"), r.get("options"), r.get("arch"),
+            r.get("phase"), r.get("kernel"), r.get("config") if r.get("kind") != "call" else None)
 
 
 def format_compare(rows: list[dict], old: list[dict], what: str) -> str:
@@ -523,8 +529,8 @@ def format_compare(rows: list[dict], old: list[dict], what: str) -> str:
         diffs = [f"{k} {o.get(k)} -> {r.get(k)}" for k in _COMPARED if k in r and o.get(k) != r.get(k)
                  and not (k == "predicted_ms" and o.get(k) and r.get(k) and abs(o[k] / r[k] - 1) < 0.005)]
         if diffs:
-            lines.append(f"diff  {r['op']} {r.get('phase') or ''} {r.get('kernel', 'call')} {r.get('config') or r['shape']}: "
-                         + "; ".join(diffs))
+            where = f"{r['op']} {r.get('phase') or ''} {r.get('kernel', 'call')} {r.get('config') or r['shape']}"
+            lines.append(f"diff  {where}: " + "; ".join(diffs))
     if len(lines) == 1:
         lines.append("no change in the compared fields")
     return "\n".join(lines)
@@ -542,6 +548,7 @@ def predictions(op: str, dtype: str, device: str, path: str | None = None) -> di
         return {}
     same, arch = {}, {}
     for r in read(path or os.path.join(RESULTS, "static.jsonl")):
-        if r.get("kind") == "call" and r.get("op") == op and r.get("dtype") == dtype and r.get("arch") == t.cc:
+        if (r.get("kind") == "call" and r.get("op") == op and r.get("dtype") == dtype and r.get("arch") == t.cc
+                and not r.get("options")):  # the op's default options, as `skillkern bench` runs it
             (same if r.get("gpu") == t.name else arch)[r["shape"]] = (r["predicted_ms"], r["gpu"], r.get("commit"))
     return {**arch, **same}
