@@ -174,6 +174,29 @@ def test_keep_fitting_rule():
         keep_fitting(cfgs, [(0, False)] * 4, "k")
 
 
+def test_device_facts_on_a_gpu_faked():
+    """What the prune function asks the device (faked here): spills from the loaded kernel, too
+    much shared memory as OutOfResources, and a Triton without the API keeps the config."""
+    from types import SimpleNamespace
+
+    from triton.runtime.errors import OutOfResources
+
+    from skillkern.ops._common import _device_facts
+
+    def kernel(load):
+        return SimpleNamespace(__name__="k", warmup=lambda *a, grid, **kw: SimpleNamespace(_init_handles=load,
+                                                                                             n_spills=12))
+
+    assert _device_facts(kernel(lambda: None), (), {}) == (12, True)
+
+    def too_big():
+        raise OutOfResources(300000, 232448, "shared memory")
+
+    assert _device_facts(kernel(too_big), (), {}) == (0, False)
+    with pytest.warns(RuntimeWarning, match="keeping it unpruned"):
+        assert _device_facts(SimpleNamespace(__name__="k"), (), {}) == (0, True)
+
+
 def test_every_autotuner_prunes_by_the_fit_rule():
     """Each Triton autotuner of the package goes through ops._common.autotune (its prune function)."""
     import importlib

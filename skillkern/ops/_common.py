@@ -78,15 +78,21 @@ def fit_check(facts):
 
 
 def _device_facts(kernel, args, kwargs) -> tuple[int, bool]:
-    """Compile (the autotuner would anyway; Triton caches it) and load on the current device."""
+    """Compile (the autotuner would anyway; Triton caches it) and load on the current device.
+    The rule only filters for speed: if this Triton cannot answer (an API it lacks), the config
+    is kept, as plain triton.autotune would, and a warning says so once."""
     from triton.runtime.errors import OutOfResources
 
-    compiled = kernel.warmup(*args, grid=(1,), **kwargs)
     try:
+        compiled = kernel.warmup(*args, grid=(1,), **kwargs)
         compiled._init_handles()
+        return int(compiled.n_spills), True
     except OutOfResources:
         return 0, False
-    return compiled.n_spills, True
+    except (AttributeError, TypeError) as e:
+        warnings.warn(f"{kernel.__name__}: could not read a config's compiled facts ({type(e).__name__}: {e}); "
+                      "keeping it unpruned", RuntimeWarning, stacklevel=2)
+        return 0, True
 
 
 def keep_fitting(configs: list, facts: list[tuple[int, bool]], name: str) -> list:
