@@ -194,6 +194,8 @@ if [ "$BENCH" = cli ]; then
     [ "$QUICK" = 1 ] && SHAPES=(--shapes gpu-quick)
     PASS=()  # what follows -- goes to every op benchmark
     [ ${#BENCH_EXTRA[@]} -gt 0 ] && PASS=(-- "${BENCH_EXTRA[@]}")
+    # the static model's predictions, printed beside the measurements (skillkern inspect --record)
+    cp benchmarks/results/static.jsonl "$RAW/" 2>/dev/null || true
     echo "== skillkern bench: time budget ${LEFT} s (log: $OUT/cli.log)"
     SKILLKERN_RESULTS_DIR="$RAW" PYTHONPATH="$PEER_SITE${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 \
         timeout $(( LEFT + 90 )) python3 -m skillkern.cli bench --time-budget "$LEFT" "${SHAPES[@]}" \
@@ -201,11 +203,14 @@ if [ "$BENCH" = cli ]; then
         "${PASS[@]}" 2>&1 | tee "$OUT/cli.log"
     CLI_RC=${PIPESTATUS[0]}
     # the project's goal verdicts on the op benchmarks' raw rows (benchmarks/goals.py)
-    python3 benchmarks/goals.py "$RAW"/*.jsonl 2>&1 | tee -a "$OUT/cli.log"
+    python3 benchmarks/goals.py $(ls "$RAW"/*.jsonl | grep -v -e /static.jsonl -e /autotune.jsonl) 2>&1 \
+        | tee -a "$OUT/cli.log"
     tar -cf "$OUT/results.tar" -C "$RAW" . 2>/dev/null
     rm -rf "$RAW"
 fi
 
+# the autotuners' picks of the op benchmarks (skillkern inspect prices them): commit this file
+cp benchmarks/results/autotune.jsonl "$OUT/" 2>/dev/null || true
 echo "== summary ($(elapsed) s): build rc=$BUILD_RC | pytest rc=$TEST_RC: $(tail -1 "$OUT/pytest.log" 2>/dev/null) | bench rc=$BENCH_RC | toksim rc=$TOKSIM_RC | tokred rc=$TOKRED_RC | cli rc=$CLI_RC"
 case "$BENCH" in all|ffn) grep -m1 '^GPU goal' "$OUT/bench.log" || echo "GPU goal (skill_ffn): no goal line (bench did not finish)" ;; esac
 case "$BENCH" in all|toksim) grep -m1 '^GPU goal' "$OUT/toksim.log" || echo "GPU goal (token_similarity): no goal line (bench did not finish)" ;; esac
