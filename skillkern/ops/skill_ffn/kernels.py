@@ -225,10 +225,17 @@ def _skill_up_fwd_kernel(
             tl.store(p_ptrs + h, acc_up.to(pre_ptr.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
     if ACT == SWIGLU:
         out = acc * _sigmoid(acc) * acc_up
+        h_ptrs = hid_ptr + rows.to(tl.int64)[:, None] * stride_hp + cols[None, :]
+        tl.store(h_ptrs, out.to(hid_ptr.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
     else:
-        out = _act(acc, ACT)
-    h_ptrs = hid_ptr + rows.to(tl.int64)[:, None] * stride_hp + cols[None, :]
-    tl.store(h_ptrs, out.to(hid_ptr.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
+        # the activation in two column halves: half the temporaries live at once
+        a0, a1 = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+        c0 = pid_n * BLOCK_N + tl.arange(0, BLOCK_N // 2)
+        h_ptrs = hid_ptr + rows.to(tl.int64)[:, None] * stride_hp + c0[None, :]
+        tl.store(h_ptrs, _act(a0, ACT).to(hid_ptr.dtype.element_ty), mask=rmask[:, None] & (c0 < h)[None, :])
+        c1 = c0 + BLOCK_N // 2
+        tl.store(h_ptrs + BLOCK_N // 2, _act(a1, ACT).to(hid_ptr.dtype.element_ty),
+                 mask=rmask[:, None] & (c1 < h)[None, :])
 
 
 # ----------------------------------------------------------------------------- GEMM2 / dX
@@ -333,21 +340,54 @@ def _skill_up_bwd_kernel(
             if pid_n == 0:
                 b2 = tl.load(b2_ptr + e64 * stride_b2e + k0 + kk, mask=kmask, other=0.0)
                 dyb2 += tl.sum(dy.to(tl.float32) * b2.to(tl.float32)[None, :], axis=1)
-    omask = rmask[:, None] & cmask[None, :]
     if RECOMPUTE:
         if HAS_B1:
             b_ptrs = b1_ptr + e64 * stride_b1e + cols
             z += tl.load(b_ptrs, mask=cmask, other=0.0).to(tl.float32)[None, :]
             if ACT == SWIGLU:
                 z_up += tl.load(b_ptrs + h, mask=cmask, other=0.0).to(tl.float32)[None, :]
-    else:  # the forward's pre-activation, bias included, as it was rounded there
+    if ACT != SWIGLU:
+        z_up = z  # unused
+    c = tl.load(scale_ptr + slot, mask=rmask, other=0.0)[:, None]
+    # the epilogue in two column halves: half the temporaries live at once (the 128-column
+    # tiles otherwise spill on sm_90); without RECOMPUTE each half loads its own part of the
+    # forward's pre-activation (bias included, rounded as it was there)
+    z0, z1 = _halves(z, BLOCK_M, BLOCK_N)
+    u0, u1 = _halves(z_up, BLOCK_M, BLOCK_N)
+    g0, g1 = _halves(g, BLOCK_M, BLOCK_N)
+    c0 = pid_n * BLOCK_N + tl.arange(0, BLOCK_N // 2)
+    db1_row = db1_ptr + pid_m.to(tl.int64) * stride_db1
+    part = _up_bwd_epilogue(z0, u0, g0, c, rows64, rmask, c0, h, pre_ptr, dz_ptr, hid_ptr, db1_row,
+                            stride_pp, stride_zp, stride_hp, ACT, HAS_B1, not RECOMPUTE)
+    part += _up_bwd_epilogue(z1, u1, g1, c, rows64, rmask, c0 + BLOCK_N // 2, h, pre_ptr, dz_ptr, hid_ptr, db1_row,
+                             stride_pp, stride_zp, stride_hp, ACT, HAS_B1, not RECOMPUTE)
+    if HAS_B1:
+        if pid_n == 0:
+            tl.store(tile_skill_ptr + pid_m, skill + 1)
+    if NEED_DC:
+        tl.store(dc_ptr + rows64 * stride_cp + pid_n, part + dyb2, mask=rmask)
+
+
+@triton.jit
+def _halves(t, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(t[:, :BLOCK_N/2], t[:, BLOCK_N/2:]) of a (BLOCK_M, BLOCK_N) register tile."""
+    return tl.split(tl.permute(tl.reshape(t, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+
+
+@triton.jit
+def _up_bwd_epilogue(z, z_up, g, c, rows64, rmask, cols, h, pre_ptr, dz_ptr, hid_ptr, db1_row_ptr, stride_pp,
+                     stride_zp, stride_hp, ACT: tl.constexpr, HAS_B1: tl.constexpr, LOAD_PRE: tl.constexpr):
+    """One column block of up_bwd's epilogue: stores dZ (both halves of the hidden for SWIGLU)
+    and c * H, the db1 column sums of the rounded dZ; returns sum_j G * H per row (dc).
+    LOAD_PRE: z (and z_up) come from the forward's pre-activation instead of the arguments."""
+    cmask = cols < h
+    omask = rmask[:, None] & cmask[None, :]
+    if LOAD_PRE:
         p_ptrs = pre_ptr + rows64[:, None] * stride_pp + cols[None, :]
         z = tl.load(p_ptrs, mask=omask, other=0.0).to(tl.float32)
         if ACT == SWIGLU:
             z_up = tl.load(p_ptrs + h, mask=omask, other=0.0).to(tl.float32)
-    c = tl.load(scale_ptr + slot, mask=rmask, other=0.0)[:, None]
-    dz_ptrs = dz_ptr + rows.to(tl.int64)[:, None] * stride_zp + cols[None, :]
-    db1_ptrs = db1_ptr + pid_m.to(tl.int64) * stride_db1 + cols
+    dz_ptrs = dz_ptr + rows64[:, None] * stride_zp + cols[None, :]
     if ACT == SWIGLU:
         s = _sigmoid(z)
         silu = z * s
@@ -358,24 +398,18 @@ def _skill_up_bwd_kernel(
         tl.store(dz_ptrs, dgate, mask=omask)
         tl.store(dz_ptrs + h, dup, mask=omask)
         if HAS_B1:  # sums of the rounded dZ: what dW1's GEMM sees
-            tl.store(db1_ptrs, tl.sum(tl.where(omask, dgate.to(tl.float32), 0.0), axis=0), mask=cmask)
-            tl.store(db1_ptrs + h, tl.sum(tl.where(omask, dup.to(tl.float32), 0.0), axis=0), mask=cmask)
+            tl.store(db1_row_ptr + cols, tl.sum(tl.where(omask, dgate.to(tl.float32), 0.0), axis=0), mask=cmask)
+            tl.store(db1_row_ptr + h + cols, tl.sum(tl.where(omask, dup.to(tl.float32), 0.0), axis=0), mask=cmask)
     else:
         hid = _act(z, ACT)
         dz = (c * g * _act_grad(z, ACT)).to(dz_ptr.dtype.element_ty)
         tl.store(dz_ptrs, dz, mask=omask)
         if HAS_B1:
-            tl.store(db1_ptrs, tl.sum(tl.where(omask, dz.to(tl.float32), 0.0), axis=0), mask=cmask)
-    if HAS_B1:
-        if pid_n == 0:
-            tl.store(tile_skill_ptr + pid_m, skill + 1)
+            tl.store(db1_row_ptr + cols, tl.sum(tl.where(omask, dz.to(tl.float32), 0.0), axis=0), mask=cmask)
     # the rounded hidden is what the forward fed to GEMM2; dc uses the same values
-    hid = hid.to(hid_ptr.dtype.element_ty)
-    tl.store(hid_ptr + rows.to(tl.int64)[:, None] * stride_hp + cols[None, :],
-             (c * hid.to(tl.float32)).to(hid_ptr.dtype.element_ty), mask=omask)
-    if NEED_DC:
-        part = tl.sum(g * hid.to(tl.float32), axis=1) + dyb2
-        tl.store(dc_ptr + rows.to(tl.int64) * stride_cp + pid_n, part, mask=rmask)
+    hid = hid.to(hid_ptr.dtype.element_ty).to(tl.float32)
+    tl.store(hid_ptr + rows64[:, None] * stride_hp + cols[None, :], (c * hid).to(hid_ptr.dtype.element_ty), mask=omask)
+    return tl.sum(tl.where(omask, g * hid, 0.0), axis=1)
 
 
 # ----------------------------------------------------------------------------- weight grads
