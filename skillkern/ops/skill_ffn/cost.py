@@ -54,10 +54,13 @@ def _gemm_rows(a, ctx, *, K: int, n_cols: int, widths: int, a_elt: int, w_elt: i
 
 
 def _up_fwd(a, grid, ctx) -> Work:
+    """Writes the activation (STORE_ACT: h columns) and/or the pre-activation (STORE_PRE: h1)."""
     x, w1 = a["x_ptr"], a["w1_ptr"]
     swiglu = a["ACT"] == TI.ACT_CODE["swiglu"]
+    h1 = a["h"] * (2 if swiglu else 1)
+    out_cols = (a["h"] if a["STORE_ACT"] else 0) + (h1 if a["STORE_PRE"] else 0)
     return _gemm_rows(a, ctx, K=a["d"], n_cols=a["h"], widths=2 if swiglu else 1, a_elt=x.element_size(),
-                      w_elt=w1.element_size(), out_cols=a["h"], out_elt=a["hid_ptr"].element_size(),
+                      w_elt=w1.element_size(), out_cols=out_cols, out_elt=a["hid_ptr"].element_size(),
                       a_rows_unique=ctx["tokens"])
 
 
@@ -71,22 +74,18 @@ def _down(a, grid, ctx) -> Work:
 
 
 def _up_bwd(a, grid, ctx) -> Work:
-    """Recomputes x @ w1 and forms dy @ w2^T in one K loop over d (widths: 1-2 for w1, 1 for
-    w2; a_elt doubled: an x row and a dy row per K step); writes hid and dz."""
-    x, w1 = a["x_ptr"], a["w1_ptr"]
+    """G = dy @ w2^T over contiguous sorted dy rows; the epilogue reads the pre-activation
+    (h1 columns) and writes c*H (h) and dZ (h1)."""
+    dy, w2 = a["dy_ptr"], a["w2_ptr"]
     swiglu = a["ACT"] == TI.ACT_CODE["swiglu"]
-    h, d = a["h"], a["d"]
+    h = a["h"]
+    h1 = h * (2 if swiglu else 1)
     N = sum(ctx["counts"])
-    elt = x.element_size()
-    if not a["RECOMPUTE"]:  # G = dy @ w2^T only; the pre-activation is read in the epilogue
-        pre = N * h * (2 if swiglu else 1) * elt
-        return _gemm_rows(a, ctx, K=d, n_cols=h, widths=1, a_elt=elt, w_elt=w1.element_size(),
-                          out_cols=h * (3 if swiglu else 2), out_elt=elt, a_rows_unique=N,
-                          extra_hbm=N * 4 + pre + (N * math.ceil(h / 64) * 4 if a["NEED_DC"] else 0),
-                          extra_l2_per_row=h * (2 if swiglu else 1) * elt / math.ceil(h / a["BLOCK_N"]))
-    return _gemm_rows(a, ctx, K=d, n_cols=h, widths=(2 if swiglu else 1) + 1, a_elt=2 * elt, w_elt=w1.element_size(),
-                      out_cols=h * (3 if swiglu else 2), out_elt=elt, a_rows_unique=N,
-                      extra_hbm=N * 4 + (N * math.ceil(h / 64) * 4 if a["NEED_DC"] else 0))
+    elt = dy.element_size()
+    return _gemm_rows(a, ctx, K=a["d"], n_cols=h, widths=1, a_elt=elt, w_elt=w2.element_size(),
+                      out_cols=h + h1, out_elt=elt, a_rows_unique=N,
+                      extra_hbm=N * 4 + N * h1 * elt + (N * math.ceil(h / 64) * 4 if a["NEED_DC"] else 0),
+                      extra_l2_per_row=h1 * elt / math.ceil(h / a["BLOCK_N"]))
 
 
 def _wgrad(a, grid, ctx) -> Work:

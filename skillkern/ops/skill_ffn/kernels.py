@@ -185,14 +185,16 @@ def _skill_up_fwd_kernel(
     N, E, d, h, k,
     stride_xt, stride_we, stride_wd, stride_wh, stride_be, stride_hp, stride_pp,
     n_bucket,  # next_power_of_2(rows per skill): autotune key only, so each size range tunes once
-    ACT: tl.constexpr, HAS_B1: tl.constexpr, STORE_PRE: tl.constexpr, PRECISION: tl.constexpr,
+    ACT: tl.constexpr, HAS_B1: tl.constexpr, STORE_PRE: tl.constexpr, STORE_ACT: tl.constexpr,
+    PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """hid[p, :] = act(x[token(p)] @ w1[e] + b1[e]) for sorted position p of skill e.
     For SWIGLU w1 is (E, d, 2h), gate columns [0, h), up columns [h, 2h): both tiles are
     accumulated side by side so the hidden tile is finished in registers. With STORE_PRE the
-    pre-activation (both halves for SWIGLU) is also stored, in sorted order, for a backward that
-    does not recompute GEMM1."""
+    pre-activation (both halves for SWIGLU) is stored too, in sorted order, for the backward
+    (kept by the forward with recompute=False; the backward's own GEMM1 launch stores only it,
+    STORE_ACT=False)."""
     skill, pid_m, pid_n, rows, rmask, slot, cols, cmask = _row_tile(
         offsets_ptr, order_ptr, N, E, h, BLOCK_M, BLOCK_N, GROUP_M)
     if skill < 0:
@@ -223,6 +225,8 @@ def _skill_up_fwd_kernel(
         tl.store(p_ptrs, acc.to(pre_ptr.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
         if ACT == SWIGLU:
             tl.store(p_ptrs + h, acc_up.to(pre_ptr.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
+    if not STORE_ACT:
+        return
     if ACT == SWIGLU:
         out = acc * _sigmoid(acc) * acc_up
         h_ptrs = hid_ptr + rows.to(tl.int64)[:, None] * stride_hp + cols[None, :]
@@ -284,83 +288,60 @@ def _skill_down_kernel(
 
 @triton.jit
 def _skill_up_bwd_kernel(
-    x_ptr, dy_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, scale_ptr, pre_ptr,
+    dy_ptr, w2_ptr, b2_ptr, scale_ptr, pre_ptr,
     hid_ptr, dz_ptr, dc_ptr, db1_ptr, tile_skill_ptr, order_ptr, offsets_ptr,
     N, E, d, h, k,
-    stride_xp, stride_dyp, stride_w1e, stride_w1d, stride_w1h, stride_b1e,
-    stride_w2e, stride_w2h, stride_w2d, stride_b2e, stride_pp, stride_hp, stride_zp, stride_cp, stride_db1,
+    stride_dyp, stride_w2e, stride_w2h, stride_w2d, stride_b2e, stride_pp, stride_hp, stride_zp, stride_cp,
+    stride_db1,
     n_bucket,  # autotune key only
     ACT: tl.constexpr, HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, NEED_DC: tl.constexpr,
-    RECOMPUTE: tl.constexpr, PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    """For sorted position p of skill e and a tile of hidden columns j (x and dy already
-    gathered into sorted order by _gather_rows_kernel, so every row tile is contiguous):
-        Z = x[p] @ w1[e][:, j] + b1[e][j]        (RECOMPUTE; else read from the forward's pre)
+    """For sorted position p of skill e and a tile of hidden columns j (dy already gathered
+    into sorted order by _gather_rows_kernel, so every row tile is contiguous):
         G = dy[p] @ w2[e][j, :]^T                (upstream grad of the hidden, before c)
+        Z = pre[p, j]                            (the pre-activation, bias included: kept by the
+                                                  forward, or recomputed by the backward's
+                                                  GEMM1 launch just before)
         H = act(Z);  dZ = c * G * act'(Z)        (SWIGLU: dgate, dup for both halves)
     Stores c * H (dW2's operand: dW2 = (cH)^T dy, so its GEMM needs no scaling) and dZ (for
-    dW1, dX) in sorted order; both K-loops run over d. db1 leaves the wgrad GEMM's loop: with
-    HAS_B1, db1[pid_m, j] = the fp32 column sums of this tile's dZ rows and tile_skill[pid_m] =
-    e + 1 (0: no tile); the launcher adds the partials of each skill in a fixed order. With NEED_DC: dc[p, pid_n] = sum_j G * H (+ dy.b2[e] from
-    the pid_n == 0 tile); the partials are summed on the host side of the op (deterministic)."""
+    dW1, dX) in sorted order. db1 leaves the wgrad GEMM's loop: with HAS_B1, db1[pid_m, j] = the
+    fp32 column sums of this tile's dZ rows and tile_skill[pid_m] = e + 1 (0: no tile); the
+    launcher adds the partials of each skill in a fixed order. With NEED_DC: dc[p, pid_n] =
+    sum_j G * H (+ dy.b2[e] from the pid_n == 0 tile); the partials are summed on the host side
+    of the op (deterministic)."""
     skill, pid_m, pid_n, rows, rmask, slot, cols, cmask = _row_tile(
         offsets_ptr, order_ptr, N, E, h, BLOCK_M, BLOCK_N, GROUP_M)
     if skill < 0:
         return
     e64 = skill.to(tl.int64)
     rows64 = rows.to(tl.int64)
-    cols64 = cols.to(tl.int64)
     kk = tl.arange(0, BLOCK_K)
-    x_base = x_ptr + rows64[:, None] * stride_xp
     dy_base = dy_ptr + rows64[:, None] * stride_dyp
-    w1_base = w1_ptr + e64 * stride_w1e + cols64[None, :] * stride_w1h
-    w2_base = w2_ptr + e64 * stride_w2e + cols64[None, :] * stride_w2h
-    z = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    w2_base = w2_ptr + e64 * stride_w2e + cols.to(tl.int64)[None, :] * stride_w2h
     g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    if ACT == SWIGLU:
-        z_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     dyb2 = tl.zeros([BLOCK_M], dtype=tl.float32)
     for k0 in range(0, d, BLOCK_K):
         kmask = (k0 + kk) < d
-        amask = rmask[:, None] & kmask[None, :]
-        wmask = kmask[:, None] & cmask[None, :]
-        koff = (k0 + kk).to(tl.int64)[:, None]
-        if RECOMPUTE:
-            a = tl.load(x_base + (k0 + kk)[None, :], mask=amask, other=0.0)
-            w1 = tl.load(w1_base + koff * stride_w1d, mask=wmask, other=0.0)
-            z = tl.dot(a, w1, z, input_precision=PRECISION)
-            if ACT == SWIGLU:
-                w1u = tl.load(w1_base + koff * stride_w1d + h * stride_w1h, mask=wmask, other=0.0)
-                z_up = tl.dot(a, w1u, z_up, input_precision=PRECISION)
-        dy = tl.load(dy_base + (k0 + kk)[None, :], mask=amask, other=0.0)
-        w2t = tl.load(w2_base + koff * stride_w2d, mask=wmask, other=0.0)
+        dy = tl.load(dy_base + (k0 + kk)[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
+        w2t = tl.load(w2_base + (k0 + kk).to(tl.int64)[:, None] * stride_w2d, mask=kmask[:, None] & cmask[None, :],
+                      other=0.0)
         g = tl.dot(dy, w2t, g, input_precision=PRECISION)
         if NEED_DC and HAS_B2:
             if pid_n == 0:
                 b2 = tl.load(b2_ptr + e64 * stride_b2e + k0 + kk, mask=kmask, other=0.0)
                 dyb2 += tl.sum(dy.to(tl.float32) * b2.to(tl.float32)[None, :], axis=1)
-    if RECOMPUTE:
-        if HAS_B1:
-            b_ptrs = b1_ptr + e64 * stride_b1e + cols
-            z += tl.load(b_ptrs, mask=cmask, other=0.0).to(tl.float32)[None, :]
-            if ACT == SWIGLU:
-                z_up += tl.load(b_ptrs + h, mask=cmask, other=0.0).to(tl.float32)[None, :]
-    if ACT != SWIGLU:
-        z_up = z  # unused
     c = tl.load(scale_ptr + slot, mask=rmask, other=0.0)[:, None]
-    # the epilogue in two column halves: half the temporaries live at once (the 128-column
-    # tiles otherwise spill on sm_90); without RECOMPUTE each half loads its own part of the
-    # forward's pre-activation (bias included, rounded as it was there)
-    z0, z1 = _halves(z, BLOCK_M, BLOCK_N)
-    u0, u1 = _halves(z_up, BLOCK_M, BLOCK_N)
+    # the epilogue in two column halves, each loading its part of the pre-activation: half the
+    # temporaries live at once (the 128-column tiles otherwise spill on sm_90)
     g0, g1 = _halves(g, BLOCK_M, BLOCK_N)
     c0 = pid_n * BLOCK_N + tl.arange(0, BLOCK_N // 2)
     db1_row = db1_ptr + pid_m.to(tl.int64) * stride_db1
-    part = _up_bwd_epilogue(z0, u0, g0, c, rows64, rmask, c0, h, pre_ptr, dz_ptr, hid_ptr, db1_row,
-                            stride_pp, stride_zp, stride_hp, ACT, HAS_B1, not RECOMPUTE)
-    part += _up_bwd_epilogue(z1, u1, g1, c, rows64, rmask, c0 + BLOCK_N // 2, h, pre_ptr, dz_ptr, hid_ptr, db1_row,
-                             stride_pp, stride_zp, stride_hp, ACT, HAS_B1, not RECOMPUTE)
+    part = _up_bwd_epilogue(g0, c, rows64, rmask, c0, h, pre_ptr, dz_ptr, hid_ptr, db1_row,
+                            stride_pp, stride_zp, stride_hp, ACT, HAS_B1)
+    part += _up_bwd_epilogue(g1, c, rows64, rmask, c0 + BLOCK_N // 2, h, pre_ptr, dz_ptr, hid_ptr, db1_row,
+                             stride_pp, stride_zp, stride_hp, ACT, HAS_B1)
     if HAS_B1:
         if pid_n == 0:
             tl.store(tile_skill_ptr + pid_m, skill + 1)
@@ -375,18 +356,17 @@ def _halves(t, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _up_bwd_epilogue(z, z_up, g, c, rows64, rmask, cols, h, pre_ptr, dz_ptr, hid_ptr, db1_row_ptr, stride_pp,
-                     stride_zp, stride_hp, ACT: tl.constexpr, HAS_B1: tl.constexpr, LOAD_PRE: tl.constexpr):
-    """One column block of up_bwd's epilogue: stores dZ (both halves of the hidden for SWIGLU)
-    and c * H, the db1 column sums of the rounded dZ; returns sum_j G * H per row (dc).
-    LOAD_PRE: z (and z_up) come from the forward's pre-activation instead of the arguments."""
+def _up_bwd_epilogue(g, c, rows64, rmask, cols, h, pre_ptr, dz_ptr, hid_ptr, db1_row_ptr, stride_pp,
+                     stride_zp, stride_hp, ACT: tl.constexpr, HAS_B1: tl.constexpr):
+    """One column block of up_bwd's epilogue: loads the pre-activation, stores dZ (both halves
+    of the hidden for SWIGLU) and c * H, the db1 column sums of the rounded dZ; returns
+    sum_j G * H per row (dc)."""
     cmask = cols < h
     omask = rmask[:, None] & cmask[None, :]
-    if LOAD_PRE:
-        p_ptrs = pre_ptr + rows64[:, None] * stride_pp + cols[None, :]
-        z = tl.load(p_ptrs, mask=omask, other=0.0).to(tl.float32)
-        if ACT == SWIGLU:
-            z_up = tl.load(p_ptrs + h, mask=omask, other=0.0).to(tl.float32)
+    p_ptrs = pre_ptr + rows64[:, None] * stride_pp + cols[None, :]
+    z = tl.load(p_ptrs, mask=omask, other=0.0).to(tl.float32)
+    if ACT == SWIGLU:
+        z_up = tl.load(p_ptrs + h, mask=omask, other=0.0).to(tl.float32)
     dz_ptrs = dz_ptr + rows64[:, None] * stride_zp + cols[None, :]
     if ACT == SWIGLU:
         s = _sigmoid(z)

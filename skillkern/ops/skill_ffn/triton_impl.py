@@ -64,18 +64,16 @@ _up_fwd = autotune(K._skill_up_fwd_kernel, _configs(_ROW_GEMM, _INTERP_ROW), key
 _down = autotune(K._skill_down_kernel, _configs(_ROW_GEMM, _INTERP_ROW), key=["K", "n_out", "n_bucket", "HAS_SCALE"])
 # reset_to_zero: configs of different BLOCK_N fill different numbers of dc columns, so a
 # column written while benchmarking one config would survive into the chosen config's sum
-_UP_BWD_ZEROED = ["dc_ptr", "db1_ptr", "tile_skill_ptr"]
-_up_bwd = autotune(K._skill_up_bwd_kernel, _configs(_ROW_GEMM_2ACC, _INTERP_ROW), reset_to_zero=_UP_BWD_ZEROED,
-                   key=["d", "h", "n_bucket", "ACT", "NEED_DC"])
-# recompute=False: the pre-activation comes from the forward (one GEMM in the loop), but the
-# epilogue's registers (the loaded pre-activation, G, the activation and its derivative) are those
-# of two accumulators: the same tile list (the 4-warp single-GEMM tiles spill 600-8000 B on sm_90)
-_up_bwd_stored = autotune(K._skill_up_bwd_kernel, _configs(_ROW_GEMM_2ACC, _INTERP_ROW), reset_to_zero=_UP_BWD_ZEROED,
-                          key=["d", "h", "n_bucket", "ACT", "NEED_DC"])
+# reset_to_zero: configs of different tiles fill different dc columns / db1 rows, so one written
+# while benchmarking a config would survive into the chosen config's sum. The GEMM runs one
+# accumulator, but the epilogue holds the pre-activation, G, the activation and its derivative:
+# the 2-accumulator tile list (the 4-warp 128-row tiles spill on sm_90)
+_up_bwd = autotune(K._skill_up_bwd_kernel, _configs(_ROW_GEMM_2ACC, _INTERP_ROW),
+                   reset_to_zero=["dc_ptr", "db1_ptr", "tile_skill_ptr"], key=["d", "h", "n_bucket", "ACT", "NEED_DC"])
 # the partial-sum buffers have one column per BLOCK_N tile (dc) / one row per BLOCK_M tile
 # (db1) of the narrowest config
-_DC_MIN_BLOCK_N = min(c.kwargs["BLOCK_N"] for t in (_up_bwd, _up_bwd_stored) for c in t.configs)
-_DB_MIN_BLOCK_M = min(c.kwargs["BLOCK_M"] for t in (_up_bwd, _up_bwd_stored) for c in t.configs)
+_DC_MIN_BLOCK_N = min(c.kwargs["BLOCK_N"] for c in _up_bwd.configs)
+_DB_MIN_BLOCK_M = min(c.kwargs["BLOCK_M"] for c in _up_bwd.configs)
 _wgrad = autotune(K._skill_wgrad_kernel, _wgrad_configs(), key=["P", "Q", "n_bucket"])
 # the row gather of the backward: memory-bound, 64 rows x 128 columns of 16-bit values per program
 _GATHER_M, _GATHER_C = (16, 32) if interpreting() else (64, 128)
@@ -126,6 +124,21 @@ def _gather_sorted(src, scale, order, offsets, E: int, k: int, sums: bool):
     return dst, (part if sums else None), (tile_skill if sums else None)
 
 
+def _gemm1(x, w1, b1, hid, pre, order, offsets, k: int, activation: str, n_bucket: int, prec: str) -> None:
+    """The up-projection over the sorted slots: hid = act(x @ w1 + b1) (hid None: not stored),
+    and the pre-activation itself into pre (None: not stored)."""
+    N, E, d, h1 = order.numel(), w1.shape[0], x.shape[1], w1.shape[2]
+    h = h1 // 2 if activation == "swiglu" else h1
+    out = hid if hid is not None else pre
+    _up_fwd[_row_grid(N, E, h)](
+        x, w1, b1 if b1 is not None else w1, out, pre if pre is not None else out, order, offsets,
+        N, E, d, h, k,
+        x.stride(0), w1.stride(0), w1.stride(1), w1.stride(2),
+        b1.stride(0) if b1 is not None else 0, out.stride(0), pre.stride(0) if pre is not None else 0,
+        n_bucket, ACT=ACT_CODE[activation], HAS_B1=b1 is not None, STORE_PRE=pre is not None,
+        STORE_ACT=hid is not None, PRECISION=prec)
+
+
 def _sum_by_skill(part: torch.Tensor, tile_skill: torch.Tensor, E: int, dtype) -> torch.Tensor:
     """(E, C) sums of the rows of part (n_tiles, C) whose tile_skill is e + 1, in float64 (a
     matmul with a one-hot matrix: a fixed order on every run, never TF32, exact zeros for a skill
@@ -156,12 +169,7 @@ def skill_ffn_fwd(x, ids, scale, w1, w2, b1, b2, activation, save_pre: bool = Fa
     hid = torch.empty((N, h), dtype=x.dtype, device=x.device)
     prec = dot_precision(x.dtype)
     n_bucket = _rows_per_skill_bucket(N, E)
-    _up_fwd[_row_grid(N, E, h)](
-        x, w1, b1 if b1 is not None else w1, hid, pre if save_pre else hid, order, offsets,
-        N, E, d, h, k,
-        x.stride(0), w1.stride(0), w1.stride(1), w1.stride(2),
-        b1.stride(0) if b1 is not None else 0, hid.stride(0), pre.stride(0) if save_pre else 0,
-        n_bucket, ACT=ACT_CODE[activation], HAS_B1=b1 is not None, STORE_PRE=save_pre, PRECISION=prec)
+    _gemm1(x, w1, b1, hid, pre, order, offsets, k, activation, n_bucket, prec)
     # zeros: tokens (k = 1) or slots (k > 1) with no active skill are never written
     out = torch.zeros((N, d), dtype=x.dtype, device=x.device)
     _down[_row_grid(N, E, d)](
@@ -179,7 +187,8 @@ def skill_ffn_fwd(x, ids, scale, w1, w2, b1, b2, activation, save_pre: bool = Fa
 def skill_ffn_bwd(dy, x, scale, w1, w2, b1, b2, order, offsets, activation, need_dscale, pre=None):
     """Returns dx, dw1, dw2, db1, db2, dscale (None for absent biases / unneeded dscale).
     pre: the forward's saved pre-activation (skill_ffn_fwd(save_pre=True)), or None to
-    recompute GEMM1 here (7 GEMM-equivalents per step instead of 6, no (T*k, h1) activation kept)."""
+    recompute GEMM1 here (7 GEMM-equivalents per step instead of 6, no (T*k, h1) activation kept
+    between forward and backward; the recomputed one lives only during this call)."""
     T, d = x.shape
     k = scale.shape[1]
     E, _, h1 = w1.shape
@@ -203,20 +212,21 @@ def skill_ffn_bwd(dy, x, scale, w1, w2, b1, b2, order, offsets, activation, need
     x_s = _gather_sorted(x, scale, order, offsets, E, k, False)[0]
     dy_s, db2_part, db2_skill = _gather_sorted(dy, scale, order, offsets, E, k, b2 is not None)
     db2 = _sum_by_skill(db2_part, db2_skill, E, b2.dtype) if b2 is not None else None
+    if pre is None:  # recompute GEMM1's pre-activation (bias included), as the forward rounded it
+        pre = torch.empty((N, h1), dtype=x.dtype, device=x.device)
+        _gemm1(x, w1, b1, None, pre, order, offsets, k, activation, n_bucket, prec)
     # per row tile of up_bwd: column sums of dZ (db1) and the tile's skill + 1
     n_tiles = triton.cdiv(N, _DB_MIN_BLOCK_M) + E
     db1_part = torch.zeros((n_tiles, h1) if b1 is not None else (1, 1), dtype=torch.float32, device=x.device)
     tile_skill = torch.zeros(n_tiles, dtype=torch.int32, device=x.device)
-    (_up_bwd if pre is None else _up_bwd_stored)[_row_grid(N, E, h)](
-        x_s, dy_s, w1, b1 if b1 is not None else w1, w2, b2 if b2 is not None else w2, scale,
-        pre if pre is not None else x_s, hid, dz, dc_part, db1_part, tile_skill, order, offsets,
+    _up_bwd[_row_grid(N, E, h)](
+        dy_s, w2, b2 if b2 is not None else w2, scale, pre, hid, dz, dc_part, db1_part, tile_skill, order, offsets,
         N, E, d, h, k,
-        x_s.stride(0), dy_s.stride(0), w1.stride(0), w1.stride(1), w1.stride(2),
-        b1.stride(0) if b1 is not None else 0,
-        w2.stride(0), w2.stride(1), w2.stride(2), b2.stride(0) if b2 is not None else 0,
-        pre.stride(0) if pre is not None else 0, hid.stride(0), dz.stride(0), dc_part.stride(0),
-        db1_part.stride(0), n_bucket, ACT=ACT_CODE[activation], HAS_B1=b1 is not None, HAS_B2=b2 is not None,
-        NEED_DC=need_dscale, RECOMPUTE=pre is None, PRECISION=prec)
+        dy_s.stride(0), w2.stride(0), w2.stride(1), w2.stride(2), b2.stride(0) if b2 is not None else 0,
+        pre.stride(0), hid.stride(0), dz.stride(0), dc_part.stride(0), db1_part.stride(0),
+        n_bucket, ACT=ACT_CODE[activation], HAS_B1=b1 is not None, HAS_B2=b2 is not None,
+        NEED_DC=need_dscale, PRECISION=prec)
+    del pre
     db1 = _sum_by_skill(db1_part, tile_skill, E, b1.dtype) if b1 is not None else None
 
     dw1 = torch.empty_like(w1)
