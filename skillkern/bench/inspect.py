@@ -498,8 +498,9 @@ def run(args, argv: list[str] | None = None, extra: list | None = None) -> int:
         sha = resolve_rev(args.compare) or args.compare
         old = [r for r in read(path) if (r.get("commit") or "").removesuffix("-dirty")[:7] == sha[:7]]
         print(format_compare(rows, old, sha[:12]))
-    if args.record:
-        append(path, [dict(stamp, **r) for r in rows])
+    if args.record:  # the history keeps what --compare reads and the model's inputs, not the texts
+        drop = ("sass_counts", "smem_note", "spill_source", "mangled", "note", "tune_key")
+        append(path, [dict(stamp, **{k: v for k, v in r.items() if k not in drop}) for r in rows])
         print(f"{len(rows)} records appended to {path}")
     return 0
 
