@@ -143,7 +143,8 @@ def _sum_by_skill(part: torch.Tensor, tile_skill: torch.Tensor, E: int, dtype) -
     """(E, C) sums of the rows of part (n_tiles, C) whose tile_skill is e + 1, in float64 (a
     matmul with a one-hot matrix: a fixed order on every run, never TF32, exact zeros for a skill
     without tiles)."""
-    onehot = torch.nn.functional.one_hot(tile_skill.long(), E + 1)[:, 1:].to(torch.float64)
+    skills = torch.arange(1, E + 1, device=part.device, dtype=tile_skill.dtype)
+    onehot = (tile_skill[:, None] == skills[None, :]).to(torch.float64)  # elementwise: no host sync
     return (onehot.T @ part.double()).to(dtype)
 
 
