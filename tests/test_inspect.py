@@ -240,6 +240,7 @@ def test_ptxas_and_sass_parsers():
     assert m.counts["HGMMA"] == 2 and m.counts["LDG"] == 1 and m.counts["BAR"] == 1 and m.counts["HMMA"] == 0
     assert mc.mix(mc.opcodes("/*0010*/ HMMA.16816.F32.BF16 R4, R8, R12, R4 ;")).mma == "mma.sync"
     assert mc.mix([]).mma == "none" and mc.mix([]).loads == "none"
+    assert mc.mix(["UTCHMMA", "HMMA.16816.F32.BF16"]).mma == "tcgen05+mma.sync"  # sm_100
 
 
 def test_without_cuobjdump_the_rest_is_reported(monkeypatch, tmp_path):

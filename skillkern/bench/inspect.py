@@ -131,7 +131,7 @@ def _ptx_arch(cc: int) -> str:
 def kernel_facts(kernel, cc: int) -> dict:
     """The machine-code facts of a compiled Triton kernel (cached by its hash and arch)."""
     def compute():
-        res = mc.ptxas_report(kernel.asm["ptx"], _ptx_arch(cc), ("--regAllocOptLevel=2",))
+        res = mc.ptxas_report(kernel.asm["ptx"], _ptx_arch(cc), ("--regAllocOptLevel=2",), mc.ptxas_for(cc))
         facts = dict(regs=res.regs, spill_bytes=res.spill_bytes, stack_bytes=res.stack_bytes,
                      smem_bytes=kernel.metadata.shared + res.static_smem, warps=kernel.metadata.num_warps,
                      stages=kernel.metadata.num_stages, wgmma_serialized=res.wgmma_serialized,

@@ -26,7 +26,7 @@ LIMITS = {
 }
 _SMEM_RESERVED = 1024
 # Part of every cache key of parsed facts: bump it when a parser here changes what it reports.
-FACTS_VERSION = 3
+FACTS_VERSION = 4
 
 
 def cache_dir() -> str:
@@ -95,9 +95,19 @@ def parse_ptxas(log: str) -> Resources:
     )
 
 
-def ptxas_report(ptx: str, arch: str, extra: tuple = ()) -> Resources:
+def ptxas_for(cc: int) -> str | None:
+    """The ptxas Triton itself assembles compute capability cc with (a newer one for sm_100+)."""
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        return get_ptxas(cc).path
+    except (ImportError, AttributeError, RuntimeError):
+        return tool("ptxas")
+
+
+def ptxas_report(ptx: str, arch: str, extra: tuple = (), exe: str | None = None) -> Resources:
     """Assemble `ptx` for `arch` (e.g. "sm_90a") with -v and parse the report."""
-    exe = tool("ptxas")
+    exe = exe or tool("ptxas")
     if exe is None:
         raise FileNotFoundError("ptxas not found (it ships with triton's nvidia backend)")
     with tempfile.TemporaryDirectory() as d:
@@ -152,15 +162,17 @@ def opcodes(sass: str) -> list[str]:
 
 @dataclass
 class Mix:
-    mma: str  # "wgmma", "mma.sync", "wgmma+mma.sync" (both in one kernel) or "none"
+    mma: str  # "wgmma", "tcgen05" (sm_100), "mma.sync", "<kind>+mma.sync" (both in one kernel) or "none"
     mma_shape: str | None  # e.g. "64x128x16.F32.BF16" or "16816.F32.BF16"
     mma_input: str | None  # the tensor-core input type: BF16, F16, TF32, E4M3, ...
     loads: str  # "tma", "cp.async", "ldg" or "none": how global loads are made (the most capable seen)
     counts: dict  # opcode family -> count
 
 
-_FAMILIES = ("HGMMA", "HMMA", "FFMA", "UTMALDG", "UTMASTG", "LDGSTS", "LDG", "STG", "LDSM", "LDS", "STS",
+_FAMILIES = ("HGMMA", "HMMA", "UTCMMA", "FFMA", "UTMALDG", "UTMASTG", "LDGSTS", "LDG", "STG", "LDSM", "LDS", "STS",
              "BAR", "SHFL", "MOVM")
+# sm_100's tcgen05 MMAs (UTCHMMA: 16-bit, UTCQMMA: 8-bit float, UTCIMMA: integer, UTCOMMA: 4-bit)
+_TCGEN05 = ("UTCHMMA", "UTCQMMA", "UTCIMMA", "UTCOMMA")
 
 
 def mix(ops: list[str]) -> Mix:
@@ -168,6 +180,7 @@ def mix(ops: list[str]) -> Mix:
     first = {}
     for op in ops:
         fam = op.split(".")[0]
+        fam = "UTCMMA" if fam in _TCGEN05 else fam
         if fam in counts:
             counts[fam] += 1
             first.setdefault(fam, op)
@@ -176,6 +189,8 @@ def mix(ops: list[str]) -> Mix:
         kind, shape = "wgmma", first["HGMMA"].split(".", 1)[1] if "." in first["HGMMA"] else None
         if counts["HMMA"]:  # some dots fell back to mma.sync (e.g. an M < 64 tile): priced as mma.sync
             kind = "wgmma+mma.sync"
+    elif counts["UTCMMA"]:  # Blackwell: the operand types are not in the opcode
+        kind = "tcgen05+mma.sync" if counts["HMMA"] else "tcgen05"
     elif counts["HMMA"]:
         kind, shape = "mma.sync", first["HMMA"].split(".", 1)[1] if "." in first["HMMA"] else None
     mma_input = shape.split(".")[-1] if shape else None
