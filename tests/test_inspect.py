@@ -249,7 +249,7 @@ def test_without_cuobjdump_the_rest_is_reported(monkeypatch, tmp_path):
     from skillkern.bench import inspect
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(mc, "ptxas_report", lambda ptx, arch, extra=(): mc.parse_ptxas(PTXAS_LOG))
+    monkeypatch.setattr(mc, "ptxas_report", lambda ptx, arch, extra=(), exe=None: mc.parse_ptxas(PTXAS_LOG))
     real_tool = mc.tool
     monkeypatch.setattr(mc, "tool", lambda name: None if name == "cuobjdump" else real_tool(name))
     kernel = SimpleNamespace(hash="h", asm={"ptx": "", "cubin": b""},
