@@ -39,8 +39,12 @@ def kernels(rows):
 def check_records(rows: list[dict], ops: set, arch: int) -> None:
     """The contract of a report: an op-call record per shape with a prediction, both phases,
     every config compiled, one priced config per launch, pruned exactly when it does not fit."""
+    from skillkern.bench.inspect import CALL_KEYS, KERNEL_KEYS
+
     calls = [r for r in rows if r["kind"] == "call"]
     assert {c["op"] for c in calls} == ops
+    assert all(set(CALL_KEYS) <= set(c) for c in calls)
+    assert all(set(KERNEL_KEYS) <= set(r) for r in kernels(rows))
     for c in calls:
         assert c["arch"] == arch and c["predicted_ms"] > 0 and 0 < c["predicted_pct_of_peak"] < 100, c
     ks = kernels(rows)

@@ -10,7 +10,7 @@ disassembled (machine_code.py), and priced by the roofline model (roofline.py) f
 declared beside the launcher (cost.py: KERNELS). The compiled extension is read the same way
 (extension_code.py).
 
-Records (one per kernel x config x arch, and one per op call) are plain dicts; see RECORD_KEYS.
+Records (one per kernel x config x arch, and one per op call) are plain dicts with at least the keys KERNEL_KEYS / CALL_KEYS.
 """
 from __future__ import annotations
 
@@ -159,9 +159,7 @@ def static_fits(facts: dict, cc: int) -> bool:
 
 def _config_label(launch: Launch, bound: dict) -> str:
     if launch.config is not None:
-        c = launch.config
-        tiles = "x".join(str(v) for v in c.kwargs.values())
-        return f"{tiles} w{c.num_warps} s{c.num_stages}"
+        return config_label(launch.config)
     blocks = {k: v for k, v in bound.items() if k.startswith(("BLOCK", "NI_", "NT_", "S_PAD"))}
     warps = launch.kwargs.get("num_warps", 4)
     stages = launch.kwargs.get("num_stages", 3)
