@@ -36,7 +36,7 @@
 set -u  # no -e: one failing step must not stop the others
 
 OUT=${OUT:-benchmarks/results/gpu_check}
-STEPS=${STEPS:-build tests bench sanitize}
+STEPS=${STEPS-build tests bench sanitize}
 mkdir -p "$OUT"
 START=$(date +%s)
 elapsed() { echo $(( $(date +%s) - START )); }
@@ -68,7 +68,6 @@ fi
 BUILD_LOG=/tmp/skillkern_build.log
 BUILD_RC=skipped
 if has build; then
-    rm -f skillkern/_C*.so
     ( TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=8 timeout "${BUILD_S:-180}" python3 setup.py build_ext --inplace \
         > "$BUILD_LOG" 2>&1; echo $? > /tmp/skillkern_build.rc ) &
     BUILD_PID=$!
