@@ -11,6 +11,8 @@
 #   BENCH_GIT_COMMIT=<sha> bash benchmarks/gpu_check.sh        # the whole check, ~9 min
 #   STEPS="bench" bash benchmarks/gpu_check.sh                 # only some steps: any of
 #                                                              #   build tests bench sanitize
+#   FFN_PROVIDERS=skillkern-triton,grouped-mm NO_RECOMPUTE_S=0 bash benchmarks/gpu_check.sh
+#       # other providers (TOKSIM_PROVIDERS, TOKRED_PROVIDERS too); the --no-recompute run skipped
 #
 # Schedule (each step time-boxed, so a hang or crash leaves the others' results):
 #   t=0     env; peer wheels (.whl/, see below) installed into /tmp/skillkern_peers
@@ -76,7 +78,8 @@ PYTEST=(python3 -m pytest -q -p no:cacheprovider --timeout 120 -n 8)
 TEST_RC=skipped
 if has tests; then
     echo "== pytest, Triton half ($(elapsed) s)"
-    timeout "${TESTS_S:-130}" "${PYTEST[@]}" tests --ignore-glob='tests/test_extension_*' \
+    # SIGINT at the cap: pytest then still prints the failures it has seen
+    timeout -s INT -k 20 "${TESTS_S:-130}" "${PYTEST[@]}" --tb=short tests --ignore-glob='tests/test_extension_*' \
         --ignore=tests/test_emulation.py --ignore=tests/test_inspect.py --ignore=tests/test_inspect_extension.py \
         --ignore=tests/test_bench_cpu.py > "$OUT/pytest.log" 2>&1
     TEST_RC=$?
@@ -99,13 +102,14 @@ bench() {  # bench <cap s> <op> <args...>
     echo "   rc=$?" | tee -a "$OUT/bench.log"
 }
 if has bench; then
-    bench "${FFN_S:-150}" skill_ffn --out "$OUT/skill_ffn.jsonl" \
-        --providers skillkern-triton,skillkern-cuda,dense-cublas,grouped-mm,skill-loop,skillkern-torch,torch-compile-ref
-    bench 35 skill_ffn --out "$OUT/skill_ffn.jsonl" --providers skillkern-triton,dense-cublas --no-recompute --peak-size 0
-    bench "${TOKSIM_S:-80}" token_similarity --out "$OUT/token_similarity.jsonl" \
-        --providers skillkern-triton,skillkern-cuda,lik,flash-maxsim,chunked-naive,naive
-    bench "${TOKRED_S:-90}" token_reduce --out "$OUT/token_reduce.jsonl" \
-        --providers skillkern-triton,skillkern-cuda,eager-wukong,skillkern-torch,compiled-wukong
+    bench "${FFN_S:-150}" skill_ffn --out "$OUT/skill_ffn.jsonl" --providers \
+        "${FFN_PROVIDERS:-skillkern-triton,skillkern-cuda,dense-cublas,grouped-mm,skill-loop,skillkern-torch,torch-compile-ref}"
+    [ "${NO_RECOMPUTE_S:-35}" -gt 0 ] && bench "${NO_RECOMPUTE_S:-35}" skill_ffn --out "$OUT/skill_ffn.jsonl" \
+        --providers skillkern-triton,dense-cublas --no-recompute --peak-size 0
+    bench "${TOKSIM_S:-80}" token_similarity --out "$OUT/token_similarity.jsonl" --providers \
+        "${TOKSIM_PROVIDERS:-skillkern-triton,skillkern-cuda,lik,flash-maxsim,chunked-naive,naive}"
+    bench "${TOKRED_S:-90}" token_reduce --out "$OUT/token_reduce.jsonl" --providers \
+        "${TOKRED_PROVIDERS:-skillkern-triton,skillkern-cuda,eager-wukong,skillkern-torch,compiled-wukong}"
     cp benchmarks/results/autotune.jsonl "$OUT/" 2>/dev/null || true
 fi
 

@@ -236,7 +236,7 @@ def test_cuda_non_contiguous_and_narrow_dtypes():
 @pytest.mark.gpu
 @needs_cuda
 def test_cuda_errors_and_opcheck():
-    with pytest.raises(RuntimeError, match="skill_ids must be an integer"):
+    with pytest.raises(RuntimeError, match="`skill_ids` must be an integer"):
         op(torch.zeros(4, device="cuda"), 4)
     ids = random_ids((3 * TILE + 5,), 7, torch.int32, seed=7).cuda()
     torch.library.opcheck(op, (ids, 7))

@@ -206,6 +206,17 @@ def mode_fn(mode: str, forward, inputs, grad_out):
     return fwd_bwd
 
 
+def compile_baseline(fn, **kwargs):
+    """torch.compile(fn, **kwargs) as a baseline: a dynamo cache big enough for every shape of a
+    run, and no donated buffers (the bwd mode walks one retained graph many times, which a
+    compiled backward with donated buffers refuses)."""
+    import torch._functorch.config as functorch_config
+
+    functorch_config.donated_buffer = False
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+    return torch.compile(fn, **kwargs)
+
+
 def free_memory(device) -> None:
     """Collect garbage and hand cached CUDA blocks back, so the next peak starts clean."""
     gc.collect()

@@ -32,7 +32,7 @@ import torch
 
 import skillkern as sk
 from skillkern._backend import interpreting
-from skillkern.bench._common import MODE_FLOP_FACTOR, Unavailable, backend_reason, first_line
+from skillkern.bench._common import MODE_FLOP_FACTOR, Unavailable, backend_reason, compile_baseline, first_line
 from skillkern.bench.runner import OpSpec, Provider, Reference, interpreter_autotune_shim, parse_spec
 from skillkern.ops.skill_ffn.reference import activation_ref, skill_ffn_ref, slot_scale
 
@@ -165,11 +165,14 @@ def grouped_mm_ffn(x, skill_ids, w1, w2, b1=None, b2=None, activation="gelu"):
     offs[-1] = flat.numel()  # every row written: no garbage into y or a gradient
     tok, sid = order // k, bucket[order].clamp(max=E - 1)
     z = torch._grouped_mm(x[tok], w1, offs=offs)
-    a = activation_ref(z + b1[sid] if b1 is not None else z, activation)
-    o = torch._grouped_mm(a, w2, offs=offs)
-    o = o + b2[sid] if b2 is not None else o
+    # biases gathered in fp32: their gradients then sum T*k rows in fp32, not bf16 (which is off
+    # by ~10% at T=32768)
+    a = activation_ref(z.float() + b1.float()[sid], activation).to(x.dtype) if b1 is not None else \
+        activation_ref(z, activation)
+    o = torch._grouped_mm(a, w2, offs=offs).float()
+    o = o + b2.float()[sid] if b2 is not None else o
     y = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-    return y.index_add_(0, tok, o.float() * c[order, None]).to(x.dtype)
+    return y.index_add_(0, tok, o * c[order, None]).to(x.dtype)
 
 
 def _fn(fn):
@@ -220,8 +223,7 @@ _compiled: list = []
 
 def _compile(c: Case, args) -> Provider:
     if not _compiled:  # one wrapper for the run: its cache spans shapes (dynamic after a recompile)
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
-        _compiled.append(torch.compile(skill_loop_ffn))
+        _compiled.append(compile_baseline(skill_loop_ffn))
     return _fn(_compiled[0])(c, args)
 
 

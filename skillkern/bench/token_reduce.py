@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from skillkern.bench._common import MODE_FLOP_FACTOR, Unavailable, backend_reason, copy_bandwidth, first_line
+from skillkern.bench._common import MODE_FLOP_FACTOR, Unavailable, backend_reason, compile_baseline, copy_bandwidth, first_line
 from skillkern.bench.runner import OpSpec, Provider, Reference, errors, parse_spec
 from skillkern.ops.token_reduce import TokenReduction, TokenReductionRef
 
@@ -134,7 +134,7 @@ def load(cls, c: Case, dtype) -> nn.Module:
 
 def _provider(c: Case, mod: nn.Module, call=None, impl=None) -> Provider:
     named = dict(mod.named_parameters())
-    call = call or mod
+    call = mod if call is None else call  # not `or`: a compiled module's truth value calls len()
     return Provider(lambda: call(c.x, c.mask), (c.x, *(named[n] for n in PARAMS)), c.d_out, ("x", *PARAMS),
                     impl=impl or type(mod).__name__)
 
@@ -151,14 +151,8 @@ def _skillkern(backend: str):
 
 
 def _compiled(c: Case, args) -> Provider:
-    mod = load(TokenReductionRef, c, c.x.dtype)
-    # one shape per module: static shapes, the compiled baseline at its best. The bwd mode walks
-    # one retained graph many times, which a compiled backward with donated buffers refuses.
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    import torch._functorch.config as functorch_config
-
-    functorch_config.donated_buffer = False
-    return _provider(c, mod, torch.compile(mod, dynamic=False), "torch.compile(TokenReductionRef)")
+    mod = load(TokenReductionRef, c, c.x.dtype)  # one shape per module: static shapes, the baseline at its best
+    return _provider(c, mod, compile_baseline(mod, dynamic=False), "torch.compile(TokenReductionRef)")
 
 
 @contextlib.contextmanager

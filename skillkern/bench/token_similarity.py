@@ -200,7 +200,7 @@ def _reference_in(c: Case, dt, naive: bool):
                                                                  c.grads[1][:, sl].to(o_ti.dtype)))
         i2t[:, sl], t2i[:, sl] = o_it.detach(), o_ti.detach()
         d_img += gi
-        d_txt[sl] = gt
+        d_txt[sl] = gt[sl]  # gt is the whole txt leaf's gradient, zero outside the chunk
     return (i2t, t2i), {"img": d_img, "txt": d_txt}
 
 

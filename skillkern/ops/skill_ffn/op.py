@@ -313,7 +313,9 @@ def skill_ffn(x: Tensor, skill_ids: Tensor, w1: Tensor, w2: Tensor, b1: Optional
     and skill_weights. Under torch.autocast, x and the weights are cast to the autocast dtype.
     Ids are range-checked (a host sync) unless skillkern.set_check_ids(False).
     """
-    if (isinstance(x, Tensor) and torch.amp.is_autocast_available(x.device.type)
+    # a fixed device list, not torch.amp.is_autocast_available: dynamo (torch 2.11) cannot trace
+    # that call, and compile(fullgraph=True) must work on the public op
+    if (isinstance(x, Tensor) and x.device.type in ("cpu", "cuda")
             and torch.is_autocast_enabled(x.device.type)):
         # custom ops are invisible to autocast: cast like an autocast matmul would, so
         # SkillFFN's fp32 parameters work under torch.autocast (grads flow back in fp32)
