@@ -22,8 +22,13 @@ import torch
 
 BACKENDS = ("auto", "torch", "triton", "cuda")
 
-# Per op, the order in which "auto" tries backends on a CUDA device. Triton stays first until
-# GPU benchmarks say otherwise (benchmarks/NOTES.md); "cuda" is what runs where Triton cannot.
+# Per op, the order in which "auto" tries backends on a CUDA device; "cuda" is what runs where
+# Triton cannot. The H200 goal-shape runs of 2026-12-04 (benchmarks/NOTES.md, "GPU results",
+# bf16 fwd+bwd) keep triton first for skill_ffn (5.12 ms against cuda's 23.7) and
+# token_similarity (32.4 against 35.0). For token_reduce cuda was faster at all three goal
+# shapes (1.39 / 2.15 / 4.64 ms against 1.85 / 2.64 / 15.0), but it takes S <= 32 and a
+# shared-memory-bounded D, and auto is chosen per op, not per call: triton stays first until
+# its redesign (or a per-call fit check here) settles it.
 _AUTO_ORDER = {
     "skill_ffn": ("triton", "cuda", "torch"),
     "skill_route": ("triton", "cuda", "torch"),

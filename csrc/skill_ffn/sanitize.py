@@ -49,9 +49,28 @@ def make_ids(T, k, E, routing, gen):
     return ids
 
 
+def make_case(T, k, E, d, h, activation, bias, routing, device):
+    """(inputs, ids) of one SHAPES row on `device`: inputs in float64 (x, w1, w2, b1, b2, sw,
+    dy; the biases None without bias), rounded to each dtype by run()."""
+    gen = torch.Generator().manual_seed(T * 1000 + d)
+    h1 = 2 * h if activation == "swiglu" else h
+    cpu = {
+        "x": torch.randn(T, d, generator=gen, dtype=torch.float64),
+        "w1": torch.randn(E, d, h1, generator=gen, dtype=torch.float64) / d ** 0.5,
+        "w2": torch.randn(E, h, d, generator=gen, dtype=torch.float64) / h ** 0.5,
+        "b1": torch.randn(E, h1, generator=gen, dtype=torch.float64) * 0.5 if bias else None,
+        "b2": torch.randn(E, d, generator=gen, dtype=torch.float64) * 0.5 if bias else None,
+        "sw": torch.rand(T, k, generator=gen, dtype=torch.float64) + 0.5,
+        "dy": torch.randn(T, d, generator=gen, dtype=torch.float64),
+    }
+    ids = make_ids(T, k, E, routing, gen).to(device)
+    return {n: (t.to(device) if t is not None else None) for n, t in cpu.items()}, ids
+
+
 def run(inputs, ids, E, activation, backend, dtype):
     """y and the gradients of (x, w1, w2, b1?, b2?, skill_weights) for a fixed upstream grad."""
-    leaves = {n: t.to(dtype).clone().requires_grad_() for n, t in inputs.items() if t is not None and n != "sw"}
+    leaves = {n: t.to(dtype).clone().requires_grad_() for n, t in inputs.items()
+              if t is not None and n not in ("sw", "dy")}
     sw = inputs["sw"].float().clone().requires_grad_()
     if backend == "reference":  # float64 on the inputs as rounded to dtype
         leaves = {n: t.detach().double().requires_grad_() for n, t in leaves.items()}
@@ -82,20 +101,8 @@ def main() -> int:
     dev = torch.device("cuda")
     failures = 0
     for label, T, k, E, d, h, activation, bias, routing in SHAPES:
-        gen = torch.Generator().manual_seed(T * 1000 + d)
-        h1 = 2 * h if activation == "swiglu" else h
-        cpu = {
-            "x": torch.randn(T, d, generator=gen, dtype=torch.float64),
-            "w1": torch.randn(E, d, h1, generator=gen, dtype=torch.float64) / d ** 0.5,
-            "w2": torch.randn(E, h, d, generator=gen, dtype=torch.float64) / h ** 0.5,
-            "b1": torch.randn(E, h1, generator=gen, dtype=torch.float64) * 0.5 if bias else None,
-            "b2": torch.randn(E, d, generator=gen, dtype=torch.float64) * 0.5 if bias else None,
-            "sw": torch.rand(T, k, generator=gen, dtype=torch.float64) + 0.5,
-            "dy": torch.randn(T, d, generator=gen, dtype=torch.float64),
-        }
-        ids = make_ids(T, k, E, routing, gen).to(dev)
+        inputs, ids = make_case(T, k, E, d, h, activation, bias, routing, dev)
         before = failures
-        inputs = {n: (t.to(dev) if t is not None else None) for n, t in cpu.items()}
         for dtype in (torch.float32, torch.float16, torch.bfloat16):
             ref = run(inputs, ids, E, activation, "reference", dtype)
             base = run(inputs, ids, E, activation, "torch-same-dtype", dtype)
