@@ -11,8 +11,8 @@
 #   BENCH_GIT_COMMIT=<sha> bash benchmarks/gpu_check.sh        # the whole check, ~9 min
 #   STEPS="bench" bash benchmarks/gpu_check.sh                 # only some steps: any of
 #                                                              #   build tests bench sanitize
-#   FFN_PROVIDERS=skillkern-triton,grouped-mm NO_RECOMPUTE_S=0 bash benchmarks/gpu_check.sh
-#       # other providers (TOKSIM_PROVIDERS, TOKRED_PROVIDERS too); the --no-recompute run skipped
+#   FFN_PROVIDERS=skillkern-triton,grouped-mm RECOMPUTE_S=0 bash benchmarks/gpu_check.sh
+#       # other providers (TOKSIM_PROVIDERS, TOKRED_PROVIDERS too); the --recompute run skipped
 #
 # Schedule (each step time-boxed, so a hang or crash leaves the others' results):
 #   t=0     env; peer wheels (.whl/, see below) installed into /tmp/skillkern_peers
@@ -20,7 +20,7 @@
 #           the Triton half of the suite runs on CUDA tensors (pytest -n 8, cap TESTS_S=130 s)
 #   ...     wait for the build (cap BUILD_S=180 s from its start)
 #   bench   the goal shapes, skillkern first, then baselines and peers, torch.compile last (it
-#           compiles for a minute): skill_ffn (FFN_S=150 s), the same with --no-recompute for
+#           compiles for a minute): skill_ffn (FFN_S=150 s), the same with --recompute for
 #           skillkern-triton (35 s), token_similarity (TOKSIM_S=80 s), token_reduce (TOKRED_S=90 s)
 #   last    the extension's tests and compute-sanitizer memcheck run side by side, until
 #           DEADLINE_S=580 s (25..70 s); nothing is timed then
@@ -104,8 +104,8 @@ bench() {  # bench <cap s> <op> <args...>
 if has bench; then
     bench "${FFN_S:-150}" skill_ffn --out "$OUT/skill_ffn.jsonl" --providers \
         "${FFN_PROVIDERS:-skillkern-triton,skillkern-cuda,dense-cublas,grouped-mm,skill-loop,skillkern-torch,torch-compile-ref}"
-    [ "${NO_RECOMPUTE_S:-35}" -gt 0 ] && bench "${NO_RECOMPUTE_S:-35}" skill_ffn --out "$OUT/skill_ffn.jsonl" \
-        --providers skillkern-triton,dense-cublas --no-recompute --peak-size 0
+    [ "${RECOMPUTE_S:-35}" -gt 0 ] && bench "${RECOMPUTE_S:-35}" skill_ffn --out "$OUT/skill_ffn.jsonl" \
+        --providers skillkern-triton,dense-cublas --recompute --peak-size 0
     bench "${TOKSIM_S:-80}" token_similarity --out "$OUT/token_similarity.jsonl" --providers \
         "${TOKSIM_PROVIDERS:-skillkern-triton,skillkern-cuda,lik,flash-maxsim,chunked-naive,naive}"
     bench "${TOKRED_S:-90}" token_reduce --out "$OUT/token_reduce.jsonl" --providers \

@@ -113,7 +113,7 @@ def test_token_kernels_priced_configs_fit(sm90):
 
 VARIANTS = [  # (op, options): dtypes, activations, masks, LayerNorm paths and odd sizes
     ("skill_ffn", ("--activation", "swiglu")),
-    ("skill_ffn", ("--no-recompute", "--shape", "T=4096,d=512,h=1024,k=2")),
+    ("skill_ffn", ("--recompute", "--shape", "T=4096,d=512,h=1024,k=2")),
     ("skill_ffn", ("--dtype", "fp32", "--no-bias", "--shape", "T=2048,d=256,h=512,k=2,routing=uniform")),
     ("skill_ffn", ("--dtype", "fp16", "--activation", "gelu_tanh", "--shape", "T=1000,d=200,h=300,E=5")),
     ("token_similarity", ("--dtype", "fp32", "--shape", "Bi=64,Bt=64,Ni=257,Nt=77,imin=100")),

@@ -90,7 +90,7 @@ class Case:
     dy: torch.Tensor
     n_active: int
     activation: str
-    recompute: bool = True  # skillkern's providers: skill_ffn(recompute=...)
+    recompute: bool = False  # skillkern's providers: skill_ffn(recompute=...)
 
     def leaves(self) -> tuple:
         return tuple(t for t in (self.x, self.w1, self.w2, self.b1, self.b2) if t is not None)
@@ -119,7 +119,7 @@ def make_case(shape: Shape, dtype, device, args) -> Case:
     return Case(shape, randn(T, d).requires_grad_(), ids.long(), randn(E, d, h1, scale=d ** -0.5).requires_grad_(),
                 randn(E, h, d, scale=h ** -0.5).requires_grad_(), randn(E, h1, scale=0.1).requires_grad_() if bias else None,
                 randn(E, d, scale=0.1).requires_grad_() if bias else None, randn(T, d), int((ids >= 0).sum()),
-                args.activation, not args.no_recompute)
+                args.activation, args.recompute)
 
 
 def ffn_rows(x, w1, w2, b1, b2, activation):
@@ -281,8 +281,9 @@ def work(c: Case, mode: str) -> dict:
 def _add_args(ap) -> None:
     ap.add_argument("--activation", default="gelu", choices=["gelu", "gelu_tanh", "relu", "silu", "swiglu"])
     ap.add_argument("--no-bias", action="store_true", help="b1 = b2 = None (default: bias on)")
-    ap.add_argument("--no-recompute", action="store_true",
-                    help="skillkern providers keep the pre-activation for the backward (recompute=False)")
+    ap.add_argument("--recompute", action="store_true",
+                    help="skillkern providers recompute GEMM1 in the backward instead of keeping the "
+                         "pre-activation (recompute=True)")
 
 
 SPEC = OpSpec(

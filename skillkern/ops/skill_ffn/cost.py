@@ -148,7 +148,7 @@ def launches(case) -> tuple[dict, list]:
     b2 = case.b2.detach() if case.b2 is not None else None
     state = {}
 
-    recompute = getattr(case, "recompute", True)
+    recompute = getattr(case, "recompute", False)
 
     def fwd():
         state["pre"] = TI.skill_ffn_fwd(x, ids32, scale, w1, w2, b1, b2, case.activation, save_pre=not recompute)[3]

@@ -3,11 +3,11 @@
 Nothing here syncs with the host: grids are sized for the worst case from shapes alone.
 
 What the forward keeps for backward (besides x, the weights and c, which autograd holds
-anyway): order (int32, 4 bytes per token slot) and offsets (E + 1 int32). By default the hidden
-activations (2*h bytes per slot in bf16, 8 KB at h = 4096) are NOT kept: the backward
-recomputes GEMM1 inside the kernel that also forms the hidden gradient (one extra GEMM,
-7 GEMM-equivalents per step instead of 6, for ~2000x less saved state per slot). With
-save_pre (skill_ffn(recompute=False)) the pre-activation is kept and that GEMM is skipped.
+anyway): order (int32, 4 bytes per token slot), offsets (E + 1 int32) and, with save_pre
+(skill_ffn(recompute=False), the default), the pre-activation (2*h bytes per slot in bf16, 8 KB
+at h = 4096), which the backward's hidden-gradient kernel reads. With recompute=True it is not
+kept: the backward recomputes GEMM1 first (one extra GEMM, 7 GEMM-equivalents per step instead
+of 6, for ~2000x less saved state per slot).
 """
 from __future__ import annotations
 
@@ -62,8 +62,6 @@ def _wgrad_configs():
 
 _up_fwd = autotune(K._skill_up_fwd_kernel, _configs(_ROW_GEMM, _INTERP_ROW), key=["d", "h", "n_bucket", "ACT"])
 _down = autotune(K._skill_down_kernel, _configs(_ROW_GEMM, _INTERP_ROW), key=["K", "n_out", "n_bucket", "HAS_SCALE"])
-# reset_to_zero: configs of different BLOCK_N fill different numbers of dc columns, so a
-# column written while benchmarking one config would survive into the chosen config's sum
 # reset_to_zero: configs of different tiles fill different dc columns / db1 rows, so one written
 # while benchmarking a config would survive into the chosen config's sum. The GEMM runs one
 # accumulator, but the epilogue holds the pre-activation, G, the activation and its derivative:
