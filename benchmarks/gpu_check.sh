@@ -4,13 +4,14 @@
 #   env.txt        versions, nvidia-smi, the build log
 #   pytest.log     the test suite on CUDA tensors (Triton part, then the cuda-extension part)
 #   sanitize.log   compute-sanitizer memcheck, one small script per CUDA kernel family
-#   bench.log      the three op benchmarks' output, goal verdicts included
+#   bench.log      the three op benchmarks' output, goal verdicts included, then the per-kernel
+#                  profiles (skillkern profile, fwd+bwd of skillkern-triton at each goal shape)
 #   skill_ffn.jsonl  token_similarity.jsonl  token_reduce.jsonl   result rows (commit these)
 #   autotune.jsonl the autotuners' picks (skillkern inspect prices them)
 #
 #   BENCH_GIT_COMMIT=<sha> bash benchmarks/gpu_check.sh        # the whole check, ~9 min
 #   STEPS="bench" bash benchmarks/gpu_check.sh                 # only some steps: any of
-#                                                              #   build tests bench sanitize
+#                                                              #   build tests bench profile sanitize
 #   FFN_PROVIDERS=skillkern-triton,grouped-mm RECOMPUTE_S=0 bash benchmarks/gpu_check.sh
 #       # other providers (TOKSIM_PROVIDERS, TOKRED_PROVIDERS too); the --recompute run skipped
 #
@@ -22,6 +23,8 @@
 #   bench   the goal shapes, skillkern first, then baselines and peers, torch.compile last (it
 #           compiles for a minute): skill_ffn (FFN_S=150 s), the same with --recompute for
 #           skillkern-triton (35 s), token_similarity (TOKSIM_S=80 s), token_reduce (TOKRED_S=90 s)
+#   profile per-kernel device times of skillkern-triton's fwd+bwd at each op's goal shape
+#           (torch.profiler; ~20 s per op, PROFILE_S=100 s in all): which kernel the time goes to
 #   last    the extension's tests and compute-sanitizer memcheck run side by side, until
 #           DEADLINE_S=580 s (25..70 s); nothing is timed then
 # A bench killed at its cap loses its rows (they are written per shape), not its printed lines.
@@ -38,7 +41,7 @@
 set -u  # no -e: one failing step must not stop the others
 
 OUT=${OUT:-benchmarks/results/gpu_check}
-STEPS=${STEPS-build tests bench sanitize}
+STEPS=${STEPS-build tests bench profile sanitize}
 mkdir -p "$OUT"
 START=$(date +%s)
 elapsed() { echo $(( $(date +%s) - START )); }
@@ -111,6 +114,18 @@ if has bench; then
     bench "${TOKRED_S:-90}" token_reduce --out "$OUT/token_reduce.jsonl" --providers \
         "${TOKRED_PROVIDERS:-skillkern-triton,skillkern-cuda,eager-wukong,skillkern-torch,compiled-wukong}"
     cp benchmarks/results/autotune.jsonl "$OUT/" 2>/dev/null || true
+fi
+
+# ---- per-kernel times (the totals alone cannot say which kernel misses its prediction)
+if has profile; then
+    PROFILE_END=$(( $(elapsed) + ${PROFILE_S:-100} ))
+    for op in skill_ffn token_similarity token_reduce; do
+        left=$(( PROFILE_END - $(elapsed) )); [ "$left" -lt 15 ] && break
+        echo "== profile $op ($(elapsed) s, cap ${left} s)" | tee -a "$OUT/bench.log"
+        timeout "$left" python3 -m skillkern.cli profile --op "$op" --provider skillkern-triton --no-trace \
+            >> "$OUT/bench.log" 2>&1
+        echo "   rc=$?" | tee -a "$OUT/bench.log"
+    done
 fi
 
 # ---- the extension's tests and compute-sanitizer, side by side (correctness only)
