@@ -57,7 +57,10 @@ def check_records(rows: list[dict], ops: set, arch: int) -> None:
         sites.setdefault((r["op"], r["shape"], r["launch"]), []).append(r)
     for group in sites.values():
         if group[0]["tuned"]:  # the prune rule: what fits; where nothing does, the least spilling in smem
-            fit = [r for r in group if r["fits"]] or [r for r in group if r["smem_bytes"] <= r["smem_limit"]]
+            # first, a launch that cannot take TMA (TMA_OK False: sm_80, unaligned) drops the configs
+            # asking for it ("... tma" configs compiled without TMA loads)
+            cand = [r for r in group if not (r["config"].endswith(" tma") and not r["tma"])] or group
+            fit = [r for r in cand if r["fits"]] or [r for r in cand if r["smem_bytes"] <= r["smem_limit"]]
             least = min(r["spill_bytes"] for r in fit)
             assert [not r["pruned"] for r in group] == [r in fit and r["spill_bytes"] == least for r in group], group
         chosen = [r for r in group if r["chosen"]]

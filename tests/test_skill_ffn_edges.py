@@ -10,6 +10,7 @@ from skillkern.ops.skill_ffn.reference import (ID_DTYPES, route_ref, skill_ffn_b
                                                slot_scale)
 
 from conftest import DEVICE, rel_err
+from skillkern.ops.skill_ffn import kernels as _skill_ffn_kernels
 from test_skill_ffn import BACKENDS, _bad_args, make_problem, run
 
 ALL = ["torch"] + BACKENDS
@@ -330,3 +331,28 @@ def test_sanitize_script_runs_its_cases_on_cpu():
         assert set(got) == set(ref) == {"y", "x", "w1", "w2", "skill_weights"} | ({"b1", "b2"} if bias else set())
         for name in ref:
             assert rel_err(got[name], ref[name]) < 1e-5, (label, name)
+
+
+def test_tma_rules_and_the_prune_of_tma_configs():
+    """Weights go by TMA only on sm_90+ (or the interpreter) with a contiguous last dimension and
+    16-byte aligned strides; a launch that cannot take TMA drops the autotune configs asking for
+    it before the fit rule (where nothing else is left it keeps them: they run the cp.async path)."""
+    import triton
+
+    from skillkern.ops import _common
+
+    w = torch.empty(3, 16, 24, dtype=torch.bfloat16)
+    with _common.target_arch(90):
+        assert _common.tma_ok(w) and _common.tma_ok(torch.empty(3, 16, 4))
+        assert not _common.tma_ok(torch.empty(3, 16, 23, dtype=torch.bfloat16))  # 46-byte rows
+        assert not _common.tma_ok(torch.empty(3, 24, 16, dtype=torch.bfloat16).transpose(1, 2))
+        assert not _common.tma_ok(torch.empty(3 * 16 * 24 + 1, dtype=torch.bfloat16)[1:].view(3, 16, 24))
+    with _common.target_arch(80):
+        assert not _common.tma_ok(w)
+    configs = [triton.Config({"BLOCK": b, "USE_TMA": t}) for t in (True, False) for b in (32, 64)]
+    tuner = _common.autotune(_skill_ffn_kernels._skill_down_kernel, configs, key=["K"])
+    prune = tuner.early_config_prune
+    with _common.fit_check(lambda kernel, args, kwargs: (0, True)):
+        assert prune(configs, {}, TMA_OK=False) == configs[2:]
+        assert prune(configs, {}, TMA_OK=True) == configs
+        assert prune(configs[:2], {}, TMA_OK=False) == configs[:2]

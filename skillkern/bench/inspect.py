@@ -315,7 +315,8 @@ def _mark_chosen(records: list, choices: dict) -> None:
 
 @contextlib.contextmanager
 def pruning_by(cc: int):
-    """Make the autotuners' prune functions judge configs by their compiled code for cc."""
+    """Make the autotuners' prune functions judge configs by their compiled code for cc, and the
+    launchers choose their paths (TMA) for cc."""
     from skillkern.ops import _common
 
     def facts(fn, args, kwargs):
@@ -323,7 +324,7 @@ def pruning_by(cc: int):
         f = kernel_facts(kernel, cc)
         return f["spill_bytes"], f["smem_bytes"] <= mc.LIMITS[cc]["smem_block"]
 
-    with warnings.catch_warnings(), _common.fit_check(facts):
+    with warnings.catch_warnings(), _common.fit_check(facts), _common.target_arch(cc):
         warnings.simplefilter("ignore", RuntimeWarning)  # the report shows every config's spills
         yield
 
@@ -331,8 +332,10 @@ def pruning_by(cc: int):
 # ----------------------------------------------------------------------------- autotune choices
 
 def config_label(cfg) -> str:
-    """A triton.Config as inspect labels it: its tile values joined by x, warps, stages."""
-    return "x".join(str(v) for v in cfg.kwargs.values()) + f" w{cfg.num_warps} s{cfg.num_stages}"
+    """A triton.Config as inspect labels it: its tile values joined by x, warps, stages, and
+    "tma" where it fetches operands by TMA (USE_TMA)."""
+    tiles = "x".join(str(v) for v in cfg.kwargs.values() if not isinstance(v, bool))
+    return f"{tiles} w{cfg.num_warps} s{cfg.num_stages}" + (" tma" if cfg.kwargs.get("USE_TMA") else "")
 
 
 def record_autotune(device: str, commit: str | None, path: str | None = None) -> list[dict]:

@@ -77,6 +77,53 @@ def fit_check(facts):
         _fit_check = saved
 
 
+_target_cc = None
+
+
+@contextlib.contextmanager
+def target_arch(cc: int):
+    """Inside this block, launchers choose their arch-dependent paths (TMA) for compute
+    capability cc instead of their tensors' device: `skillkern inspect` records the launches
+    of CPU tensors for a target GPU."""
+    global _target_cc
+    saved, _target_cc = _target_cc, cc
+    try:
+        yield
+    finally:
+        _target_cc = saved
+
+
+def _device_scratch(size: int, alignment: int, stream):
+    """Global scratch for kernels that ask for it at launch (TMA descriptors built on the
+    device: 128 bytes per program)."""
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def tma_ok(t: torch.Tensor) -> bool:
+    """Whether a kernel may fetch t's tiles by TMA (tl.make_tensor_descriptor): on sm_90 or
+    newer (or the arch of target_arch), or under the interpreter, which runs the same path on CPU
+    tensors; for a t whose last dimension is contiguous and whose base and other strides are
+    16-byte aligned (the descriptor's rules: e.g. d and h multiples of 8 in 16-bit types).
+    Otherwise the kernels take their cp.async path. On a GPU this also gives Triton an
+    allocator for the descriptors' scratch if none is set (the setting is per thread context,
+    and autograd runs the backward on a thread of its own)."""
+    from skillkern._backend import interpreting
+
+    if _target_cc is not None:
+        if _target_cc < 90:
+            return False
+    elif not interpreting():
+        if not (t.is_cuda and torch.cuda.get_device_capability(t.device)[0] >= 9):
+            return False
+        import triton
+        from triton.runtime import _allocation
+
+        if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+            triton.set_allocator(_device_scratch)
+    es = t.element_size()
+    return t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all(s * es % 16 == 0 for s in t.stride()[:-1])
+
+
 def _device_facts(kernel, args, kwargs) -> tuple[int, bool]:
     """Compile (the autotuner would anyway; Triton caches it) and load on the current device.
     The rule only filters for speed: if this Triton cannot answer (an API it lacks), the config
@@ -115,11 +162,15 @@ def keep_fitting(configs: list, facts: list[tuple[int, bool]], name: str) -> lis
 def autotune(kernel, configs: list, key: list, **kw):
     """triton.autotune(configs, key) of `kernel` with the one prune rule (keep_fitting), judged on
     the device it runs on (the same rule `skillkern inspect` reports against): configs that
-    spill registers or need more shared memory than a block may have are never timed nor chosen."""
+    spill registers or need more shared memory than a block may have are never timed nor chosen.
+    A kernel whose configs carry USE_TMA takes TMA_OK from its launcher (tma_ok of the operand):
+    where it is False, the USE_TMA configs are dropped first."""
     import triton
 
     def prune(configs, named_args, **call):
         call = {k: v for k, v in call.items() if k not in ("grid", "warmup")}
+        if call.get("TMA_OK") is False:  # the launch cannot take TMA: drop the configs asking for it
+            configs = [c for c in configs if not c.kwargs.get("USE_TMA")] or configs
         facts = _fit_check or _device_facts
         args = tuple(named_args.values())
         return keep_fitting(configs, [facts(kernel, args, {**call, **c.all_kwargs()}) for c in configs],

@@ -180,16 +180,37 @@ def _act_grad(z, ACT: tl.constexpr):
 
 
 @triton.jit
+def _w_desc(w_ptr, E, R, C, stride_e, stride_r, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """TMA descriptor of per-skill weights (E, R, C), C contiguous, in (BLOCK_R, BLOCK_C) tiles of
+    one skill: rows and columns past R and C arrive as zeros, so the loads need no masks."""
+    return tl.make_tensor_descriptor(w_ptr, shape=[E, R, C], strides=[stride_e, stride_r, 1],
+                                     block_shape=[1, BLOCK_R, BLOCK_C])
+
+
+@triton.jit
+def _w_tile(desc, skill, k0, n0, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, K_MAJOR: tl.constexpr):
+    """The (BLOCK_K, BLOCK_N) B operand at (k0, n0) of one skill's weights, by TMA. K_MAJOR: the
+    weights are laid out (E, N, K) with K contiguous (W2 read as W2^T, W1 as W1^T): the tile is
+    fetched (BLOCK_N, BLOCK_K) and transposed, which wgmma takes from shared memory as is."""
+    if K_MAJOR:
+        return tl.trans(tl.reshape(desc.load([skill, n0, k0]), (BLOCK_N, BLOCK_K)))
+    else:
+        return tl.reshape(desc.load([skill, k0, n0]), (BLOCK_K, BLOCK_N))
+
+
+@triton.jit
 def _skill_up_fwd_kernel(
     x_ptr, w1_ptr, b1_ptr, hid_ptr, pre_ptr, order_ptr, offsets_ptr,
     N, E, d, h, k,
     stride_xt, stride_we, stride_wd, stride_wh, stride_be, stride_hp, stride_pp,
     n_bucket,  # next_power_of_2(rows per skill): autotune key only, so each size range tunes once
     ACT: tl.constexpr, HAS_B1: tl.constexpr, STORE_PRE: tl.constexpr, STORE_ACT: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, TMA_OK: tl.constexpr, USE_TMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """hid[p, :] = act(x[token(p)] @ w1[e] + b1[e]) for sorted position p of skill e.
+    The gathered x rows come by cp.async; w1 tiles by TMA where the config asks for it (USE_TMA)
+    and the launcher allows it (TMA_OK: aligned weights on sm_90+), else by cp.async too.
     For SWIGLU w1 is (E, d, 2h), gate columns [0, h), up columns [h, 2h): both tiles are
     accumulated side by side so the hidden tile is finished in registers. With STORE_PRE the
     pre-activation (both halves for SWIGLU) is stored too, in sorted order, for the backward
@@ -203,17 +224,27 @@ def _skill_up_fwd_kernel(
     kk = tl.arange(0, BLOCK_K)
     w_base = w1_ptr + skill.to(tl.int64) * stride_we + cols.to(tl.int64)[None, :] * stride_wh
     x_base = x_ptr + tok[:, None] * stride_xt
+    if USE_TMA and TMA_OK:
+        # SWIGLU: one descriptor over both halves; a gate tile past column h reads up columns,
+        # finite values in columns that are never stored
+        w_desc = _w_desc(w1_ptr, E, d, 2 * h if ACT == SWIGLU else h, stride_we, stride_wd, BLOCK_K, BLOCK_N)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     if ACT == SWIGLU:
         acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, d, BLOCK_K):
         kmask = (k0 + kk) < d
         a = tl.load(x_base + (k0 + kk)[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
-        w_ptrs = w_base + (k0 + kk).to(tl.int64)[:, None] * stride_wd
-        wmask = kmask[:, None] & cmask[None, :]
-        acc = tl.dot(a, tl.load(w_ptrs, mask=wmask, other=0.0), acc, input_precision=PRECISION)
+        if USE_TMA and TMA_OK:
+            w = _w_tile(w_desc, skill, k0, pid_n * BLOCK_N, BLOCK_K, BLOCK_N, False)
+        else:
+            w_ptrs = w_base + (k0 + kk).to(tl.int64)[:, None] * stride_wd
+            w = tl.load(w_ptrs, mask=kmask[:, None] & cmask[None, :], other=0.0)
+        acc = tl.dot(a, w, acc, input_precision=PRECISION)
         if ACT == SWIGLU:
-            w_up = tl.load(w_ptrs + h * stride_wh, mask=wmask, other=0.0)
+            if USE_TMA and TMA_OK:
+                w_up = _w_tile(w_desc, skill, k0, h + pid_n * BLOCK_N, BLOCK_K, BLOCK_N, False)
+            else:
+                w_up = tl.load(w_ptrs + h * stride_wh, mask=kmask[:, None] & cmask[None, :], other=0.0)
             acc_up = tl.dot(a, w_up, acc_up, input_precision=PRECISION)
     if HAS_B1:
         b_ptrs = b1_ptr + skill.to(tl.int64) * stride_be + cols
@@ -251,10 +282,13 @@ def _skill_down_kernel(
     N, E, K, n_out,
     stride_ap, stride_we, stride_wk, stride_wn, stride_be, stride_os,
     n_bucket,  # autotune key only
-    HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, PRECISION: tl.constexpr, TMA_OK: tl.constexpr,
+    W_KMAJOR: tl.constexpr, USE_TMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """out[order[p], :] = scale[order[p]] * (a[p, :] @ w[e] + bias[e]) for sorted p of skill e.
+    With USE_TMA and TMA_OK the w tiles come by TMA: W_KMAJOR says w's K dimension is the
+    contiguous one (stride_wk == 1, dX's W1^T), else its N dimension is (stride_wn == 1, W2).
 
     Forward GEMM2: a = hidden (sorted), w = w2 (E, h, d), bias = b2, scale = c.
     Backward dX:   a = dZ (sorted),     w = w1 read transposed (E, h1, d), no bias, no scale.
@@ -267,12 +301,20 @@ def _skill_down_kernel(
     kk = tl.arange(0, BLOCK_K)
     a_base = a_ptr + rows.to(tl.int64)[:, None] * stride_ap
     w_base = w_ptr + skill.to(tl.int64) * stride_we + cols.to(tl.int64)[None, :] * stride_wn
+    if USE_TMA and TMA_OK:
+        if W_KMAJOR:
+            w_desc = _w_desc(w_ptr, E, n_out, K, stride_we, stride_wn, BLOCK_N, BLOCK_K)
+        else:
+            w_desc = _w_desc(w_ptr, E, K, n_out, stride_we, stride_wk, BLOCK_K, BLOCK_N)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         kmask = (k0 + kk) < K
         a = tl.load(a_base + (k0 + kk)[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
-        w = tl.load(w_base + (k0 + kk).to(tl.int64)[:, None] * stride_wk,
-                    mask=kmask[:, None] & cmask[None, :], other=0.0)
+        if USE_TMA and TMA_OK:
+            w = _w_tile(w_desc, skill, k0, pid_n * BLOCK_N, BLOCK_K, BLOCK_N, W_KMAJOR)
+        else:
+            w = tl.load(w_base + (k0 + kk).to(tl.int64)[:, None] * stride_wk,
+                        mask=kmask[:, None] & cmask[None, :], other=0.0)
         acc = tl.dot(a, w, acc, input_precision=PRECISION)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + skill.to(tl.int64) * stride_be + cols, mask=cmask,
@@ -295,7 +337,7 @@ def _skill_up_bwd_kernel(
     stride_db1,
     n_bucket,  # autotune key only
     ACT: tl.constexpr, HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, NEED_DC: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, TMA_OK: tl.constexpr, USE_TMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """For sorted position p of skill e and a tile of hidden columns j (dy already gathered
@@ -320,13 +362,18 @@ def _skill_up_bwd_kernel(
     kk = tl.arange(0, BLOCK_K)
     dy_base = dy_ptr + rows64[:, None] * stride_dyp
     w2_base = w2_ptr + e64 * stride_w2e + cols.to(tl.int64)[None, :] * stride_w2h
+    if USE_TMA and TMA_OK:  # w2 (E, h, d), d contiguous: W2^T tiles fetched K-major and transposed
+        w2_desc = _w_desc(w2_ptr, E, h, d, stride_w2e, stride_w2h, BLOCK_N, BLOCK_K)
     g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     dyb2 = tl.zeros([BLOCK_M], dtype=tl.float32)
     for k0 in range(0, d, BLOCK_K):
         kmask = (k0 + kk) < d
         dy = tl.load(dy_base + (k0 + kk)[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
-        w2t = tl.load(w2_base + (k0 + kk).to(tl.int64)[:, None] * stride_w2d, mask=kmask[:, None] & cmask[None, :],
-                      other=0.0)
+        if USE_TMA and TMA_OK:
+            w2t = _w_tile(w2_desc, skill, k0, pid_n * BLOCK_N, BLOCK_K, BLOCK_N, True)
+        else:
+            w2t = tl.load(w2_base + (k0 + kk).to(tl.int64)[:, None] * stride_w2d,
+                          mask=kmask[:, None] & cmask[None, :], other=0.0)
         g = tl.dot(dy, w2t, g, input_precision=PRECISION)
         if NEED_DC and HAS_B2:
             if pid_n == 0:

@@ -15,7 +15,7 @@ import torch
 import triton
 
 from skillkern._backend import interpreting
-from skillkern.ops._common import autotune, dot_precision
+from skillkern.ops._common import autotune, dot_precision, tma_ok as _tma
 from skillkern.ops.skill_ffn import kernels as K
 
 ACT_CODE = {name: K.__dict__[name.upper()].value
@@ -25,14 +25,16 @@ _ROUTE_BLOCK = 1024  # slots per routing program (one-hot BLOCK x E_PAD in regis
 
 
 def _configs(gpu_configs, interp_config):
-    """Autotune configs: the GPU list, or one small config under the interpreter (where
-    autotuning cannot benchmark and each program step costs ~3.5 ms).
+    """Autotune configs: the GPU list, each with its weight tiles by TMA and by cp.async (USE_TMA:
+    the device's timing decides; a launch whose weights TMA cannot take, TMA_OK=False, prunes
+    the TMA half), or one small config under the interpreter (where autotuning cannot benchmark
+    and each program step costs ~3.5 ms; TMA wherever the launch allows it).
     Every kernel must give the same result whichever configs ran before it (autotuning runs
     them all on the real buffers): the kernels only store, never accumulate into outputs."""
     if interpreting():
-        return [triton.Config(interp_config, num_warps=4, num_stages=1)]
-    return [triton.Config(dict(zip(("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"), c[:4])),
-                          num_warps=c[4], num_stages=c[5]) for c in gpu_configs]
+        return [triton.Config(dict(interp_config, USE_TMA=True), num_warps=4, num_stages=1)]
+    return [triton.Config(dict(zip(("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"), c[:4]), USE_TMA=tma),
+                          num_warps=c[4], num_stages=c[5]) for tma in (True, False) for c in gpu_configs]
 
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, warps, stages). 128x128x64 / 8 warps is the usual
@@ -134,7 +136,9 @@ def _gemm1(x, w1, b1, hid, pre, order, offsets, k: int, activation: str, n_bucke
         x.stride(0), w1.stride(0), w1.stride(1), w1.stride(2),
         b1.stride(0) if b1 is not None else 0, out.stride(0), pre.stride(0) if pre is not None else 0,
         n_bucket, ACT=ACT_CODE[activation], HAS_B1=b1 is not None, STORE_PRE=pre is not None,
-        STORE_ACT=hid is not None, PRECISION=prec)
+        STORE_ACT=hid is not None, PRECISION=prec,
+        # swiglu's up tiles start at column h: TMA box starts must be 16-byte aligned too
+        TMA_OK=_tma(w1) and (activation != "swiglu" or h * w1.element_size() % 16 == 0))
 
 
 def _sum_by_skill(part: torch.Tensor, tile_skill: torch.Tensor, E: int, dtype) -> torch.Tensor:
@@ -176,7 +180,7 @@ def skill_ffn_fwd(x, ids, scale, w1, w2, b1, b2, activation, save_pre: bool = Fa
         N, E, h, d,
         hid.stride(0), w2.stride(0), w2.stride(1), w2.stride(2),
         b2.stride(0) if b2 is not None else 0, out.stride(0),
-        n_bucket, HAS_BIAS=b2 is not None, HAS_SCALE=True, PRECISION=prec)
+        n_bucket, HAS_BIAS=b2 is not None, HAS_SCALE=True, PRECISION=prec, TMA_OK=_tma(w2), W_KMAJOR=False)
     if save_pre:  # rows of inactive slots: zeros, not whatever memory held (an op output)
         K._zero_inactive_rows_kernel[(triton.cdiv(N, _GATHER_M),)](pre, offsets, N, E, h1, pre.stride(0),
                                                                    BLOCK_M=_GATHER_M, BLOCK_C=_GATHER_C)
@@ -224,7 +228,7 @@ def skill_ffn_bwd(dy, x, scale, w1, w2, b1, b2, order, offsets, activation, need
         dy_s.stride(0), w2.stride(0), w2.stride(1), w2.stride(2), b2.stride(0) if b2 is not None else 0,
         pre.stride(0), hid.stride(0), dz.stride(0), dc_part.stride(0), db1_part.stride(0),
         n_bucket, ACT=ACT_CODE[activation], HAS_B1=b1 is not None, HAS_B2=b2 is not None,
-        NEED_DC=need_dscale, PRECISION=prec)
+        NEED_DC=need_dscale, PRECISION=prec, TMA_OK=_tma(w2))
     del pre
     db1 = _sum_by_skill(db1_part, tile_skill, E, b1.dtype) if b1 is not None else None
 
@@ -246,7 +250,7 @@ def skill_ffn_bwd(dy, x, scale, w1, w2, b1, b2, order, offsets, activation, need
         dz, w1, w1, scale, dx_slots, order, offsets,
         N, E, h1, d,
         dz.stride(0), w1.stride(0), w1.stride(2), w1.stride(1), 0, dx_slots.stride(0),
-        n_bucket, HAS_BIAS=False, HAS_SCALE=False, PRECISION=prec)
+        n_bucket, HAS_BIAS=False, HAS_SCALE=False, PRECISION=prec, TMA_OK=_tma(w1), W_KMAJOR=True)
     dx = _combine(dx_slots, T, k)
 
     dscale = None
