@@ -356,3 +356,15 @@ def test_tma_rules_and_the_prune_of_tma_configs():
         assert prune(configs, {}, TMA_OK=False) == configs[2:]
         assert prune(configs, {}, TMA_OK=True) == configs
         assert prune(configs[:2], {}, TMA_OK=False) == configs[:2]
+
+
+def test_autotune_first_keeps_one_config(monkeypatch):
+    """SKILLKERN_AUTOTUNE=first (the GPU test run): each autotuned kernel keeps its first config."""
+    import triton
+
+    from skillkern.ops import _common
+
+    configs = [triton.Config({"BLOCK": b}) for b in (32, 64, 128)]
+    assert len(_common.autotune(_skill_ffn_kernels._skill_down_kernel, configs, key=["K"]).configs) == 3
+    monkeypatch.setenv("SKILLKERN_AUTOTUNE", "first")
+    assert _common.autotune(_skill_ffn_kernels._skill_down_kernel, configs, key=["K"]).configs == configs[:1]
