@@ -422,8 +422,8 @@ def test_autotuning_over_several_configs_keeps_grads_right(monkeypatch):
         t = next(timings)
         return [t, t, t] if quantiles else t
 
-    cfgs = [triton.Config(dict(BLOCK_M=32, BLOCK_N=bn, BLOCK_K=32, GROUP_M=4), num_warps=4, num_stages=1)
-            for bn in (32, 64)]
+    cfgs = [triton.Config(dict(BLOCK_M=32, BLOCK_N=bn, BLOCK_K=32, GROUP_M=4, USE_TMA=False), num_warps=4,
+                          num_stages=1) for bn in (32, 64)]
     tuned = triton.autotune(cfgs, key=["d", "h"], reset_to_zero=TI._up_bwd.reset_to_zero,
                             do_bench=fake_bench)(K._skill_up_bwd_kernel)
     monkeypatch.setattr(TI, "_up_bwd", tuned)
