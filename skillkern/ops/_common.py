@@ -165,6 +165,9 @@ def autotune(kernel, configs: list, key: list, **kw):
     spill registers or need more shared memory than a block may have are never timed nor chosen.
     A kernel whose configs carry USE_TMA takes TMA_OK from its launcher (tma_ok of the operand):
     where it is False, the USE_TMA configs are dropped first.
+    The timings are kept on disk (Triton's cache_results, in its cache directory, keyed by the
+    kernel's source, the tuning key, the arch and the Triton version): a new process compiles
+    from Triton's cache and times nothing, so only the first run on a machine pays for tuning.
     SKILLKERN_AUTOTUNE=first (read at import) keeps each list's first config only: the test suite
     on a GPU checks results, not speed, and compiling and timing every config of every new shape
     would take most of a GPU window."""
@@ -185,4 +188,5 @@ def autotune(kernel, configs: list, key: list, **kw):
                             kernel.__name__)
 
     prune.__name__ = "keep_fitting"
+    kw.setdefault("cache_results", True)
     return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": prune}, **kw)(kernel)
