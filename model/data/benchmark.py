@@ -44,7 +44,7 @@ from .speech import build_sound_text
 from .text_cls import build_text_cls
 from .tokenizer import WordPieceTokenizer
 
-FORMAT_VERSION = 2          # bump when a builder's output or the file layout changes
+FORMAT_VERSION = 3          # bump when a builder's output or the file layout changes
 PCM_FIELDS = {("sound_text", "x")}     # float32 waveforms on the k / 32767 grid: stored as int16
 ZLIB_MIN_BYTES = 1 << 20    # smaller tensors stay plain
 ZLIB_LEVEL = 1              # level 6 saves 1% on speech (35.9 vs 36.2 MB per 64 MB) for +40% time

@@ -4,8 +4,10 @@ Files: every .py under the stdlib directory in sorted path order, skipping test 
 site-packages and __pycache__. Candidates: each function / method (any depth) with a docstring
 whose first line has at least 3 words and some statement besides the docstring. Code side:
 ast.unparse of the function with its docstring statement removed (comments are gone with it, so
-neither can leak the description). A first line shared by several functions ("Return self.",
-"Initialize self.") keeps only its first function in file order: captions are unique.
+neither can leak the description). A caption shared by several functions ("Return self.",
+"Initialize self.") keeps only its first function in file order: captions are unique as the
+model sees them (their token ids at TEXT_LEN; two texts that differ only past the cut, or in
+characters the tokenizer maps alike, count as one), so row i's only match is column i.
 "tiny" stops parsing once it has TINY_POOL candidates (parsing the whole stdlib takes ~5 s).
 """
 from __future__ import annotations
@@ -70,7 +72,7 @@ def build_code_text(source, *, sizes, seed, tokenizer, log) -> Built:
     for path in _stdlib_files(root):
         n_files += 1
         for rel, lineno, first, node in _candidates(path, root):
-            key = first.casefold()
+            key = tuple(tokenizer.encode(first, TEXT_LEN))
             if key in seen:
                 continue
             seen.add(key)
