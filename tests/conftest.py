@@ -87,6 +87,21 @@ def poison_padding(x, real):
     return x
 
 
+def skill_ffn_sanitize():
+    """csrc/skill_ffn/sanitize.py as a module: its adversarial cases (make_case) serve the CPU
+    tests too, so what runs under compute-sanitizer on a GPU is what runs here."""
+    import importlib.util
+    import sys
+
+    name = "skillkern_skill_ffn_sanitize"
+    if name not in sys.modules:
+        path = os.path.join(os.path.dirname(__file__), "..", "csrc", "skill_ffn", "sanitize.py")
+        spec = importlib.util.spec_from_file_location(name, path)
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
 @pytest.fixture
 def device():
     return DEVICE

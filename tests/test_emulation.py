@@ -18,7 +18,7 @@ import os
 
 import pytest
 import torch
-from conftest import rel_err
+from conftest import rel_err, skill_ffn_sanitize
 
 from skillkern.ops.skill_ffn.reference import skill_ffn_ref, slot_scale
 from skillkern.ops.token_reduce.reference import token_pool_ref, token_reduce_ref
@@ -89,20 +89,6 @@ def _guarded(t, offset):
 FFN_FLOOR = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 5e-3}
 
 
-def _ffn_ids(T, k, E, routing, gen):
-    if routing == "one":  # every token on the last skill
-        ids = torch.full((T, k), -1, dtype=torch.long)
-        ids[:, 0] = E - 1
-    elif routing == "sparse":  # skills 0 and E - 1 only
-        ids = torch.where(torch.rand(T, k, generator=gen) < 0.5, 0, E - 1)
-        ids[:, 1:] = -1
-    else:  # distinct skills per token, 20% holes
-        ids = torch.argsort(torch.rand(T, E, generator=gen), dim=1)[:, :k]
-        ids = ids.masked_fill(torch.rand(T, k, generator=gen) < 0.2, -1)
-    ids[T // 3] = -1  # a token without any active slot
-    return ids
-
-
 # (label, T, k, E, d, h, activation, dtype, bias, routing, offset): sizes against the tiles
 # (BM = 128 rows; BN = 128 or 64 columns; BK = 32 (16-bit) / 16 (fp32) of K)
 FFN_CASES = [
@@ -122,18 +108,9 @@ def check_skill_ffn(emu, case, bug=None):
     """skill_ffn's kernels against the float64 reference on the same (rounded) inputs: y and
     every gradient within 2x PyTorch's own error in the dtype (+ a floor)."""
     _, T, k, E, d, h, activation, dtype, bias, routing, offset = case
-    gen = torch.Generator().manual_seed(T * 131 + d)
-    h1 = 2 * h if activation == "swiglu" else h
-    master = {
-        "x": torch.randn(T, d, generator=gen, dtype=torch.float64),
-        "w1": torch.randn(E, d, h1, generator=gen, dtype=torch.float64) / d ** 0.5,
-        "w2": torch.randn(E, h, d, generator=gen, dtype=torch.float64) / h ** 0.5,
-        "b1": torch.randn(E, h1, generator=gen, dtype=torch.float64) * 0.5 if bias else None,
-        "b2": torch.randn(E, d, generator=gen, dtype=torch.float64) * 0.5 if bias else None,
-    }
-    ids = _ffn_ids(T, k, E, routing, gen)
-    sw = torch.rand(T, k, generator=gen, dtype=torch.float64) + 0.5
-    dy = torch.randn(T, d, generator=gen, dtype=torch.float64)
+    # the inputs and routings of the compute-sanitizer script (float64 masters, ids with holes)
+    master, ids = skill_ffn_sanitize().make_case(T, k, E, d, h, activation, bias, routing, torch.device("cpu"))
+    sw, dy = master.pop("sw"), master.pop("dy")
     names = [n for n, t in master.items() if t is not None]
 
     def reference(work_dtype):
@@ -182,7 +159,7 @@ def test_skill_ffn_every_integer_id_dtype(emu, ids_dtype):
     x = torch.randn(T, d, generator=gen)
     w1 = torch.randn(E, d, h, generator=gen) / 4
     w2 = torch.randn(E, h, d, generator=gen) / 5
-    ids = _ffn_ids(T, k, E, "uniform", gen)
+    ids = skill_ffn_sanitize().make_ids(T, k, E, "uniform", gen)
     scale = slot_scale(ids, E, torch.rand(T, k, generator=gen) + 0.5)
     want = emulate(emu, emu.skill_ffn_fwd, x, ids, scale, w1, w2, None, None, "relu")
     got = emulate(emu, emu.skill_ffn_fwd, x, ids.to(ids_dtype), scale, w1, w2, None, None, "relu")

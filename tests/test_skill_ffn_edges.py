@@ -9,7 +9,7 @@ import skillkern
 from skillkern.ops.skill_ffn.reference import (ID_DTYPES, route_ref, skill_ffn_bwd_ref, skill_ffn_ref,
                                                slot_scale)
 
-from conftest import DEVICE, rel_err
+from conftest import DEVICE, rel_err, skill_ffn_sanitize
 from skillkern.ops.skill_ffn import kernels as _skill_ffn_kernels
 from test_skill_ffn import BACKENDS, _bad_args, make_problem, run
 
@@ -317,13 +317,7 @@ def test_sanitize_script_runs_its_cases_on_cpu():
     """csrc/skill_ffn/sanitize.py (run under compute-sanitizer on the GPU machine) builds each of
     its cases and differentiates them: its float64 reference and the torch backend agree on CPU.
     (On the H200 it once stopped at its first case: dy was taken for a leaf.)"""
-    import importlib.util
-    import os
-
-    path = os.path.join(os.path.dirname(__file__), "..", "csrc", "skill_ffn", "sanitize.py")
-    spec = importlib.util.spec_from_file_location("skill_ffn_sanitize", path)
-    san = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(san)
+    san = skill_ffn_sanitize()
     for label, T, k, E, d, h, activation, bias, routing in san.SHAPES:
         inputs, ids = san.make_case(T, k, E, d, h, activation, bias, routing, torch.device("cpu"))
         ref = san.run(inputs, ids, E, activation, "reference", torch.float32)
