@@ -22,11 +22,13 @@
 #   ...     wait for the build (cap BUILD_S=180 s from its start)
 #   bench   the goal shapes, skillkern first, then baselines and peers, torch.compile last (it
 #           compiles for a minute): skill_ffn (FFN_S=150 s), the same with --recompute for
-#           skillkern-triton (35 s), token_similarity (TOKSIM_S=80 s), token_reduce (TOKRED_S=90 s)
+#           skillkern-triton (RECOMPUTE_S=35 s), token_similarity (TOKSIM_S=120 s), token_reduce
+#           (TOKRED_S=90 s)
 #   profile per-kernel device times of skillkern-triton's fwd+bwd at each op's goal shape
 #           (torch.profiler; ~20 s per op, PROFILE_S=100 s in all): which kernel the time goes to
 #   last    the extension's tests and compute-sanitizer memcheck run side by side, until
 #           DEADLINE_S=580 s (25..70 s); nothing is timed then
+# Every cap is also cut so that the later steps keep their share before DEADLINE_S (cap_for).
 # A bench killed at its cap loses its rows (they are written per shape), not its printed lines.
 # Seen on an H200 (2026-12-04): start-up ~30 s, the build 110-130 s (beside the tests), the
 # skill_ffn bench 62 s for 7 providers, token_similarity > 75 s (its reference and LIK alone take
@@ -104,6 +106,14 @@ fi
 python3 -c "import skillkern as s; print('skillkern', s.__version__, '| _C:', s.has_cuda_extension())" 2>&1 | tee -a "$OUT/env.txt"
 
 # ---- benchmarks at the goal shapes (the GPU is theirs alone)
+# a step's cap: what it asks for, cut so that `reserve` seconds stay for the steps after it
+# before DEADLINE_S (580 s: the device machine stops a command at 600)
+cap_for() {  # cap_for <want s> <reserve s>
+    local c=$(( ${DEADLINE_S:-580} - $(elapsed) - $2 ))
+    [ "$c" -gt "$1" ] && c=$1
+    [ "$c" -lt 20 ] && c=20
+    echo "$c"
+}
 bench() {  # bench <cap s> <op> <args...>
     local cap=$1; shift
     echo "== bench $* ($(elapsed) s, cap ${cap} s)" | tee -a "$OUT/bench.log"
@@ -112,20 +122,20 @@ bench() {  # bench <cap s> <op> <args...>
     echo "   rc=$?" | tee -a "$OUT/bench.log"
 }
 if has bench; then
-    bench "${FFN_S:-150}" skill_ffn --out "$OUT/skill_ffn.jsonl" --providers \
+    bench "$(cap_for "${FFN_S:-150}" 300)" skill_ffn --out "$OUT/skill_ffn.jsonl" --providers \
         "${FFN_PROVIDERS:-skillkern-triton,skillkern-cuda,dense-cublas,grouped-mm,skill-loop,skillkern-torch,torch-compile-ref}"
-    [ "${RECOMPUTE_S:-35}" -gt 0 ] && bench "${RECOMPUTE_S:-35}" skill_ffn --out "$OUT/skill_ffn.jsonl" \
+    [ "${RECOMPUTE_S:-35}" -gt 0 ] && bench "$(cap_for "${RECOMPUTE_S:-35}" 260)" skill_ffn --out "$OUT/skill_ffn.jsonl" \
         --providers skillkern-triton,dense-cublas --recompute --peak-size 0
-    bench "${TOKSIM_S:-80}" token_similarity --out "$OUT/token_similarity.jsonl" --providers \
-        "${TOKSIM_PROVIDERS:-skillkern-triton,skillkern-cuda,lik,flash-maxsim,chunked-naive,naive}"
-    bench "${TOKRED_S:-90}" token_reduce --out "$OUT/token_reduce.jsonl" --providers \
+    bench "$(cap_for "${TOKSIM_S:-120}" 160)" token_similarity --out "$OUT/token_similarity.jsonl" --providers \
+        "${TOKSIM_PROVIDERS:-skillkern-triton,skillkern-cuda,lik,naive,flash-maxsim,chunked-naive}"
+    bench "$(cap_for "${TOKRED_S:-90}" 100)" token_reduce --out "$OUT/token_reduce.jsonl" --providers \
         "${TOKRED_PROVIDERS:-skillkern-triton,skillkern-cuda,eager-wukong,skillkern-torch,compiled-wukong}"
     cp benchmarks/results/autotune.jsonl "$OUT/" 2>/dev/null || true
 fi
 
 # ---- per-kernel times (the totals alone cannot say which kernel misses its prediction)
 if has profile; then
-    PROFILE_END=$(( $(elapsed) + ${PROFILE_S:-100} ))
+    PROFILE_END=$(( $(elapsed) + $(cap_for "${PROFILE_S:-100}" 40) ))
     for op in skill_ffn token_similarity token_reduce; do
         left=$(( PROFILE_END - $(elapsed) )); [ "$left" -lt 15 ] && break
         echo "== profile $op ($(elapsed) s, cap ${left} s)" | tee -a "$OUT/bench.log"
