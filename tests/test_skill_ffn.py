@@ -17,6 +17,10 @@ from conftest import DEVICE, assert_error_names, bad_arg_params, rel_err
 # csrc/skill_ffn/) runs wherever the Triton backend runs on a GPU
 BACKENDS = ["triton"] + (["cuda"] if DEVICE.type == "cuda" and skillkern.has_cuda_extension() else [])
 needs_gpu = pytest.mark.skipif(DEVICE.type != "cuda", reason="needs a CUDA device")
+# No NaN may be computed anywhere, masked lanes included: a NaN in the interpreter's matmul means
+# a kernel read memory nothing wrote (the TMA tiles of a partial last tile read past their skill)
+pytestmark = pytest.mark.filterwarnings("error:invalid value encountered:RuntimeWarning")
+
 needs_cuda_backend = pytest.mark.skipif("cuda" not in BACKENDS, reason="needs a CUDA device and the extension")
 FLOOR = {torch.float32: 1e-5, torch.bfloat16: 5e-3, torch.float16: 2e-3}
 

@@ -126,7 +126,8 @@ def _swizzle(pid, n_m, n_n, GROUP_M: tl.constexpr):
 def _row_tile(offsets_ptr, order_ptr, N, E, n_cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
               GROUP_M: tl.constexpr):
     """This program's tile of a row-tiled kernel: skill (-1 = surplus tile: the caller exits),
-    pid_m, pid_n, sorted positions `rows` + mask, their slot indices (int64), columns + mask."""
+    pid_m, pid_n, its first sorted position row0, sorted positions `rows` + mask, their slot
+    indices (int64), columns + mask."""
     n_m = tl.cdiv(N, BLOCK_M) + E
     pid_m, pid_n = _swizzle(tl.program_id(0), n_m, tl.cdiv(n_cols, BLOCK_N), GROUP_M)
     skill, row0, row_end = _tile_rows(offsets_ptr, pid_m, E, BLOCK_M)
@@ -134,7 +135,7 @@ def _row_tile(offsets_ptr, order_ptr, N, E, n_cols, BLOCK_M: tl.constexpr, BLOCK
     rmask = rows < row_end  # all False on a surplus tile: the slot load below is a no-op
     slot = tl.load(order_ptr + rows, mask=rmask, other=0).to(tl.int64)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    return skill, pid_m, pid_n, rows, rmask, slot, cols, cols < n_cols
+    return skill, pid_m, pid_n, row0, rows, rmask, slot, cols, cols < n_cols
 
 
 @triton.jit
@@ -188,6 +189,15 @@ def _w_desc(w_ptr, E, R, C, stride_e, stride_r, BLOCK_R: tl.constexpr, BLOCK_C: 
 
 
 @triton.jit
+def _rows_desc(a_ptr, N, K, stride_a, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """TMA descriptor of a sorted-row operand (N, K), K contiguous, in (BLOCK_M, BLOCK_K) tiles.
+    Rows past N and columns past K arrive as zeros; rows past the tile's skill are the next
+    skill's (or, past offsets[E], never-written rows): they only reach output rows that the
+    epilogue masks, since each output row of a GEMM reads its own A row alone."""
+    return tl.make_tensor_descriptor(a_ptr, shape=[N, K], strides=[stride_a, 1], block_shape=[BLOCK_M, BLOCK_K])
+
+
+@triton.jit
 def _w_tile(desc, skill, k0, n0, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, K_MAJOR: tl.constexpr):
     """The (BLOCK_K, BLOCK_N) B operand at (k0, n0) of one skill's weights, by TMA. K_MAJOR: the
     weights are laid out (E, N, K) with K contiguous (W2 read as W2^T, W1 as W1^T): the tile is
@@ -216,7 +226,7 @@ def _skill_up_fwd_kernel(
     pre-activation (both halves for SWIGLU) is stored too, in sorted order, for the backward
     (kept by the forward with recompute=False; the backward's own GEMM1 launch stores only it,
     STORE_ACT=False)."""
-    skill, pid_m, pid_n, rows, rmask, slot, cols, cmask = _row_tile(
+    skill, pid_m, pid_n, row0, rows, rmask, slot, cols, cmask = _row_tile(
         offsets_ptr, order_ptr, N, E, h, BLOCK_M, BLOCK_N, GROUP_M)
     if skill < 0:
         return
@@ -287,14 +297,15 @@ def _skill_down_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """out[order[p], :] = scale[order[p]] * (a[p, :] @ w[e] + bias[e]) for sorted p of skill e.
-    With USE_TMA and TMA_OK the w tiles come by TMA: W_KMAJOR says w's K dimension is the
-    contiguous one (stride_wk == 1, dX's W1^T), else its N dimension is (stride_wn == 1, W2).
+    With USE_TMA and TMA_OK both operands come by TMA (a's sorted rows, w's tiles): W_KMAJOR says
+    w's K dimension is the contiguous one (stride_wk == 1, dX's W1^T), else its N dimension is
+    (stride_wn == 1, W2).
 
     Forward GEMM2: a = hidden (sorted), w = w2 (E, h, d), bias = b2, scale = c.
     Backward dX:   a = dZ (sorted),     w = w1 read transposed (E, h1, d), no bias, no scale.
     out has one row per slot (T*k rows; for k = 1 that is y itself): the unpermute and the
     weighted combine happen in this epilogue, no permuted output copy is made."""
-    skill, pid_m, pid_n, rows, rmask, slot, cols, cmask = _row_tile(
+    skill, pid_m, pid_n, row0, rows, rmask, slot, cols, cmask = _row_tile(
         offsets_ptr, order_ptr, N, E, n_out, BLOCK_M, BLOCK_N, GROUP_M)
     if skill < 0:
         return
@@ -302,6 +313,7 @@ def _skill_down_kernel(
     a_base = a_ptr + rows.to(tl.int64)[:, None] * stride_ap
     w_base = w_ptr + skill.to(tl.int64) * stride_we + cols.to(tl.int64)[None, :] * stride_wn
     if USE_TMA and TMA_OK:
+        a_desc = _rows_desc(a_ptr, N, K, stride_ap, BLOCK_M, BLOCK_K)
         if W_KMAJOR:
             w_desc = _w_desc(w_ptr, E, n_out, K, stride_we, stride_wn, BLOCK_N, BLOCK_K)
         else:
@@ -309,10 +321,11 @@ def _skill_down_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         kmask = (k0 + kk) < K
-        a = tl.load(a_base + (k0 + kk)[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
         if USE_TMA and TMA_OK:
+            a = a_desc.load([row0, k0])
             w = _w_tile(w_desc, skill, k0, pid_n * BLOCK_N, BLOCK_K, BLOCK_N, W_KMAJOR)
         else:
+            a = tl.load(a_base + (k0 + kk)[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
             w = tl.load(w_base + (k0 + kk).to(tl.int64)[:, None] * stride_wk,
                         mask=kmask[:, None] & cmask[None, :], other=0.0)
         acc = tl.dot(a, w, acc, input_precision=PRECISION)
@@ -353,7 +366,7 @@ def _skill_up_bwd_kernel(
     launcher adds the partials of each skill in a fixed order. With NEED_DC: dc[p, pid_n] =
     sum_j G * H (+ dy.b2[e] from the pid_n == 0 tile); the partials are summed on the host side
     of the op (deterministic)."""
-    skill, pid_m, pid_n, rows, rmask, slot, cols, cmask = _row_tile(
+    skill, pid_m, pid_n, row0, rows, rmask, slot, cols, cmask = _row_tile(
         offsets_ptr, order_ptr, N, E, h, BLOCK_M, BLOCK_N, GROUP_M)
     if skill < 0:
         return
@@ -368,6 +381,7 @@ def _skill_up_bwd_kernel(
     dyb2 = tl.zeros([BLOCK_M], dtype=tl.float32)
     for k0 in range(0, d, BLOCK_K):
         kmask = (k0 + kk) < d
+        # dy by cp.async: by TMA too, triton 3.6 serializes this loop's wgmma (3.8 does not)
         dy = tl.load(dy_base + (k0 + kk)[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
         if USE_TMA and TMA_OK:
             w2t = _w_tile(w2_desc, skill, k0, pid_n * BLOCK_N, BLOCK_K, BLOCK_N, True)

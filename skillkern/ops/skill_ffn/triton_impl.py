@@ -141,6 +141,15 @@ def _gemm1(x, w1, b1, hid, pre, order, offsets, k: int, activation: str, n_bucke
         TMA_OK=_tma(w1) and (activation != "swiglu" or h * w1.element_size() % 16 == 0))
 
 
+def _zero_inactive(t: torch.Tensor, offsets: torch.Tensor, E: int) -> None:
+    """Rows of t (sorted positions, one per slot) past offsets[E] (inactive slots, which no GEMM
+    writes) set to 0: defined values for an op output, and for the TMA loads of a partial last
+    tile, which read them into rows the epilogue then masks."""
+    N = t.shape[0]
+    K._zero_inactive_rows_kernel[(triton.cdiv(N, _GATHER_M),)](t, offsets, N, E, t.shape[1], t.stride(0),
+                                                               BLOCK_M=_GATHER_M, BLOCK_C=_GATHER_C)
+
+
 def _sum_by_skill(part: torch.Tensor, tile_skill: torch.Tensor, E: int, dtype) -> torch.Tensor:
     """(E, C) sums of the rows of part (n_tiles, C) whose tile_skill is e + 1, in float64 (a
     matmul with a one-hot matrix: a fixed order on every run, never TF32, exact zeros for a skill
@@ -173,6 +182,7 @@ def skill_ffn_fwd(x, ids, scale, w1, w2, b1, b2, activation, save_pre: bool = Fa
     prec = dot_precision(x.dtype)
     n_bucket = _rows_per_skill_bucket(N, E)
     _gemm1(x, w1, b1, hid, pre, order, offsets, k, activation, n_bucket, prec)
+    _zero_inactive(hid, offsets, E)
     # zeros: tokens (k = 1) or slots (k > 1) with no active skill are never written
     out = torch.zeros((N, d), dtype=x.dtype, device=x.device)
     _down[_row_grid(N, E, d)](
@@ -180,10 +190,9 @@ def skill_ffn_fwd(x, ids, scale, w1, w2, b1, b2, activation, save_pre: bool = Fa
         N, E, h, d,
         hid.stride(0), w2.stride(0), w2.stride(1), w2.stride(2),
         b2.stride(0) if b2 is not None else 0, out.stride(0),
-        n_bucket, HAS_BIAS=b2 is not None, HAS_SCALE=True, PRECISION=prec, TMA_OK=_tma(w2), W_KMAJOR=False)
+        n_bucket, HAS_BIAS=b2 is not None, HAS_SCALE=True, PRECISION=prec, TMA_OK=_tma(w2) and _tma(hid), W_KMAJOR=False)
     if save_pre:  # rows of inactive slots: zeros, not whatever memory held (an op output)
-        K._zero_inactive_rows_kernel[(triton.cdiv(N, _GATHER_M),)](pre, offsets, N, E, h1, pre.stride(0),
-                                                                   BLOCK_M=_GATHER_M, BLOCK_C=_GATHER_C)
+        _zero_inactive(pre, offsets, E)
     return _combine(out, T, k), order, offsets, pre
 
 
@@ -230,6 +239,7 @@ def skill_ffn_bwd(dy, x, scale, w1, w2, b1, b2, order, offsets, activation, need
         n_bucket, ACT=ACT_CODE[activation], HAS_B1=b1 is not None, HAS_B2=b2 is not None,
         NEED_DC=need_dscale, PRECISION=prec, TMA_OK=_tma(w2))
     del pre
+    _zero_inactive(dz, offsets, E)  # dX's TMA loads read them (masked rows)
     db1 = _sum_by_skill(db1_part, tile_skill, E, b1.dtype) if b1 is not None else None
 
     dw1 = torch.empty_like(w1)
@@ -250,7 +260,7 @@ def skill_ffn_bwd(dy, x, scale, w1, w2, b1, b2, order, offsets, activation, need
         dz, w1, w1, scale, dx_slots, order, offsets,
         N, E, h1, d,
         dz.stride(0), w1.stride(0), w1.stride(2), w1.stride(1), 0, dx_slots.stride(0),
-        n_bucket, HAS_BIAS=False, HAS_SCALE=False, PRECISION=prec, TMA_OK=_tma(w1), W_KMAJOR=True)
+        n_bucket, HAS_BIAS=False, HAS_SCALE=False, PRECISION=prec, TMA_OK=_tma(w1) and _tma(dz), W_KMAJOR=True)
     dx = _combine(dx_slots, T, k)
 
     dscale = None
