@@ -98,9 +98,9 @@ def test_every_config_compiles_at_the_goal_shapes(arch, request):
     assert all(r["loads"] in ("cp.async", "tma") for r in gemms)
     if arch == 90:  # the 128x256 up_fwd config spills on sm_90 (shared/FINDINGS.md): pruned, never priced
         assert any(r["pruned"] and r["spill_bytes"] > 0 for r in ffn)
-    # the weight operands: TMA where the config asks for it on sm_90 (an unpruned choice for each
-    # GEMM that reads weights), never on sm_80 (those configs are dropped there)
-    for name in ("_skill_up_fwd_kernel", "_skill_down_kernel", "_skill_up_bwd_kernel"):
+    # TMA where the config asks for it on sm_90 (an unpruned choice for each GEMM), never on
+    # sm_80 (those configs are dropped there)
+    for name in ("_skill_up_fwd_kernel", "_skill_down_kernel", "_skill_up_bwd_kernel", "_skill_wgrad_kernel"):
         tma = [r for r in gemms if r["kernel"] == name and r["config"].endswith(" tma")]
         assert tma and all(r["tma"] == (arch == 90) for r in tma), name
         assert any(not r["pruned"] for r in tma) == (arch == 90), name

@@ -509,7 +509,7 @@ def _skill_wgrad_kernel(
     E, P, Q,
     stride_a, stride_b, stride_we, stride_wp, stride_wq,
     n_bucket,  # next_power_of_2(rows per skill): autotune key only
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, TMA_OK: tl.constexpr, USE_TMA: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     """dw[e] (P, Q) = a[rows of e]^T b[rows of e], both operands in sorted order (rows
@@ -517,7 +517,9 @@ def _skill_wgrad_kernel(
     The loop holds contiguous loads and the MMA only (no index loads, no scaling, no bias sums),
     so loads run stages ahead of the MMA. One program owns one output tile and loops over all
     rows of its skill: no split-K, no atomics, so results are deterministic and an unused skill
-    writes exact zeros."""
+    writes exact zeros. With USE_TMA and TMA_OK both operands come by TMA through descriptors that
+    end at the skill's last row (hi): rows past it and columns past P, Q arrive as zeros, exactly
+    what the masks give the cp.async path."""
     e = tl.program_id(0)
     n_q = tl.cdiv(Q, BLOCK_Q)
     pid_p = tl.program_id(1) // n_q
@@ -529,12 +531,23 @@ def _skill_wgrad_kernel(
     pmask = ps < P
     qmask = qs < Q
     rr = tl.arange(0, BLOCK_R)
+    if USE_TMA and TMA_OK:  # at least one row: a descriptor of zero rows is malformed (never loaded)
+        a_desc = tl.make_tensor_descriptor(a_ptr, shape=[tl.maximum(hi, 1), P], strides=[stride_a, 1],
+                                           block_shape=[BLOCK_R, BLOCK_P])
+        b_desc = tl.make_tensor_descriptor(b_ptr, shape=[tl.maximum(hi, 1), Q], strides=[stride_b, 1],
+                                           block_shape=[BLOCK_R, BLOCK_Q])
     acc = tl.zeros([BLOCK_P, BLOCK_Q], dtype=tl.float32)
     for r0 in range(lo, hi, BLOCK_R):
-        rows = (r0 + rr).to(tl.int64)
-        rmask = rows < hi
-        a = tl.load(a_ptr + rows[:, None] * stride_a + ps[None, :], mask=rmask[:, None] & pmask[None, :], other=0.0)
-        b = tl.load(b_ptr + rows[:, None] * stride_b + qs[None, :], mask=rmask[:, None] & qmask[None, :], other=0.0)
+        if USE_TMA and TMA_OK:
+            a = a_desc.load([r0, pid_p * BLOCK_P])
+            b = b_desc.load([r0, pid_q * BLOCK_Q])
+        else:
+            rows = (r0 + rr).to(tl.int64)
+            rmask = rows < hi
+            a = tl.load(a_ptr + rows[:, None] * stride_a + ps[None, :], mask=rmask[:, None] & pmask[None, :],
+                        other=0.0)
+            b = tl.load(b_ptr + rows[:, None] * stride_b + qs[None, :], mask=rmask[:, None] & qmask[None, :],
+                        other=0.0)
         acc = tl.dot(tl.trans(a), b, acc, input_precision=PRECISION)
     w_ptrs = dw_ptr + e.to(tl.int64) * stride_we + ps.to(tl.int64)[:, None] * stride_wp + qs[None, :] * stride_wq
     tl.store(w_ptrs, acc.to(dw_ptr.dtype.element_ty), mask=pmask[:, None] & qmask[None, :])

@@ -56,10 +56,11 @@ _INTERP_WGRAD = {"BLOCK_P": 32, "BLOCK_Q": 32, "BLOCK_R": 32}
 
 
 def _wgrad_configs():
+    """As _configs: each tile with its operands by TMA and by cp.async (USE_TMA)."""
     if interpreting():
-        return [triton.Config(_INTERP_WGRAD, num_warps=4, num_stages=1)]
-    return [triton.Config({"BLOCK_P": c[0], "BLOCK_Q": c[1], "BLOCK_R": c[2]},
-                          num_warps=c[4], num_stages=c[5]) for c in _WGRAD]
+        return [triton.Config(dict(_INTERP_WGRAD, USE_TMA=True), num_warps=4, num_stages=1)]
+    return [triton.Config({"BLOCK_P": c[0], "BLOCK_Q": c[1], "BLOCK_R": c[2], "USE_TMA": tma},
+                          num_warps=c[4], num_stages=c[5]) for tma in (True, False) for c in _WGRAD]
 
 
 _up_fwd = autotune(K._skill_up_fwd_kernel, _configs(_ROW_GEMM, _INTERP_ROW), key=["d", "h", "n_bucket", "ACT"])
@@ -248,7 +249,7 @@ def skill_ffn_bwd(dy, x, scale, w1, w2, b1, b2, order, offsets, activation, need
     def wgrad(a, b, dw, P, Q):
         grid = lambda meta: (E, triton.cdiv(P, meta["BLOCK_P"]) * triton.cdiv(Q, meta["BLOCK_Q"]))
         _wgrad[grid](a, b, dw, offsets, E, P, Q, a.stride(0), b.stride(0), dw.stride(0), dw.stride(1),
-                     dw.stride(2), n_bucket, PRECISION=prec)
+                     dw.stride(2), n_bucket, PRECISION=prec, TMA_OK=_tma(a) and _tma(b))
 
     wgrad(x_s, dz, dw1, d, h1)  # dW1 = X^T dZ
     del x_s
