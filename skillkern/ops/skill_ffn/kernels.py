@@ -177,6 +177,13 @@ def _act_grad(z, ACT: tl.constexpr):
         return s * (1.0 + z * (1.0 - s))
 
 
+@triton.jit
+def _halves(t, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(t[:, :BLOCK_N/2], t[:, BLOCK_N/2:]) of a (BLOCK_M, BLOCK_N) register tile: epilogues in
+    two column halves keep half the temporaries live at once."""
+    return tl.split(tl.permute(tl.reshape(t, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+
+
 # ----------------------------------------------------------------------------- forward GEMM1
 
 
@@ -274,7 +281,7 @@ def _skill_up_fwd_kernel(
         tl.store(h_ptrs, out.to(hid_ptr.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
     else:
         # the activation in two column halves: half the temporaries live at once
-        a0, a1 = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+        a0, a1 = _halves(acc, BLOCK_M, BLOCK_N)
         c0 = pid_n * BLOCK_N + tl.arange(0, BLOCK_N // 2)
         h_ptrs = hid_ptr + rows.to(tl.int64)[:, None] * stride_hp + c0[None, :]
         tl.store(h_ptrs, _act(a0, ACT).to(hid_ptr.dtype.element_ty), mask=rmask[:, None] & (c0 < h)[None, :])
@@ -411,12 +418,6 @@ def _skill_up_bwd_kernel(
 
 
 @triton.jit
-def _halves(t, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """(t[:, :BLOCK_N/2], t[:, BLOCK_N/2:]) of a (BLOCK_M, BLOCK_N) register tile."""
-    return tl.split(tl.permute(tl.reshape(t, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
-
-
-@triton.jit
 def _up_bwd_epilogue(g, c, rows64, rmask, cols, h, pre_ptr, dz_ptr, hid_ptr, db1_row_ptr, stride_pp,
                      stride_zp, stride_hp, ACT: tl.constexpr, HAS_B1: tl.constexpr):
     """One column block of up_bwd's epilogue: loads the pre-activation, stores dZ (both halves
@@ -532,10 +533,8 @@ def _skill_wgrad_kernel(
     qmask = qs < Q
     rr = tl.arange(0, BLOCK_R)
     if USE_TMA and TMA_OK:  # at least one row: a descriptor of zero rows is malformed (never loaded)
-        a_desc = tl.make_tensor_descriptor(a_ptr, shape=[tl.maximum(hi, 1), P], strides=[stride_a, 1],
-                                           block_shape=[BLOCK_R, BLOCK_P])
-        b_desc = tl.make_tensor_descriptor(b_ptr, shape=[tl.maximum(hi, 1), Q], strides=[stride_b, 1],
-                                           block_shape=[BLOCK_R, BLOCK_Q])
+        a_desc = _rows_desc(a_ptr, tl.maximum(hi, 1), P, stride_a, BLOCK_R, BLOCK_P)
+        b_desc = _rows_desc(b_ptr, tl.maximum(hi, 1), Q, stride_b, BLOCK_R, BLOCK_Q)
     acc = tl.zeros([BLOCK_P, BLOCK_Q], dtype=tl.float32)
     for r0 in range(lo, hi, BLOCK_R):
         if USE_TMA and TMA_OK:

@@ -24,8 +24,9 @@ ACT_CODE = {name: K.__dict__[name.upper()].value
 _ROUTE_BLOCK = 1024  # slots per routing program (one-hot BLOCK x E_PAD in registers)
 
 
-def _configs(gpu_configs, interp_config):
-    """Autotune configs: the GPU list, each with its weight tiles by TMA and by cp.async (USE_TMA:
+def _configs(gpu_configs, interp_config, names=("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")):
+    """Autotune configs (tile values named by `names`, then warps and stages in positions 4 and
+    5): the GPU list, each with its tiles by TMA and by cp.async (USE_TMA:
     the device's timing decides; a launch whose weights TMA cannot take, TMA_OK=False, prunes
     the TMA half), or one small config under the interpreter (where autotuning cannot benchmark
     and each program step costs ~3.5 ms; TMA wherever the launch allows it).
@@ -33,8 +34,8 @@ def _configs(gpu_configs, interp_config):
     them all on the real buffers): the kernels only store, never accumulate into outputs."""
     if interpreting():
         return [triton.Config(dict(interp_config, USE_TMA=True), num_warps=4, num_stages=1)]
-    return [triton.Config(dict(zip(("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"), c[:4]), USE_TMA=tma),
-                          num_warps=c[4], num_stages=c[5]) for tma in (True, False) for c in gpu_configs]
+    return [triton.Config(dict(zip(names, c[:len(names)]), USE_TMA=tma), num_warps=c[4], num_stages=c[5])
+            for tma in (True, False) for c in gpu_configs]
 
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, warps, stages). 128x128x64 / 8 warps is the usual
@@ -50,17 +51,10 @@ _ROW_GEMM_2ACC = [
 ]
 _INTERP_ROW = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}
 
+# (BLOCK_P, BLOCK_Q, BLOCK_R, unused, warps, stages)
 _WGRAD = [(128, 128, 64, 1, 8, 3), (128, 256, 64, 1, 8, 3), (128, 128, 32, 1, 4, 4),
           (64, 128, 64, 1, 4, 3)]
 _INTERP_WGRAD = {"BLOCK_P": 32, "BLOCK_Q": 32, "BLOCK_R": 32}
-
-
-def _wgrad_configs():
-    """As _configs: each tile with its operands by TMA and by cp.async (USE_TMA)."""
-    if interpreting():
-        return [triton.Config(dict(_INTERP_WGRAD, USE_TMA=True), num_warps=4, num_stages=1)]
-    return [triton.Config({"BLOCK_P": c[0], "BLOCK_Q": c[1], "BLOCK_R": c[2], "USE_TMA": tma},
-                          num_warps=c[4], num_stages=c[5]) for tma in (True, False) for c in _WGRAD]
 
 
 _up_fwd = autotune(K._skill_up_fwd_kernel, _configs(_ROW_GEMM, _INTERP_ROW), key=["d", "h", "n_bucket", "ACT"])
@@ -75,7 +69,8 @@ _up_bwd = autotune(K._skill_up_bwd_kernel, _configs(_ROW_GEMM_2ACC, _INTERP_ROW)
 # (db1) of the narrowest config
 _DC_MIN_BLOCK_N = min(c.kwargs["BLOCK_N"] for c in _up_bwd.configs)
 _DB_MIN_BLOCK_M = min(c.kwargs["BLOCK_M"] for c in _up_bwd.configs)
-_wgrad = autotune(K._skill_wgrad_kernel, _wgrad_configs(), key=["P", "Q", "n_bucket"])
+_wgrad = autotune(K._skill_wgrad_kernel, _configs(_WGRAD, _INTERP_WGRAD, tuple(_INTERP_WGRAD)),
+                  key=["P", "Q", "n_bucket"])
 # the row gather of the backward: memory-bound, 64 rows x 128 columns of 16-bit values per program
 _GATHER_M, _GATHER_C = (16, 32) if interpreting() else (64, 128)
 
@@ -191,7 +186,8 @@ def skill_ffn_fwd(x, ids, scale, w1, w2, b1, b2, activation, save_pre: bool = Fa
         N, E, h, d,
         hid.stride(0), w2.stride(0), w2.stride(1), w2.stride(2),
         b2.stride(0) if b2 is not None else 0, out.stride(0),
-        n_bucket, HAS_BIAS=b2 is not None, HAS_SCALE=True, PRECISION=prec, TMA_OK=_tma(w2) and _tma(hid), W_KMAJOR=False)
+        n_bucket, HAS_BIAS=b2 is not None, HAS_SCALE=True, PRECISION=prec, TMA_OK=_tma(w2) and _tma(hid),
+        W_KMAJOR=False)
     if save_pre:  # rows of inactive slots: zeros, not whatever memory held (an op output)
         _zero_inactive(pre, offsets, E)
     return _combine(out, T, k), order, offsets, pre
