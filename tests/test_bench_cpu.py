@@ -28,7 +28,7 @@ import skillkern
 from skillkern import _backend
 from skillkern.bench import runner
 from skillkern.bench._common import MODES
-from skillkern.ops._common import rel_err
+from conftest import rel_err
 from skillkern.bench import skill_ffn as bench_ffn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -40,7 +40,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from skillkern.bench._common import MODE_FLOP_FACTOR, Unavailable, backend_reason, compile_baseline, copy_bandwidth, first_line
+from skillkern.bench._common import (MODE_FLOP_FACTOR, Unavailable, backend_reason, compile_baseline, copy_bandwidth,
+                                      first_line)
 from skillkern.bench.runner import OpSpec, Provider, Reference, errors, parse_spec
 from skillkern.ops.token_reduce import TokenReduction, TokenReductionRef
 
