@@ -303,8 +303,15 @@ def test_roofline_limiters():
     # a few programs: half a wave of MMA work runs at half the rate
     half = roofline.predict(t, roofline.Work(790e12 * 1e-3, 1.0, 1.0), **dict(full, programs=66))
     assert abs(half["predicted_ms"] - 2.0 - t.launch_us * 1e-3) < 1e-9
-    skew = roofline.predict(t, roofline.Work(790e12 * 1e-3, 1.0, 1.0, max_program_flops=790e12 * 1e-3 / 10), **full)
-    assert skew["limiter"] == "skew" and skew["predicted_ms"] > 13
+    # 528 equal programs (0.9 ms of MMA on 132 slots) and one as long as two slots' even share:
+    # launched last it runs alone after the rest (0.9 + 1.8 ms); launched first, beside them (1.8)
+    rate, slots, many = 790e12, 132, 132 * 4
+    work = [rate * 0.9e-3 / many] * many + [2 * rate * 0.9e-3 / slots]
+    spread = dict(full, programs=many + 1)
+    last = roofline.predict(t, roofline.Work(sum(work), 1.0, 1.0, program_flops=tuple(work)), **spread)
+    assert last["limiter"] == "skew" and abs(last["predicted_ms"] - 2.7 - t.launch_us * 1e-3) < 1e-6
+    first = roofline.predict(t, roofline.Work(sum(work), 1.0, 1.0, program_flops=tuple(work[::-1])), **spread)
+    assert abs(first["predicted_ms"] - 1.8 - t.launch_us * 1e-3) < 1e-6
     assert roofline.predict(t, roofline.Work(1.0, 1.0, 1.0), **dict(full, blocks_per_sm=0))["predicted_ms"] is None
     # loads waited for before each MMA: the terms add up
     serial = roofline.predict(t, roofline.Work(790e12 * 1e-3, 3e9, 3e9), **dict(full, overlap=False))

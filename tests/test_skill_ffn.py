@@ -207,6 +207,57 @@ def test_deterministic(backend):
         assert torch.equal(a, b)
 
 
+# (label, token shape, d, h, E, k, routing, hole fraction, rows per weight-gradient chunk):
+# skills longer than the chunk are split and their partials summed in a fixed order
+SPLIT_SHAPES = [
+    ("one skill holds every row, chunk not a multiple of BLOCK_R", (130,), 40, 48, 4, 1, "one", 0.0, 24),
+    ("empty skills beside split ones", (120,), 32, 40, 6, 1, "sparse", 0.0, 32),
+    ("k=2, holes, some skills of one chunk", (70,), 24, 36, 4, 2, "uniform", 0.2, 40),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("activation", ["gelu", "swiglu"])
+@pytest.mark.parametrize("shape", SPLIT_SHAPES, ids=[s[0] for s in SPLIT_SHAPES])
+def test_split_weight_gradients_match_reference_and_repeat_bitwise(shape, activation, dtype, monkeypatch):
+    from skillkern.ops.skill_ffn import triton_impl as TI
+    _, lead, d, h, E, k, routing, holes, R = shape
+    monkeypatch.setattr(TI, "_wgrad_chunk_rows", lambda N, P, Q, device: R)
+    p, ids = make_problem(lead, d, h, E, k, routing, holes, True, activation)
+    check_against_reference(p, ids, dtype, activation, recompute=False)
+    grads = []
+    for _ in range(2):
+        y, leaves = run(p, ids, dtype, activation, "triton", recompute=False)
+        grads.append(torch.autograd.grad(y, [leaves["w1"], leaves["w2"], leaves["b1"]], torch.ones_like(y)))
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+    unused = [e for e in range(E) if not (ids == e).any()]
+    for e in unused:  # no rows: exact zeros, written by the reduction
+        assert not grads[0][0][e].any() and not grads[0][1][e].any()
+
+
+def test_wgrad_chunk_rule():
+    """The chunk length is a power of two >= 256 that keeps every program within one SM's
+    share of the launch; the workspace bound covers every routing."""
+    from skillkern.ops.skill_ffn import triton_impl as TI
+    cpu = torch.device("cpu")  # 132 SMs assumed off the GPU
+    assert TI._wgrad_chunk_rows(32768, 1024, 4096, cpu) == 32768  # goal shape: 256 tiles per skill, no split
+    assert TI._wgrad_chunk_rows(32768, 512, 2048, cpu) == 8192  # 64 tiles per skill
+    assert TI._wgrad_chunk_rows(32768, 256, 1024, cpu) == 2048  # 16 tiles per skill
+    assert TI._wgrad_chunk_rows(200, 32, 32, cpu) == 200 and TI._wgrad_partials(200, 200) == 0
+    assert TI._wgrad_chunk_rows(300, 32, 32, cpu) == 256 and TI._wgrad_partials(300, 256) == 2
+    gen = torch.Generator().manual_seed(0)
+    for N, P, Q in [(32768, 256, 1024), (100000, 512, 2048), (5000, 64, 64)]:
+        R = TI._wgrad_chunk_rows(N, P, Q, cpu)
+        assert R & (R - 1) == 0 and 256 <= R <= max(256, N * (P // 128) * (Q // 128) // 132)
+        for _ in range(20):  # random skews of N rows over E skills
+            E = int(torch.randint(1, 40, (1,), generator=gen))
+            cut = torch.sort(torch.randint(0, N + 1, (E - 1,), generator=gen)).values.tolist()
+            rows = [b - a for a, b in zip([0] + cut, cut + [N])]
+            need = sum(-(-r // R) for r in rows if r > R)
+            assert need <= TI._wgrad_partials(N, R)
+
+
 ROUTE_CASES = [
     ("one slot", 1, 3, 0.0),
     ("several route blocks, odd N", 2500, 5, 0.2),

@@ -2,11 +2,12 @@
 declared beside its launcher in skillkern/ops/<op>/cost.py) and, from the machine code's facts
 (MMA kind, occupancy, how loads are made), a predicted time, % of peak and limiter.
 
-  t = max(mma, hbm, l2, longest program) + launch   (mma + memory where loads cannot overlap)
+  t = max(mma, hbm, l2, skew) + launch   (mma + memory where loads cannot overlap)
   mma  = flops / (peak of the MMA the SASS uses, for its input type) / wave efficiency
   hbm  = hbm bytes / (HBM bandwidth x latency cover)
   l2   = l2 bytes / (L2 bandwidth x latency cover)
-  longest program = the largest single program's flops at one SM's share of the peak (skew)
+  skew = for launches whose programs differ in work: the busiest slot's flops when each program,
+         in launch order, starts on the first free slot, at one slot's share of the peak
 
 Wave efficiency: programs / (waves x resident slots). Latency cover (Little's law): bytes in flight
 over the whole GPU / (bandwidth x latency), at most 1; a pipelined kernel (cp.async / TMA) keeps
@@ -17,6 +18,7 @@ assumed ones get corrected.
 """
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import asdict, dataclass
 
@@ -88,7 +90,9 @@ class Work:
     flops: float  # multiply-adds x 2 through the MMA
     hbm_bytes: float  # compulsory DRAM traffic (each byte once, assuming L2 reuse within the launch)
     l2_bytes: float  # bytes all programs load and store (every re-read counts)
-    max_program_flops: float = 0.0  # the largest single program's flops (skewed work)
+    # each program's flops in launch order, where programs differ (skewed work): priced by the
+    # greedy schedule the block scheduler runs (each program to the first free slot)
+    program_flops: tuple = ()
     note: str = ""
 
 
@@ -106,6 +110,16 @@ def mma_rate(t: Target, mma: str, mma_input: str | None, pipelined: bool) -> flo
     elif not pipelined:
         rate *= t.serialized_factor
     return rate
+
+
+def _makespan(program_flops, slots: int) -> float:
+    """The flops of the busiest of `slots` resident-block slots when programs, in launch order,
+    each start on the first slot to come free (list scheduling; each slot at 1/slots of the
+    rate, as when all are busy): the tail of a skewed launch."""
+    free = [0.0] * slots
+    for f in program_flops:
+        heapq.heappush(free, heapq.heappop(free) + f)
+    return max(free)
 
 
 def predict(t: Target, work: Work, *, programs: int, blocks_per_sm: int, mma: str, mma_input: str | None,
@@ -126,7 +140,7 @@ def predict(t: Target, work: Work, *, programs: int, blocks_per_sm: int, mma: st
         "mma": work.flops / rate / wave_eff if work.flops else 0.0,
         "hbm": work.hbm_bytes / (t.hbm_tbps * 1e12 * max(cover_hbm, 1e-9)),
         "l2": work.l2_bytes / (t.l2_tbps * 1e12 * max(cover_l2, 1e-9)),
-        "skew": work.max_program_flops / (rate / t.sms) if work.max_program_flops else 0.0,
+        "skew": _makespan(work.program_flops, slots) / (rate / slots) if work.program_flops else 0.0,
     }
     limiter = max(terms, key=terms.get)
     if limiter in ("hbm", "l2") and (cover_hbm if limiter == "hbm" else cover_l2) < 1.0:

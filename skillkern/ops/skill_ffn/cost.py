@@ -88,20 +88,44 @@ def _up_bwd(a, grid, ctx) -> Work:
                       extra_l2_per_row=h1 * elt / math.ceil(h / a["BLOCK_N"]))
 
 
+def wgrad_units(counts, R: int) -> list[tuple[int, int]]:
+    """(skill, rows) of the weight-gradient work units in launch order, as kernels._wgrad_unit
+    maps them: every skill's full R-row chunks in skill order, then the shorter last chunks by
+    decreasing length (ties: lower skill first)."""
+    full = [(e, R) for e, n in enumerate(counts) for _ in range(n // R)]
+    rest = sorted(((e, n % R) for e, n in enumerate(counts) if n % R), key=lambda u: (-u[1], u[0]))
+    return full + rest
+
+
 def _wgrad(a, grid, ctx) -> Work:
-    """Program (e, tile) loops over all sorted rows of skill e: dw[e] tile = a_rows^T b_rows."""
-    bp, bq, br = a["BLOCK_P"], a["BLOCK_Q"], a["BLOCK_R"]
+    """Program (unit, tile): dw[e] tile = a_rows^T b_rows over one chunk of at most R rows of
+    skill e (units longest first); chunks of a split skill store fp32 partials."""
+    bp, bq, br, R = a["BLOCK_P"], a["BLOCK_Q"], a["BLOCK_R"], a["R"]
     P, Q = a["P"], a["Q"]
     counts = ctx["counts"]
     elt = a["a_ptr"].element_size()
     tiles = math.ceil(P / bp) * math.ceil(Q / bq)
-    rows_padded = [math.ceil(n / br) * br for n in counts]
+    units = wgrad_units(counts, R)
+    rows_padded = [math.ceil(n / br) * br for _, n in units]
     flops = 2.0 * sum(rows_padded) * tiles * bp * bq
     N = sum(counts)
-    out = len(counts) * P * Q * a["dw_ptr"].element_size()
+    split = sum(1 for e, _ in units if counts[e] > R)
+    out = sum(1 for n in counts if 0 < n <= R) * P * Q * a["dw_ptr"].element_size() + split * P * Q * 4
     hbm = N * (P + Q) * elt + out
     l2 = sum(rows_padded) * tiles * (bp + bq) * elt + out
-    return Work(flops, hbm, l2, max_program_flops=2.0 * max(rows_padded) * bp * bq)
+    per_program = [2.0 * r * bp * bq for r in rows_padded for _ in range(tiles)]
+    per_program += [0.0] * (grid[0] - len(per_program))  # surplus units: exit at once
+    return Work(flops, hbm, l2, program_flops=tuple(per_program))
+
+
+def _wgrad_reduce(a, grid, ctx) -> Work:
+    """Sums the partials of each split skill in chunk order; zeros the skills without rows."""
+    P, Q, R = a["P"], a["Q"], a["R"]
+    counts = ctx["counts"]
+    partials = sum(math.ceil(n / R) for n in counts if n > R)
+    written = sum(1 for n in counts if n == 0 or n > R) * P * Q * a["dw_ptr"].element_size()
+    moved = partials * P * Q * 4 + written + grid[0] * grid[1] * (a["E"] + 1) * 4
+    return Work(0.0, moved, moved)
 
 
 def _gather(a, grid, ctx) -> Work:
@@ -127,6 +151,7 @@ KERNELS = {
     "_skill_down_kernel": _down,
     "_skill_up_bwd_kernel": _up_bwd,
     "_skill_wgrad_kernel": _wgrad,
+    "_wgrad_reduce_kernel": _wgrad_reduce,
     "_gather_rows_kernel": _gather,
     "_zero_inactive_rows_kernel": _zero_tail,
 }

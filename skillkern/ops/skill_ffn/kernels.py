@@ -505,36 +505,83 @@ def _gather_rows_kernel(src_ptr, scale_ptr, dst_ptr, sum_ptr, tile_skill_ptr, or
 
 
 @triton.jit
+def _pick(vec, idx, es):
+    """vec[idx] of a small register vector (0 where idx matches no lane)."""
+    return tl.sum(tl.where(es == idx, vec, 0), axis=0)
+
+
+@triton.jit
+def _wgrad_unit(offsets_ptr, unit, E, R, E_PAD: tl.constexpr):
+    """Work unit `unit` of the weight-gradient launch -> (skill (-1: surplus unit, exit), first
+    row, end row, chunk index within the skill, the skill's chunk count, its first workspace
+    slot). Skill e's rows are cut into chunks of R rows (the last one shorter). Units come
+    longest first, so that the long programs start first and the short ones fill the tail
+    (longest-processing-time order, within a few % of the ideal makespan where the launch order
+    of skills left up to a third of the SMs idle at the end): every skill's full R-row chunks in
+    skill order, then the shorter last chunks by decreasing length (ties: lower skill first).
+    A skill of more than one chunk writes fp32 partials into workspace slots ws_base + chunk,
+    summed in chunk order by _wgrad_reduce_kernel."""
+    es = tl.arange(0, E_PAD)
+    lo = tl.load(offsets_ptr + es, mask=es < E, other=0)
+    hi = tl.load(offsets_ptr + es + 1, mask=es < E, other=0)
+    rows = hi - lo
+    full = rows // R
+    rem = rows - full * R
+    n_chunks = full + (rem > 0).to(tl.int32)
+    full_end = tl.cumsum(full, axis=0)
+    n_full = tl.sum(full, axis=0)
+    multi = tl.where(n_chunks > 1, n_chunks, 0)
+    ws_start = tl.cumsum(multi, axis=0) - multi
+    # a full chunk: the skill whose run of full chunks holds `unit`
+    skill_f = tl.sum((full_end <= unit).to(tl.int32), axis=0)
+    # a last chunk: rank of each skill's shorter chunk among all of them (0 = longest)
+    beats = (rem[None, :] > rem[:, None]) | ((rem[None, :] == rem[:, None]) & (es[None, :] < es[:, None]))
+    rank = tl.sum(beats.to(tl.int32), axis=1)
+    hit = (rank == unit - n_full) & (rem > 0)
+    skill_r = tl.max(tl.where(hit, es, -1), axis=0)
+    is_full = unit < n_full
+    skill = tl.where(is_full, skill_f, skill_r)
+    chunk = tl.where(is_full, unit - (_pick(full_end, skill, es) - _pick(full, skill, es)), _pick(full, skill, es))
+    row0 = _pick(lo, skill, es) + chunk * R
+    row_end = tl.minimum(row0 + R, _pick(hi, skill, es))
+    return skill, row0, row_end, chunk, _pick(n_chunks, skill, es), _pick(ws_start, skill, es)
+
+
+@triton.jit
 def _skill_wgrad_kernel(
-    a_ptr, b_ptr, dw_ptr, offsets_ptr,
-    E, P, Q,
+    a_ptr, b_ptr, dw_ptr, ws_ptr, offsets_ptr,
+    E, P, Q, R,
     stride_a, stride_b, stride_we, stride_wp, stride_wq,
     n_bucket,  # next_power_of_2(rows per skill): autotune key only
-    PRECISION: tl.constexpr, TMA_OK: tl.constexpr, USE_TMA: tl.constexpr,
+    PRECISION: tl.constexpr, TMA_OK: tl.constexpr, E_PAD: tl.constexpr, USE_TMA: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     """dw[e] (P, Q) = a[rows of e]^T b[rows of e], both operands in sorted order (rows
     offsets[e] .. offsets[e + 1]):  dW1: a = x, b = dZ.   dW2: a = c * H, b = dy.
-    The loop holds contiguous loads and the MMA only (no index loads, no scaling, no bias sums),
-    so loads run stages ahead of the MMA. One program owns one output tile and loops over all
-    rows of its skill: no split-K, no atomics, so results are deterministic and an unused skill
-    writes exact zeros. With USE_TMA and TMA_OK both operands come by TMA through descriptors that
-    end at the skill's last row (hi): rows past it and columns past P, Q arrive as zeros, exactly
-    what the masks give the cp.async path."""
-    e = tl.program_id(0)
+    Program = (work unit, output tile), units outermost (_wgrad_unit: a chunk of at most R rows
+    of one skill, longest first). The loop holds contiguous loads and the MMA only (no index
+    loads, no scaling, no bias sums), so loads run stages ahead of the MMA. A skill of one chunk
+    stores its tile into dw; the chunks of a longer skill store fp32 partials into ws (summed in
+    a fixed order by _wgrad_reduce_kernel): no atomics, so results are bitwise deterministic.
+    Unused skills have no unit: the reduce kernel writes their exact zeros. With USE_TMA and
+    TMA_OK both operands come by TMA through descriptors that end at the chunk's last row: rows
+    past it and columns past P, Q arrive as zeros, exactly what the masks give the cp.async path."""
     n_q = tl.cdiv(Q, BLOCK_Q)
-    pid_p = tl.program_id(1) // n_q
-    pid_q = tl.program_id(1) % n_q
-    lo = tl.load(offsets_ptr + e)
-    hi = tl.load(offsets_ptr + e + 1)
+    n_tiles = tl.cdiv(P, BLOCK_P) * n_q
+    pid = tl.program_id(0)
+    skill, lo, hi, chunk, n_chunks, ws_base = _wgrad_unit(offsets_ptr, pid // n_tiles, E, R, E_PAD)
+    if skill < 0:
+        return
+    pid_p = (pid % n_tiles) // n_q
+    pid_q = pid % n_q
     ps = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     qs = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
     pmask = ps < P
     qmask = qs < Q
     rr = tl.arange(0, BLOCK_R)
-    if USE_TMA and TMA_OK:  # at least one row: a descriptor of zero rows is malformed (never loaded)
-        a_desc = _rows_desc(a_ptr, tl.maximum(hi, 1), P, stride_a, BLOCK_R, BLOCK_P)
-        b_desc = _rows_desc(b_ptr, tl.maximum(hi, 1), Q, stride_b, BLOCK_R, BLOCK_Q)
+    if USE_TMA and TMA_OK:
+        a_desc = _rows_desc(a_ptr, hi, P, stride_a, BLOCK_R, BLOCK_P)
+        b_desc = _rows_desc(b_ptr, hi, Q, stride_b, BLOCK_R, BLOCK_Q)
     acc = tl.zeros([BLOCK_P, BLOCK_Q], dtype=tl.float32)
     for r0 in range(lo, hi, BLOCK_R):
         if USE_TMA and TMA_OK:
@@ -548,5 +595,39 @@ def _skill_wgrad_kernel(
             b = tl.load(b_ptr + rows[:, None] * stride_b + qs[None, :], mask=rmask[:, None] & qmask[None, :],
                         other=0.0)
         acc = tl.dot(tl.trans(a), b, acc, input_precision=PRECISION)
+    omask = pmask[:, None] & qmask[None, :]
+    if n_chunks == 1:
+        w_ptrs = dw_ptr + skill.to(tl.int64) * stride_we + ps.to(tl.int64)[:, None] * stride_wp + qs[None, :] * stride_wq
+        tl.store(w_ptrs, acc.to(dw_ptr.dtype.element_ty), mask=omask)
+    else:
+        ws = ws_ptr + (ws_base + chunk).to(tl.int64) * P * Q + ps.to(tl.int64)[:, None] * Q + qs[None, :]
+        tl.store(ws, acc, mask=omask)
+
+
+@triton.jit
+def _wgrad_reduce_kernel(ws_ptr, dw_ptr, offsets_ptr, E, P, Q, R, stride_we, stride_wp, stride_wq,
+                         E_PAD: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """dw[e] tile = the sum of skill e's fp32 chunk partials in chunk order (skills of two or
+    more chunks), or exact zeros (skills without rows); skills of one chunk were stored by
+    _skill_wgrad_kernel itself, so their programs exit at once."""
+    e = tl.program_id(0)
+    n_q = tl.cdiv(Q, BLOCK_Q)
+    pid_p = tl.program_id(1) // n_q
+    pid_q = tl.program_id(1) % n_q
+    es = tl.arange(0, E_PAD)
+    lo = tl.load(offsets_ptr + es, mask=es < E, other=0)
+    hi = tl.load(offsets_ptr + es + 1, mask=es < E, other=0)
+    n_chunks = tl.cdiv(hi - lo, R)
+    if _pick(n_chunks, e, es) == 1:
+        return
+    multi = tl.where(n_chunks > 1, n_chunks, 0)
+    ws_base = _pick(tl.cumsum(multi, axis=0) - multi, e, es)
+    ps = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    qs = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    omask = (ps < P)[:, None] & (qs < Q)[None, :]
+    acc = tl.zeros([BLOCK_P, BLOCK_Q], dtype=tl.float32)
+    for c in range(0, _pick(n_chunks, e, es)):
+        ws = ws_ptr + (ws_base + c).to(tl.int64) * P * Q + ps.to(tl.int64)[:, None] * Q + qs[None, :]
+        acc += tl.load(ws, mask=omask, other=0.0)
     w_ptrs = dw_ptr + e.to(tl.int64) * stride_we + ps.to(tl.int64)[:, None] * stride_wp + qs[None, :] * stride_wq
-    tl.store(w_ptrs, acc.to(dw_ptr.dtype.element_ty), mask=pmask[:, None] & qmask[None, :])
+    tl.store(w_ptrs, acc.to(dw_ptr.dtype.element_ty), mask=omask)

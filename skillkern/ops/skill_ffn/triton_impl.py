@@ -70,9 +70,11 @@ _up_bwd = autotune(K._skill_up_bwd_kernel, _configs(_ROW_GEMM_2ACC, _INTERP_ROW)
 _DC_MIN_BLOCK_N = min(c.kwargs["BLOCK_N"] for c in _up_bwd.configs)
 _DB_MIN_BLOCK_M = min(c.kwargs["BLOCK_M"] for c in _up_bwd.configs)
 _wgrad = autotune(K._skill_wgrad_kernel, _configs(_WGRAD, _INTERP_WGRAD, tuple(_INTERP_WGRAD)),
-                  key=["P", "Q", "n_bucket"])
+                  key=["P", "Q", "R", "n_bucket"])
 # the row gather of the backward: memory-bound, 64 rows x 128 columns of 16-bit values per program
 _GATHER_M, _GATHER_C = (16, 32) if interpreting() else (64, 128)
+# the fixed-order sum of the weight-gradient partials: memory-bound, one (64, 128) fp32 tile per program
+_REDUCE_P, _REDUCE_Q = (16, 32) if interpreting() else (64, 128)
 
 
 
@@ -81,6 +83,36 @@ def _rows_per_skill_bucket(N: int, E: int) -> int:
     (N / E, from shapes alone: the real per-skill counts are on the device). The best tile
     depends on how many rows a skill brings, not on N: 8 skills of 4k rows tune like 2 of 4k."""
     return triton.next_power_of_2(max(1, triton.cdiv(N, E)))
+
+
+def _sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of `device` (132 on an H100 SXM / H200: the default off the GPU,
+    where the number only shapes the schedule, never the result)."""
+    if device.type != "cuda":
+        return 132
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _wgrad_chunk_rows(N: int, P: int, Q: int, device: torch.device) -> int:
+    """Rows per work unit of the weight-gradient GEMMs (R): a skill with more rows is split
+    into chunks of R, whose fp32 partials are summed in a fixed order. Chosen from shapes alone
+    (the per-skill counts are on the device) so that no program runs longer than each SM's
+    share of the whole launch, even if one skill holds every row: R <= N * tiles / SMs, tiles
+    counted at 128 x 128, a power of two, at least 256 rows (4 loop steps of the deepest
+    config); N (no split) where the tiles of one skill alone fill the GPU. Halving that bound
+    trims a few % more of the tail, but the partials' extra traffic costs more than it saves
+    (benchmarks/NOTES.md, "weight-gradient schedule")."""
+    tiles = triton.cdiv(P, 128) * triton.cdiv(Q, 128)
+    budget = N * tiles // _sm_count(device)
+    if budget >= N:
+        return max(N, 1)
+    return min(N, max(256, 1 << max(0, budget.bit_length() - 1)))
+
+
+def _wgrad_partials(N: int, R: int) -> int:
+    """Workspace slots the split weight gradient may need: a skill of r > R rows has
+    ceil(r / R) < 2 r / R chunks, so all multi-chunk skills together have fewer than 2 N / R."""
+    return 0 if R >= N else 2 * N // R
 
 
 def _row_grid(N: int, E: int, n_cols: int):
@@ -241,11 +273,18 @@ def skill_ffn_bwd(dy, x, scale, w1, w2, b1, b2, order, offsets, activation, need
 
     dw1 = torch.empty_like(w1)
     dw2 = torch.empty_like(w2)
+    e_pad = max(2, triton.next_power_of_2(E))
 
     def wgrad(a, b, dw, P, Q):
-        grid = lambda meta: (E, triton.cdiv(P, meta["BLOCK_P"]) * triton.cdiv(Q, meta["BLOCK_Q"]))
-        _wgrad[grid](a, b, dw, offsets, E, P, Q, a.stride(0), b.stride(0), dw.stride(0), dw.stride(1),
-                     dw.stride(2), n_bucket, PRECISION=prec, TMA_OK=_tma(a) and _tma(b))
+        R = _wgrad_chunk_rows(N, P, Q, x.device)
+        n_ws = _wgrad_partials(N, R)  # 0: no skill can be split, the workspace is never touched
+        ws = torch.empty((n_ws, P, Q) if n_ws else (1,), dtype=torch.float32, device=x.device)
+        grid = lambda meta: ((triton.cdiv(N, R) + E) * triton.cdiv(P, meta["BLOCK_P"]) * triton.cdiv(Q, meta["BLOCK_Q"]),)
+        _wgrad[grid](a, b, dw, ws, offsets, E, P, Q, R, a.stride(0), b.stride(0), dw.stride(0), dw.stride(1),
+                     dw.stride(2), n_bucket, PRECISION=prec, TMA_OK=_tma(a) and _tma(b), E_PAD=e_pad)
+        K._wgrad_reduce_kernel[(E, triton.cdiv(P, _REDUCE_P) * triton.cdiv(Q, _REDUCE_Q))](
+            ws, dw, offsets, E, P, Q, R, dw.stride(0), dw.stride(1), dw.stride(2),
+            E_PAD=e_pad, BLOCK_P=_REDUCE_P, BLOCK_Q=_REDUCE_Q)
 
     wgrad(x_s, dz, dw1, d, h1)  # dW1 = X^T dZ
     del x_s
