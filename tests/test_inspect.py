@@ -114,10 +114,15 @@ def test_skill_ffn_priced_configs_fit(arch, request):
 
 
 @needs_tools
-@pytest.mark.xfail(strict=True, reason="heuristic tiles of token_similarity (fwd 32 B, bwd d_txt 152 B) and "
-                                       "token_reduce (bwd 3.3-4.8 KB) spill on sm_90 until their Hopper redesign")
-def test_token_kernels_priced_configs_fit(sm90):
-    assert spilling([r for r in sm90 if r.get("op") in ("token_similarity", "token_reduce")]) == []
+def test_token_reduce_priced_configs_fit(sm90):
+    assert spilling([r for r in sm90 if r.get("op") == "token_reduce"]) == []
+
+
+@needs_tools
+@pytest.mark.xfail(strict=True, reason="heuristic tiles of token_similarity (fwd 32 B, bwd d_txt 152 B) "
+                                       "spill on sm_90 until its Hopper redesign")
+def test_token_similarity_priced_configs_fit(sm90):
+    assert spilling([r for r in sm90 if r.get("op") == "token_similarity"]) == []
 
 
 VARIANTS = [  # (op, options): dtypes, activations, masks, LayerNorm paths and odd sizes

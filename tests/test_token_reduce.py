@@ -52,7 +52,7 @@ def call(t, mask, backend, pool_input=False):
     return skillkern.token_reduce(*args, pool_input=pool_input, backend=backend)
 
 
-def check(t, mask, dtype, pool_input=False, backends=BACKENDS):
+def check(t, mask, dtype, pool_input=False, backends=BACKENDS, floor=None):
     names = list(t)
     leaves = {"ref": {n: v.to(dtype).double().requires_grad_() for n, v in t.items()}}
     for be in ["torch"] + backends:
@@ -69,10 +69,10 @@ def check(t, mask, dtype, pool_input=False, backends=BACKENDS):
                 # exactly 0 in exact arithmetic (it shifts every position's scores alike, which the
                 # softmax cancels): compare the rounding noise with the scale of d ln_weight
                 scale = grads[be][names.index("ln_weight")].norm()
-                assert got.norm() <= FLOOR[dtype] * scale, f"{be} ln_bias: {got.norm():.3g} vs {scale:.3g}"
+                assert got.norm() <= (floor or FLOOR[dtype]) * scale, f"{be} ln_bias: {got.norm():.3g} vs {scale:.3g}"
                 continue
             err, err_torch = rel_err(got, ref), rel_err(base, ref)
-            assert err <= 2 * err_torch + FLOOR[dtype], f"{be} {what}: {err:.3g} vs torch {err_torch:.3g}"
+            assert err <= 2 * err_torch + (floor or FLOOR[dtype]), f"{be} {what}: {err:.3g} vs torch {err_torch:.3g}"
         if mask is not None:  # masked positions: no influence, exactly zero gradient
             x_grad = grads[be][0]
             assert torch.count_nonzero(x_grad[~mask]) == 0
@@ -95,6 +95,8 @@ SHAPES = [
     ("S=1, no LN", 4, 20, 24, 1, False, False, True, False, False),
     ("an all-masked row", 4, 19, 24, 3, True, True, True, True, False),
     ("D > one feature slice", 2, 30, 200, 6, True, True, False, False, False),
+    ("forward over two programs per item (accumulators past the register budget)", 2, 20, 800, 20, True, True, True,
+     False, False),
     ("Wukong B/32 batch", 64, 49, 256, 12, True, True, True, True, True),
     ("Wukong L/14 batch, D=256", 64, 256, 256, 24, True, True, True, True, True),
     ("Wukong L/14 batch, D=768", 64, 256, 768, 24, True, True, True, True, True),
@@ -158,6 +160,23 @@ POOL_SHAPES = [
 def test_token_pool_matches_reference(shape, dtype, backend):
     _, B, N, D, S, masked, empty = shape
     check(*make(B, N, D, S, False, False, masked, empty, pool=True), dtype, backends=[backend])
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_large_mean_rows(dtype, backend):
+    """Rows with a mean 40x their spread. The kernels fold the LayerNorm into the score matrix
+    and the pooling (x enters the MMAs unnormalized), so the mean cancels there: in fp32 that
+    costs ~|mean|/std x 2^-24 x sqrt(D) relative (the floor is 1e-4 here instead of 1e-5); in
+    16-bit the usual floor holds. Pooling raw x (pool_input) also checks that the backward's
+    delta = <d_out, out> uses out as computed, not out rounded to 16 bits (which alone gave
+    7-12 % gradient errors here)."""
+    torch.manual_seed(3)
+    t, mask = make(3, 40, 96, 6, True, True, True, False)
+    t["x"] = t["x"] / 1.5 + 40.0
+    floor = 1e-4 if dtype == torch.float32 else None
+    check(t, mask, dtype, backends=[backend], floor=floor)
+    check(t, mask, dtype, pool_input=True, backends=[backend], floor=floor)
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
@@ -322,10 +341,11 @@ def test_bad_input_names_the_argument(fn, base, name, kind, mutate, backend):
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("pool", [False, True], ids=["reduce", "pool"])
-def test_opcheck(pool, backend):
-    t, mask = make(3, 18, 20, 4, not pool, not pool, True, True, pool=pool)
-    f = {n: v.float().requires_grad_() for n, v in t.items()}
+def test_opcheck(pool, dtype, backend):
+    t, mask = make(3, 18, 24, 4, not pool, not pool, True, True, pool=pool)
+    f = {n: v.to(dtype).requires_grad_() for n, v in t.items()}
     args = (f["x"], f.get("w_score"), f.get("scores"), f.get("ln_weight"), f.get("ln_bias"), mask, 1e-5, pool)
     op = torch.ops.skillkern.token_reduce_fwd if backend == "triton" else torch.ops.skillkern.token_reduce_fwd_cuda
     torch.library.opcheck(op.default, args)

@@ -75,7 +75,8 @@ class Shape:
         return 8.0 * B * N * D + 4.0 * B * N * D * S + 2.0 * B * S * D * (D // self.G)
 
 
-GOAL_SHAPES = (Shape(1024, 49, 256, 12), Shape(1024, 256, 256, 24), Shape(1024, 256, 768, 24))
+# the goal shapes: ViT-L/14 (Wukong's 256 -> 24), ViT-B/32 (49 -> 12), TokenLearner (196 -> 8)
+GOAL_SHAPES = (Shape(1024, 256, 768, 24), Shape(1024, 49, 768, 12), Shape(1024, 196, 384, 8))
 PRESETS = {
     # the goal shapes first; then random lengths and Wukong's own value path (pools x)
     "gpu": lambda: [*GOAL_SHAPES, Shape(lmin=128), Shape(D=768, values="input")],

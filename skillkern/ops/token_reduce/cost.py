@@ -3,19 +3,17 @@ inspect`, derived from the launch's grid, tile sizes and what each program of ke
 and the launcher calls of one op call (forward and backward) for a benchmark case.
 
 Counting rules (as in skill_ffn/cost.py): flops are what the MMAs execute, so every dot counts
-whole: BLOCK_N positions (the last tile padded), S_PAD output tokens, BLOCK_D features per step,
-masked positions and the backward's out-of-range items included; the score GEMM counts once per
-D-slice program (each recomputes it over the full D). Bytes count what the masked loads and
-stores really touch: the x rows of masked positions are never read, but dx and d_scores are
-written at every position < N. hbm_bytes counts each tensor once (reads and writes), as if L2
-kept every re-read (an item's D-slice programs run side by side: the grid is slice-fastest);
-l2_bytes counts every load and store of every program. The small vectors (LayerNorm weight and
-bias, a row of w_score) count once per load, not per row they broadcast to. The real positions
-come from the mask the kernel receives, so the launch's arguments are all the counting needs.
-Not counted: the op's torch work around the kernels (the backward's delta = <d_out, out> and
-the sum of the per-program partial parameter gradients).
+whole: BLOCK_N positions (the last tile padded), S_PAD output tokens, the feature steps padded,
+and each hi + lo split of an fp32 operand as one more MMA. Bytes count what the loads and stores
+touch (by TMA, masked positions' rows arrive too, so they count). hbm_bytes counts each
+tensor once (reads and writes), as if L2 kept every re-read (a program re-reads its own rows
+right after the first pass); l2_bytes counts every load and store of every program. The real
+positions come from the mask the kernel receives, so the launch's arguments are all the
+counting needs. Not counted: the op's torch work around the kernels (the backward's
+delta = <d_out, out>, the fold of the LayerNorm into the score matrix, and the sums of the
+partial parameter gradients).
 
-Notation below: nD = D slices, nN = position tiles per item, L = real positions of all items,
+Notation below: nN = position tiles per item, L = real positions of all items,
 X = L * D * the element size of x (one pass over the real rows).
 """
 from __future__ import annotations
@@ -34,81 +32,95 @@ def _positions(a, B: int) -> int:
     return B * a["N"]
 
 
-def _sizes(a):
-    """N, D, S, nD, nN, the padded tile (BLOCK_N, S_PAD, BLOCK_D) and the flags as ints."""
-    N, D, S = a["N"], a["D"], a["S"]
-    bn, sp, bd = a["BLOCK_N"], a["S_PAD"], a["BLOCK_D"]
-    flags = tuple(int(bool(a[k])) for k in ("HAS_LN", "HAS_LN_BIAS", "POOL_LN", "POOL_LN_BIAS", "SCORES_GIVEN"))
-    return N, D, S, triton.cdiv(D, bd), triton.cdiv(N, bn), bn, sp, bd, flags
-
-
 def _fwd(a, grid, ctx) -> Work:
-    """Program (item, D slice), per position tile: LayerNorm statistics (two passes over the
-    full D of the real rows), scores over the full D (one more pass, w_score and the LayerNorm
-    vectors once per tile) or the given scores, then its slice of x for the pooling. So x goes
-    nD * (2 + 1) + 1 times through L2 with LayerNorm and computed scores (19 at D = 768, BLOCK_D
-    128), w_score B * nD * nN times. Dots: (BLOCK_N x BLOCK_D) @ (BLOCK_D x S_PAD) per D step
-    for the scores, (S_PAD x BLOCK_N) @ (BLOCK_N x BLOCK_D) for the pooling. Writes out once,
-    lse from the slice-0 programs."""
-    N, D, S, nD, nN, bn, sp, bd, (ln, lnb, pln, plnb, given) = _sizes(a)
-    B = grid[0] // nD
+    """Program (item, feature part of ND * BLOCK_D), per position tile: pass 1 over the full D
+    (LOAD_D at a time: the LayerNorm statistics and the raw scores x @ W', W' once per tile) or
+    the given scores, then pass 2 over its part for the pooling. So x goes nP + 1 times through
+    L2 (nP = parts per item: 1 when one program owns the item, then x leaves HBM once), W'
+    B * nP * nN times. Dots per tile: (BLOCK_N x LOAD_D) @ (LOAD_D x S_PAD) per LOAD_D step,
+    twice when W' is not held exactly by x's dtype (split hi + lo); (BLOCK_D x BLOCK_N) @
+    (BLOCK_N x S_PAD) per pooled block, twice for 16-bit x (p split hi + lo). Writes out once,
+    lse from the part-0 programs."""
+    N, D, S = a["N"], a["D"], a["S"]
+    bn, sp, bd, nd, ld = a["BLOCK_N"], a["S_PAD"], a["BLOCK_D"], a["ND"], a["LOAD_D"]
+    given = int(bool(a["SCORES_GIVEN"]))
+    n_parts = triton.cdiv(D, nd * bd)
+    nN = triton.cdiv(N, bn)
+    B = grid[0] // n_parts
     L = _positions(a, B)
-    ex, ew, esc = a["x_ptr"].element_size(), a["w_ptr"].element_size(), a["sc_ptr"].element_size()
-    ev, evb = a["lnw_ptr"].element_size(), a["lnb_ptr"].element_size()
-    X = L * D * ex
-    flops = 2.0 * B * nD * nN * bn * sp * ((1 - given) * nD * bd + bd)
+    x, w = a["x_ptr"], a["w_ptr"]
+    ex, ew, esc = x.element_size(), w.element_size(), a["sc_ptr"].element_size()
+    sixteen = x.dtype != torch.float32
+    X = (B * N if a["USE_TMA"] else L) * D * ex  # TMA fetches masked rows too
+    w_split = 2 if sixteen and w.dtype != x.dtype else 1
+    flops = 2.0 * B * n_parts * nN * bn * sp * ((1 - given) * triton.cdiv(D, ld) * ld * w_split
+                                                 + nd * bd * (2 if sixteen else 1))
     out = B * S * D * a["out_ptr"].element_size() + B * S * 4
-    score_vectors = (1 - given) * nD * D * (ln * ev + lnb * evb)  # per tile, summed over the slices
-    pool_vectors = D * (pln * ev + plnb * evb)
-    l2 = (X * (nD * (2 * ln + 1 - given) + 1)
-          + B * nN * ((1 - given) * nD * D * S * ew + score_vectors + pool_vectors)
-          + given * L * S * esc * nD + (B * nD * N if a["HAS_MASK"] else 0) + out)
-    hbm = (X + (1 - given) * D * S * ew + D * (max(ln, pln) * ev + max(lnb, plnb) * evb)
-           + given * L * S * esc + (B * N if a["HAS_MASK"] else 0) + out)
+    gamma = D * (a["lnw_ptr"].element_size() + a["lnb_ptr"].element_size()) if a["POOL_LN"] else 0
+    mask = B * N * n_parts if a["HAS_MASK"] else 0
+    l2 = (X * ((1 - given) * n_parts + 1) + B * n_parts * nN * (1 - given) * D * S * ew
+          + given * L * S * esc * n_parts + mask + B * n_parts * gamma + out)
+    hbm = X + (1 - given) * D * S * ew + gamma + given * L * S * esc + (B * N if a["HAS_MASK"] else 0) + out
     return Work(flops, hbm, l2)
 
 
 def _bwd(a, grid, ctx) -> Work:
-    """Program (item group, D slice), per item of its group and position tile: LayerNorm
-    statistics (two passes over the full D), the scores (one pass, w_score), dA = v @ d_out^T
-    (one pass over x and over d_out[b]), the LayerNorm row sums (one pass over x, w_score, and
-    d_out again when the pooled values are LayerNorm-ed), then its slice: dv, du, dw_score.
-    So x goes nD * (2 + 1 + 1 + 1) + 1 times through L2 (31 at D = 768), w_score and d_out
-    about 2 nD times per tile. Dots per tile, each BLOCK_N x S_PAD by the K named: scores,
-    dA and du (twice with POOL_LN) over nD * BLOCK_D; dv, du and dw over BLOCK_D. The last
-    group's out-of-range items run every dot and load d_out, w_score and the vectors (of item
-    0); their x, lse and delta loads are masked off. Writes dx at every position < N,
-    d_scores (slice-0 programs) and the per-program partial parameter gradients."""
-    N, D, S, nD, nN, bn, sp, bd, (ln, lnb, pln, plnb, given) = _sizes(a)
-    B, items = a["B"], a["items_per_prog"]
-    groups = grid[0] // nD
-    iters = groups * items  # item iterations per D slice, out-of-range ones included
+    """Program = item, per position tile: pass 1 over the full D (LOAD_D at a time: statistics,
+    x @ W' and x @ G^T; W' and d_out[b] once per tile) or, for given scores, x @ d_out^T; pass 2
+    over D (BLOCK_D at a time): dv = A @ d_out, du = dz @ w_score^T, and with LayerNorm the x
+    tile again (from L2) for xhat; writes dx, and dz' (B N S fp32) for the dw kernel, the
+    item's LayerNorm sums (read back and rewritten per tile). So x goes 1 + HAS_LN times through
+    L2 and once through HBM. Dots (16-bit x: fp32 operands split hi + lo, so 2 MMAs where one
+    side is inexact and 3 where both are): per tile BLOCK_N x S_PAD over D twice in pass 1,
+    BLOCK_N x BLOCK_D over S_PAD twice in pass 2."""
+    N, D, S = a["N"], a["D"], a["S"]
+    bn, sp, bd, ld = a["BLOCK_N"], a["S_PAD"], a["BLOCK_D"], a["LOAD_D"]
+    given, ln, pln = (int(bool(a[k])) for k in ("SCORES_GIVEN", "HAS_LN", "POOL_LN"))
+    B = grid[0]
+    nN = triton.cdiv(N, bn)
     L = _positions(a, B)
-    ex, ew, esc = a["x_ptr"].element_size(), a["w_ptr"].element_size(), a["sc_ptr"].element_size()
-    ev, evb, edo = a["lnw_ptr"].element_size(), a["lnb_ptr"].element_size(), a["dout_ptr"].element_size()
-    X = L * D * ex
-    dp = nD * bd
-    flops = 2.0 * iters * nN * nD * bn * sp * ((1 - given) * dp + dp + ln * (1 + pln) * dp + bd * (1 + 2 * (1 - given)))
-    # per (iteration, tile), summed over the nD slices: full-D passes are counted nD times,
-    # the slice's own loads once (the slices add up to D)
-    w_rows = (nD * ((1 - given) + ln) + (1 - given)) * D * S * ew
-    d_out = (nD * (1 + ln * pln) + 1) * S * D * edo
-    vectors = (nD * ((1 - given) * (ln * ev + lnb * evb) + pln * ev + plnb * evb + ln * (2 * ev + lnb * evb))
-               + ln * ev + lnb * evb) * D
-    writes = (B * N * D * a["dx_ptr"].element_size() + given * B * N * S * a["dsc_ptr"].element_size()
-              + groups * D * ((1 - given) * S * 4 + ln * 2 * 4))
-    mask = a["HAS_MASK"]
-    l2 = (X * (nD * (2 * ln + (1 - given) + 1 + ln) + 1) + iters * nN * (w_rows + d_out + vectors)
-          + groups * ln * D * ev + B * S * 8 * nD + given * L * S * esc * nD
-          + (iters * N * nD if mask else 0) + writes)
-    hbm = (X + (1 - given) * D * S * ew + D * (max(ln, pln) * ev + max(lnb, plnb) * evb) + B * S * D * edo
-           + B * S * 8 + given * L * S * esc + (B * N if mask else 0) + writes)
+    x = a["x_ptr"]
+    ex, edo, esc = x.element_size(), a["dout_ptr"].element_size(), a["sc_ptr"].element_size()
+    sixteen = x.dtype != torch.float32
+    split = lambda exact: 1 if not sixteen or exact else 2  # noqa: E731
+    w_exact = a["w_ptr"].dtype == x.dtype
+    X = (B * N if a["USE_TMA"] else L) * D * ex  # TMA fetches masked rows too
+    tiles = B * nN
+    d1, d2 = triton.cdiv(D, ld) * ld, triton.cdiv(D, bd) * bd
+    if given:
+        pass1 = 2.0 * bn * sp * d2
+    else:
+        pass1 = 2.0 * bn * sp * d1 * (split(a["wf_ptr"].dtype == x.dtype) + split(not pln))
+    pass2 = 2.0 * bn * sp * d2 * (split(False) + (0 if given else split(False) + (1 if sixteen and not w_exact else 0)))
+    flops = tiles * (pass1 + pass2)
+    ws = D * S * a["w_ptr"].element_size()
+    per_tile = 2 * S * D * edo + (0 if given else 2 * ws)
+    writes = B * N * D * a["dx_ptr"].element_size() + (given * B * N * S * esc) + (1 - given) * B * N * S * 4
+    ln_sums = ln * B * 2 * (D + sp) * 4
+    l2 = X * (1 + ln) + tiles * per_tile + given * L * S * esc + writes + ln_sums * (2 * nN - 1) + B * S * 8
+    hbm = X + B * S * D * edo + (1 - given) * 2 * ws + given * L * S * esc + writes + ln_sums + B * S * 8 + (
+        B * N if a["HAS_MASK"] else 0)
     return Work(flops, hbm, l2)
+
+
+def _dw(a, grid, ctx) -> Work:
+    """dw_score's GEMM x^T dz' over all M = B N positions, split over K: each program a
+    (BLOCK_D features x S_PAD) tile of one chunk of rows, BLOCK_K at a time (dz' split hi + lo
+    for 16-bit x); x read a second time, dz' once, the fp32 partials written."""
+    M, D, S = a["M"], a["D"], a["S"]
+    bk, bd, sp = a["BLOCK_K"], a["BLOCK_D"], a["S_PAD"]
+    x = a["x_ptr"]
+    n_d, n_k = grid[0], grid[1]
+    flops = 2.0 * n_k * triton.cdiv(a["rows_per_prog"], bk) * bk * n_d * bd * sp * (2 if x.dtype != torch.float32 else 1)
+    X = M * D * x.element_size()
+    moved = X + M * S * 4 * n_d + n_k * D * sp * 4 + (M * n_d if a["HAS_MASK"] else 0)
+    return Work(flops, X + M * S * 4 + n_k * D * sp * 4 + (M if a["HAS_MASK"] else 0), moved)
 
 
 KERNELS = {
     "_token_reduce_fwd_kernel": _fwd,
     "_token_reduce_bwd_kernel": _bwd,
+    "_token_reduce_dw_kernel": _dw,
 }
 
 
@@ -130,7 +142,7 @@ def launches(case) -> tuple[dict, list]:
     state = {}
 
     def fwd():
-        state["out"], state["lse"] = TI.token_reduce_fwd(x, w, None, lnw, lnb, case.mask, mod.norm.eps, pool_input)
+        state["out"], state["lse"], _ = TI.token_reduce_fwd(x, w, None, lnw, lnb, case.mask, mod.norm.eps, pool_input)
 
     def bwd():
         TI.token_reduce_bwd(case.d_out, state["out"], x, w, None, lnw, lnb, case.mask, state["lse"],

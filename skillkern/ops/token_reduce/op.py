@@ -2,7 +2,7 @@
 
 Ops in the skillkern:: namespace (custom_op + register_fake + register_autograd):
   skillkern::token_reduce_fwd(x, w_score?, scores?, ln_weight?, ln_bias?, mask?, eps, pool_input)
-      -> (out, lse)
+      -> (out, lse, out_lo)   (the cuda op returns (out, lse))
   skillkern::token_reduce_bwd(d_out, out, x, w_score?, scores?, ln_weight?, ln_bias?, mask?, lse, eps,
                               pool_input) -> (dx, d_w_score, d_scores, d_ln_weight, d_ln_bias)
 backend="cuda" runs skillkern::token_reduce_fwd_cuda / _bwd_cuda (csrc/token_reduce/, same
@@ -11,7 +11,8 @@ extension loads).
 One op pair serves both public functions: token_reduce passes w_score (scores = LN(x) @ w_score,
 computed in-kernel), token_pool passes precomputed scores. State kept for backward besides the
 inputs: lse (B, S) fp32, the log-sum-exp of each softmax column (the kernels recompute LN
-statistics and scores from x, which the backward reads anyway).
+statistics and scores from x, which the backward reads anyway), and where 16-bit x is pooled
+raw, out_lo: out's rounding residual, so that delta = <d_out, out> is taken on out as computed.
 """
 from __future__ import annotations
 
@@ -60,16 +61,20 @@ def _check_x_mask(op, x, mask):
 @torch.library.custom_op("skillkern::token_reduce_fwd", mutates_args=())
 def _fwd_op(x: Tensor, w_score: Optional[Tensor], scores: Optional[Tensor], ln_weight: Optional[Tensor],
             ln_bias: Optional[Tensor], mask: Optional[Tensor], eps: float, pool_input: bool
-            ) -> tuple[Tensor, Tensor]:
+            ) -> tuple[Tensor, Tensor, Tensor]:
+    """(out, lse, out_lo): out_lo is out's 16-bit rounding residual where the pooled values are
+    raw x (triton_impl.needs_lo), else empty; the backward adds it back for delta."""
     from skillkern.ops.token_reduce import triton_impl
     return triton_impl.token_reduce_fwd(x, w_score, scores, ln_weight, ln_bias, mask, eps, pool_input)
 
 
 @_fwd_op.register_fake
 def _(x, w_score, scores, ln_weight, ln_bias, mask, eps, pool_input):
+    from skillkern.ops.token_reduce import triton_impl
     S = w_score.shape[1] if w_score is not None else scores.shape[2]
     B, _, D = x.shape
-    return x.new_empty(B, S, D), x.new_empty(B, S, dtype=torch.float32)
+    lo = x.new_empty(B, S, D) if triton_impl.needs_lo(x, scores, pool_input) else x.new_empty(0)
+    return x.new_empty(B, S, D), x.new_empty(B, S, dtype=torch.float32), lo
 
 
 @torch.library.custom_op("skillkern::token_reduce_bwd", mutates_args=())
@@ -92,8 +97,9 @@ def _(d_out, out, x, w_score, scores, ln_weight, ln_bias, mask, lse, eps, pool_i
 
 def _setup_context(ctx, inputs, output):
     x, w_score, scores, ln_weight, ln_bias, mask, eps, pool_input = inputs
-    out, lse = output
-    ctx.save_for_backward(out, x, w_score, scores, ln_weight, ln_bias, mask, lse)
+    out, lse = output[:2]  # the Triton op adds out's rounding residual (maybe empty); cuda's does not
+    lo = output[2] if len(output) > 2 and output[2].numel() else None
+    ctx.save_for_backward(out, x, w_score, scores, ln_weight, ln_bias, mask, lse, lo)
     ctx.eps, ctx.pool_input = eps, pool_input
 
 
@@ -101,8 +107,10 @@ def _make_backward(bwd_name):
     """The autograd formula of token_reduce_fwd (Triton) and token_reduce_fwd_cuda: both call
     their backward op torch.ops.skillkern.<bwd_name> (same arguments, returning [dx, d_w_score,
     d_scores, d_ln_weight, d_ln_bias])."""
-    def backward(ctx, d_out, _d_lse):
-        out, x, w_score, scores, ln_weight, ln_bias, mask, lse = ctx.saved_tensors
+    def backward(ctx, d_out, _d_lse, *_d_lo):
+        out, x, w_score, scores, ln_weight, ln_bias, mask, lse, lo = ctx.saved_tensors
+        if lo is not None:  # out as the forward computed it, for delta = <d_out, out>
+            out = out.float() + lo.float()
         bwd_op = getattr(torch.ops.skillkern, bwd_name)
         dx, dw, ds, dlw, dlb = bwd_op(d_out, out, x, w_score, scores, ln_weight, ln_bias, mask, lse, ctx.eps,
                                       ctx.pool_input)

@@ -5,17 +5,35 @@ import torch
 import triton
 
 from skillkern._backend import interpreting
-from skillkern.ops._common import dot_precision
+from skillkern.ops._common import dot_precision, tma_ok
 from skillkern.ops.token_reduce import kernels as K
 
 
-def _blocks(N: int, D: int, S: int) -> dict:
-    """BLOCK_D: the feature slice a program pools (the accumulator is S_PAD x BLOCK_D fp32);
-    BLOCK_N: positions per step. tl.dot needs every dimension >= 16."""
+# the forward's register budget for its pooled accumulators: ND x BLOCK_D x S_PAD fp32 values
+# spread over 8 warps, 96 per thread at most (sm_90: 254 registers and no spill at D = 768,
+# S = 24; 128 spills)
+_FWD_ACC = 96 * 256
+_FWD_ACC_FP32 = 32 * 256
+
+
+def _fwd_blocks(N: int, D: int, S: int, fp32: bool) -> dict:
+    """The forward's tiles: BLOCK_D = 128 features per accumulator, ND <= 8 accumulators per
+    program, as many as the whole of D needs while they fit the register budget (then one
+    program per item reads its x once; else cdiv(D, ND * BLOCK_D) programs share the item's
+    rows through L2); LOAD_D = 32 features per step of the statistics and score pass (64 costs
+    more registers than its bigger tile saves), 6 stages deep where the accumulators leave
+    room for the pipeline's registers, else 4 (at 1 block per SM the TMA tiles in flight are
+    what keeps HBM busy); BLOCK_N = 64 positions per step, the M side of the score MMA (wgmma's
+    smallest).
+    Measured statically on sm_90 (benchmarks/NOTES.md, token_reduce "Hopper redesign")."""
     s_pad = max(16, triton.next_power_of_2(S))
-    block_d = max(16, min(128 if s_pad <= 32 else 64, triton.next_power_of_2(D)))
+    budget = _FWD_ACC_FP32 if fp32 else _FWD_ACC
+    block_d = max(16, min(128, triton.next_power_of_2(D), budget // s_pad))
+    nd = max(1, min(8, triton.cdiv(D, block_d), budget // (s_pad * block_d)))
     block_n = 16 if interpreting() else max(16, min(64, triton.next_power_of_2(N)))
-    return dict(BLOCK_N=block_n, S_PAD=s_pad, BLOCK_D=block_d, num_warps=4)
+    stages = 6 if nd * block_d * s_pad <= budget * 2 // 3 else 4
+    return dict(BLOCK_N=block_n, S_PAD=s_pad, BLOCK_D=block_d, ND=nd, LOAD_D=min(32, block_d), num_warps=8,
+                num_stages=stages)
 
 
 def _operands(x, w_score, scores, ln_weight, ln_bias, mask, pool_input):
@@ -37,22 +55,56 @@ def _operands(x, w_score, scores, ln_weight, ln_bias, mask, pool_input):
     return (w, sc, lnw, lnb, m), strides, flags
 
 
+def _fold(w_score, ln_weight, ln_bias):
+    """The LayerNorm folded into the scores (kernels.py): W' = diag(gamma) w_score (fp32), and
+    [c, e] = [colsum W', beta @ w_score] (fp32, 2 S)."""
+    w = (ln_weight.float()[:, None] * w_score.float()).contiguous()
+    shift = ln_bias.float() @ w_score.float() if ln_bias is not None else w.new_zeros(w.shape[1])
+    return w, torch.cat([w.sum(0), shift])
+
+
+def needs_lo(x: torch.Tensor, scores, pool_input: bool) -> bool:
+    """Whether the forward also returns out's rounding residual (16-bit x pooled raw: see
+    kernels._store_block)."""
+    return x.dtype in (torch.float16, torch.bfloat16) and (pool_input or scores is not None)
+
+
 def token_reduce_fwd(x, w_score, scores, ln_weight, ln_bias, mask, eps, pool_input):
-    """Returns out (B, S, D) in x.dtype and lse (B, S) fp32 (+inf for items with no real position)."""
+    """Returns out (B, S, D) in x.dtype, lse (B, S) fp32 (+inf for items with no real position)
+    and out_lo: what rounding out to x.dtype dropped (needs_lo), else an empty tensor."""
     x = x.contiguous()
     B, N, D = x.shape
     S = w_score.shape[1] if w_score is not None else scores.shape[2]
     out = torch.empty(B, S, D, dtype=x.dtype, device=x.device)
     lse = torch.empty(B, S, dtype=torch.float32, device=x.device)
+    lo = torch.empty_like(out) if needs_lo(x, scores, pool_input) else x.new_empty(0)
     if B == 0 or N == 0:  # no position at all: what the kernel gives an all-masked item
-        return out.zero_(), lse.fill_(float("inf"))
+        return out.zero_(), lse.fill_(float("inf")), lo.zero_()
     ops, strides, flags = _operands(x, w_score, scores, ln_weight, ln_bias, mask, pool_input)
-    blk = _blocks(N, D, S)
-    # slice-fastest 1-d grid: the programs of one item run side by side and share x through L2
-    K._token_reduce_fwd_kernel[(triton.cdiv(D, blk["BLOCK_D"]) * B,)](
-        x, *ops, out, lse, N, D, S, float(eps), *strides, out.stride(0), out.stride(1), lse.stride(0),
-        num_stages=2, **flags, **blk)
-    return out, lse
+    w, fold = ops[0], x
+    if flags["HAS_LN"]:
+        w, fold = _fold(w_score, ln_weight, ln_bias)
+    blk = _fwd_blocks(N, D, S, x.dtype == torch.float32)
+    K._token_reduce_fwd_kernel[(triton.cdiv(D, blk["ND"] * blk["BLOCK_D"]) * B,)](
+        x, w, *ops[1:], out, lse, fold, lo if lo.numel() else out, B, N, D, S, float(eps), *strides[:2],
+        w.stride(0), *strides[3:], out.stride(0), out.stride(1), lse.stride(0), USE_TMA=tma_ok(x),
+        STORE_LO=lo.numel() > 0, **flags, **blk)
+    return out, lse, lo
+
+
+def _bwd_blocks(N: int, D: int, S: int) -> dict:
+    """The backward's tiles: BLOCK_N = 64 positions (the M side of every MMA of the item
+    kernel), LOAD_D = 32 features per step of pass 1, BLOCK_D = 128 per step of pass 2 (dx),
+    8 warps, 3 stages (sm_90: no spill at the goal shapes; 4 warps spill 40-88 B, 64-feature
+    steps leave too few bytes in flight)."""
+    s_pad = max(16, triton.next_power_of_2(S))
+    block_n = 16 if interpreting() else max(16, min(64, triton.next_power_of_2(N)))
+    block_d = max(16, min(64, triton.next_power_of_2(D)))
+    return dict(BLOCK_N=block_n, S_PAD=s_pad, BLOCK_D=block_d, LOAD_D=min(32, block_d), num_warps=8, num_stages=4)
+
+
+# the dw_score GEMM: (128 features x S_PAD) per program, 64 positions per step
+_DW_D, _DW_K = (16, 16) if interpreting() else (128, 64)
 
 
 def token_reduce_bwd(d_out, out, x, w_score, scores, ln_weight, ln_bias, mask, lse, eps, pool_input):
@@ -66,25 +118,51 @@ def token_reduce_bwd(d_out, out, x, w_score, scores, ln_weight, ln_bias, mask, l
         return torch.zeros_like(x), zeros(w_score), zeros(scores), zeros(ln_weight), zeros(ln_bias)
     ops, strides, flags = _operands(x, w_score, scores, ln_weight, ln_bias, mask, pool_input)
     given, has_ln = flags["SCORES_GIVEN"], flags["HAS_LN"]
+    w, fold = ops[0], x
+    wf = w
+    if has_ln:
+        wf, fold = _fold(w_score, ln_weight, ln_bias)
+    blk = _bwd_blocks(N, D, S)
+    s_pad = blk["S_PAD"]
     dx = torch.empty_like(x)
-    d_scores = torch.zeros_like(ops[1]) if given else None
+    d_scores = torch.empty_like(ops[1]) if given else None
     # delta[b, s] = <d_out[b, s], out[b, s]>: the softmax-backward term sum_n A dA, from the
-    # saved output instead of another pass over the positions (as flash attention does). With
-    # 16-bit outputs it carries their rounding (~2^-9 relative), so gradients that are exactly 0
-    # in exact arithmetic (ln_bias with pool_input) come out as noise of that size.
+    # saved output instead of another pass over the positions (as flash attention does); out
+    # comes with its rounding residual added where the forward kept one (fp32 here), so
+    # pooled raw x of large mean does not turn out's rounding into gradient error. Otherwise
+    # it carries out's rounding (~2^-9 relative), so gradients that are exactly 0 in exact
+    # arithmetic (ln_bias with pool_input) come out as noise of that size.
     delta = (d_out.float() * out.float()).sum(-1).contiguous()
-    # ~4 programs per SM on an H100 from the item groups alone; more items per program = fewer
-    # partial sums of dw_score / d_ln_* to add up afterwards
-    items = max(1, triton.cdiv(B, 512))
-    groups = triton.cdiv(B, items)
-    dw_part = torch.zeros(groups if w_score is not None else 1, D, S, dtype=torch.float32, device=x.device)
-    dlnw_part = torch.zeros(groups if has_ln else 1, D, dtype=torch.float32, device=x.device)
-    dlnb_part = torch.zeros_like(dlnw_part)
-    blk = _blocks(N, D, S)
-    K._token_reduce_bwd_kernel[(triton.cdiv(D, blk["BLOCK_D"]) * groups,)](
-        x, *ops, d_out, delta, lse, dx, d_scores if given else x, dw_part, dlnw_part, dlnb_part,
-        B, N, D, S, float(eps), items, *strides, d_out.stride(0), d_out.stride(1), lse.stride(0),
-        num_stages=2, **flags, **blk)
-    cast = lambda part, like: part.sum(0).to(like.dtype) if like is not None else None  # noqa: E731
-    return (dx, cast(dw_part, w_score), d_scores.to(scores.dtype) if given else None,
-            cast(dlnw_part, ln_weight), cast(dlnb_part, ln_bias))
+    dz = torch.empty((B * N, S) if not given else (1,), dtype=torch.float32, device=x.device)
+    vec_part = torch.empty((B, 2, s_pad) if has_ln else (1,), dtype=torch.float32, device=x.device)
+    ln_part = torch.empty((B, 2, D) if has_ln else (1,), dtype=torch.float32, device=x.device)
+    use_tma = tma_ok(x)
+    K._token_reduce_bwd_kernel[(B,)](
+        x, w, wf, *ops[1:], d_out, delta, lse, fold, dx, d_scores if given else x, dz, vec_part, ln_part,
+        B, N, D, S, float(eps), *strides[:2], w.stride(0) if not given else 0, wf.stride(0) if not given else 0,
+        *strides[3:], d_out.stride(0), d_out.stride(1), lse.stride(0), USE_TMA=use_tma, **flags, **blk)
+    d_w = None
+    if not given:  # dw_score = x^T dz' over every position, then the LayerNorm's terms
+        M = B * N
+        n_d = triton.cdiv(D, _DW_D)
+        n_k = max(1, min(triton.cdiv(M, 16 * _DW_K), triton.cdiv(4 * 132, n_d)))
+        rows = triton.cdiv(triton.cdiv(M, n_k), _DW_K) * _DW_K
+        n_k = triton.cdiv(M, rows)
+        part = torch.empty((n_k, D, s_pad), dtype=torch.float32, device=x.device)
+        m = ops[4].view(-1) if flags["HAS_MASK"] else x
+        K._token_reduce_dw_kernel[(n_d, n_k)](
+            x.view(M, D), dz, m, part, M, D, S, rows, D, HAS_MASK=flags["HAS_MASK"], PRECISION=flags["PRECISION"],
+            USE_TMA=use_tma, BLOCK_K=_DW_K, BLOCK_D=_DW_D, S_PAD=s_pad, num_warps=4, num_stages=3)
+        d_w = part.sum(0)[:, :S]
+        if has_ln:
+            sums = vec_part.sum(0)[:, :S]  # (sum_n dz' mean, sum_n dz)
+            d_w = ln_weight.float()[:, None] * (d_w - sums[0][None, :])
+            if ln_bias is not None:
+                d_w = d_w + ln_bias.float()[:, None] * sums[1][None, :]
+        d_w = d_w.to(w_score.dtype, copy=True)  # (a fresh tensor: op outputs may not alias)
+    d_lnw = d_lnb = None
+    if has_ln:
+        ln_sums = ln_part.sum(0)
+        d_lnw = ln_sums[0].to(ln_weight.dtype, copy=True)
+        d_lnb = ln_sums[1].to(ln_bias.dtype, copy=True) if ln_bias is not None else None
+    return dx, d_w, d_scores.to(scores.dtype) if given else None, d_lnw, d_lnb
