@@ -151,8 +151,10 @@ def token_reduce(x: Tensor, w_score: Tensor, ln_weight: Optional[Tensor] = None,
     D >= 1, S >= 1. Masked positions may hold anything, NaN and inf included: it reaches no
     output and no gradient (dx there is exactly 0). Differentiable w.r.t. x, w_score,
     ln_weight, ln_bias.
-    The Triton path reads x once in the forward (LN statistics, scores, online softmax over
-    position tiles and pooling fused) and once in the backward. backend="cuda" (csrc/token_reduce/)
+    The Triton path reads x from HBM once in the forward (LN statistics, scores, online softmax
+    over position tiles and pooling fused, one program per item where the pooled accumulators
+    fit its registers: D * S up to ~24k, e.g. D = 768 with S = 24) and twice in the backward
+    (the per-item gradients, then dw_score as one GEMM). backend="cuda" (csrc/token_reduce/)
     does the same in one block per item, with S <= 32 and D up to ~1900 (bf16 training on an
     H100; csrc/token_reduce/tokred_host.cpp lists the limits); beyond, it raises naming the
     argument.
