@@ -13,11 +13,12 @@ from skillkern.ops.token_reduce import kernels as K
 # spread over 8 warps, 96 per thread at most (sm_90: 254 registers and no spill at D = 768,
 # S = 24; 128 spills)
 _FWD_ACC = 96 * 256
-_FWD_ACC_FP32 = 32 * 256
+_FWD_ACC_FP32 = 16 * 256  # fp32 x: ieee dots on CUDA cores hold more per tile
 
 
 def _fwd_blocks(N: int, D: int, S: int, fp32: bool) -> dict:
-    """The forward's tiles: BLOCK_D = 128 features per accumulator, ND <= 8 accumulators per
+    """The forward's tiles (fp32 x: a smaller accumulator budget and 2 stages, its ieee dots on
+    CUDA cores hold more per tile; no spill): BLOCK_D = 128 features per accumulator, ND <= 8 accumulators per
     program, as many as the whole of D needs while they fit the register budget (then one
     program per item reads its x once; else cdiv(D, ND * BLOCK_D) programs share the item's
     rows through L2); LOAD_D = 32 features per step of the statistics and score pass (64 costs
@@ -31,7 +32,7 @@ def _fwd_blocks(N: int, D: int, S: int, fp32: bool) -> dict:
     block_d = max(16, min(128, triton.next_power_of_2(D), budget // s_pad))
     nd = max(1, min(8, triton.cdiv(D, block_d), budget // (s_pad * block_d)))
     block_n = 16 if interpreting() else max(16, min(64, triton.next_power_of_2(N)))
-    stages = 6 if nd * block_d * s_pad <= budget * 2 // 3 else 4
+    stages = 2 if fp32 else 6 if nd * block_d * s_pad <= budget * 2 // 3 else 4
     return dict(BLOCK_N=block_n, S_PAD=s_pad, BLOCK_D=block_d, ND=nd, LOAD_D=min(32, block_d), num_warps=8,
                 num_stages=stages)
 
@@ -92,15 +93,18 @@ def token_reduce_fwd(x, w_score, scores, ln_weight, ln_bias, mask, eps, pool_inp
     return out, lse, lo
 
 
-def _bwd_blocks(N: int, D: int, S: int) -> dict:
+def _bwd_blocks(N: int, D: int, S: int, fp32: bool) -> dict:
     """The backward's tiles: BLOCK_N = 64 positions (the M side of every MMA of the item
-    kernel), LOAD_D = 32 features per step of pass 1, BLOCK_D = 128 per step of pass 2 (dx),
-    8 warps, 3 stages (sm_90: no spill at the goal shapes; 4 warps spill 40-88 B, 64-feature
-    steps leave too few bytes in flight)."""
+    kernel), LOAD_D = 32 features per step of pass 1, BLOCK_D = 64 per step of pass 2 (dx),
+    8 warps, 4 stages (sm_90: no spill at the goal shapes; 4 warps spill 40-88 B, 128-feature
+    steps spill in fp16). fp32 x (ieee dots on CUDA cores): 32 positions and 32 features per
+    step, 3 stages (no spill)."""
     s_pad = max(16, triton.next_power_of_2(S))
-    block_n = 16 if interpreting() else max(16, min(64, triton.next_power_of_2(N)))
-    block_d = max(16, min(64, triton.next_power_of_2(D)))
-    return dict(BLOCK_N=block_n, S_PAD=s_pad, BLOCK_D=block_d, LOAD_D=min(32, block_d), num_warps=8, num_stages=4)
+    rows, feats, stages = (32, 32, 3) if fp32 else (64, 64, 4)
+    block_n = 16 if interpreting() else max(16, min(rows, triton.next_power_of_2(N)))
+    block_d = max(16, min(feats, triton.next_power_of_2(D)))
+    return dict(BLOCK_N=block_n, S_PAD=s_pad, BLOCK_D=block_d, LOAD_D=min(32, block_d), num_warps=8,
+                num_stages=stages)
 
 
 # the dw_score GEMM: (128 features x S_PAD) per program, 64 positions per step
@@ -122,7 +126,7 @@ def token_reduce_bwd(d_out, out, x, w_score, scores, ln_weight, ln_bias, mask, l
     wf = w
     if has_ln:
         wf, fold = _fold(w_score, ln_weight, ln_bias)
-    blk = _bwd_blocks(N, D, S)
+    blk = _bwd_blocks(N, D, S, x.dtype == torch.float32)
     s_pad = blk["S_PAD"]
     dx = torch.empty_like(x)
     d_scores = torch.empty_like(ops[1]) if given else None
