@@ -1,6 +1,7 @@
 """What every op shares: the float dtypes the kernels take, the one argument-error helper, the
-relative error every test and benchmark compares with, the tl.dot precision rule, and the one
-way a Triton kernel is autotuned (configs that would spill or overflow shared memory pruned)."""
+relative error every test and benchmark compares with, the tl.dot precision rule, the device's
+SM count and TMA rule for launch shapes, and the one way a Triton kernel is autotuned (configs
+that would spill or overflow shared memory pruned)."""
 from __future__ import annotations
 
 import contextlib
@@ -97,6 +98,14 @@ def _device_scratch(size: int, alignment: int, stream):
     """Global scratch for kernels that ask for it at launch (TMA descriptors built on the
     device: 128 bytes per program)."""
     return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of `device` (132 on an H100 SXM / H200: the default off the GPU,
+    where the number only shapes a launch's schedule, never its result)."""
+    if device.type != "cuda":
+        return 132
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def tma_ok(t: torch.Tensor) -> bool:

@@ -511,6 +511,19 @@ def _pick(vec, idx, es):
 
 
 @triton.jit
+def _skill_chunks(offsets_ptr, E, R, E_PAD: tl.constexpr):
+    """Per skill (lanes es < E of E_PAD): its rows [lo, hi), its number of R-row chunks and its
+    first workspace slot: skills of two or more chunks take consecutive slots, one per chunk,
+    in skill order (the layout the weight-gradient kernel writes and the reduce kernel reads)."""
+    es = tl.arange(0, E_PAD)
+    lo = tl.load(offsets_ptr + es, mask=es < E, other=0)
+    hi = tl.load(offsets_ptr + es + 1, mask=es < E, other=0)
+    n_chunks = tl.cdiv(hi - lo, R)
+    multi = tl.where(n_chunks > 1, n_chunks, 0)
+    return es, lo, hi, n_chunks, tl.cumsum(multi, axis=0) - multi
+
+
+@triton.jit
 def _wgrad_unit(offsets_ptr, unit, E, R, E_PAD: tl.constexpr):
     """Work unit `unit` of the weight-gradient launch -> (skill (-1: surplus unit, exit), first
     row, end row, chunk index within the skill, the skill's chunk count, its first workspace
@@ -521,17 +534,11 @@ def _wgrad_unit(offsets_ptr, unit, E, R, E_PAD: tl.constexpr):
     skill order, then the shorter last chunks by decreasing length (ties: lower skill first).
     A skill of more than one chunk writes fp32 partials into workspace slots ws_base + chunk,
     summed in chunk order by _wgrad_reduce_kernel."""
-    es = tl.arange(0, E_PAD)
-    lo = tl.load(offsets_ptr + es, mask=es < E, other=0)
-    hi = tl.load(offsets_ptr + es + 1, mask=es < E, other=0)
-    rows = hi - lo
-    full = rows // R
-    rem = rows - full * R
-    n_chunks = full + (rem > 0).to(tl.int32)
+    es, lo, hi, n_chunks, ws_start = _skill_chunks(offsets_ptr, E, R, E_PAD)
+    full = (hi - lo) // R
+    rem = hi - lo - full * R
     full_end = tl.cumsum(full, axis=0)
     n_full = tl.sum(full, axis=0)
-    multi = tl.where(n_chunks > 1, n_chunks, 0)
-    ws_start = tl.cumsum(multi, axis=0) - multi
     # a full chunk: the skill whose run of full chunks holds `unit`
     skill_f = tl.sum((full_end <= unit).to(tl.int32), axis=0)
     # a last chunk: rank of each skill's shorter chunk among all of them (0 = longest)
@@ -614,14 +621,10 @@ def _wgrad_reduce_kernel(ws_ptr, dw_ptr, offsets_ptr, E, P, Q, R, stride_we, str
     n_q = tl.cdiv(Q, BLOCK_Q)
     pid_p = tl.program_id(1) // n_q
     pid_q = tl.program_id(1) % n_q
-    es = tl.arange(0, E_PAD)
-    lo = tl.load(offsets_ptr + es, mask=es < E, other=0)
-    hi = tl.load(offsets_ptr + es + 1, mask=es < E, other=0)
-    n_chunks = tl.cdiv(hi - lo, R)
+    es, _, _, n_chunks, ws_start = _skill_chunks(offsets_ptr, E, R, E_PAD)
     if _pick(n_chunks, e, es) == 1:
         return
-    multi = tl.where(n_chunks > 1, n_chunks, 0)
-    ws_base = _pick(tl.cumsum(multi, axis=0) - multi, e, es)
+    ws_base = _pick(ws_start, e, es)
     ps = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     qs = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
     omask = (ps < P)[:, None] & (qs < Q)[None, :]

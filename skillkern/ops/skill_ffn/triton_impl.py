@@ -15,7 +15,7 @@ import torch
 import triton
 
 from skillkern._backend import interpreting
-from skillkern.ops._common import autotune, dot_precision, tma_ok as _tma
+from skillkern.ops._common import autotune, dot_precision, sm_count, tma_ok as _tma
 from skillkern.ops.skill_ffn import kernels as K
 
 ACT_CODE = {name: K.__dict__[name.upper()].value
@@ -85,14 +85,6 @@ def _rows_per_skill_bucket(N: int, E: int) -> int:
     return triton.next_power_of_2(max(1, triton.cdiv(N, E)))
 
 
-def _sm_count(device: torch.device) -> int:
-    """Streaming multiprocessors of `device` (132 on an H100 SXM / H200: the default off the GPU,
-    where the number only shapes the schedule, never the result)."""
-    if device.type != "cuda":
-        return 132
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def _wgrad_chunk_rows(N: int, P: int, Q: int, device: torch.device) -> int:
     """Rows per work unit of the weight-gradient GEMMs (R): a skill with more rows is split
     into chunks of R, whose fp32 partials are summed in a fixed order. Chosen from shapes alone
@@ -103,7 +95,7 @@ def _wgrad_chunk_rows(N: int, P: int, Q: int, device: torch.device) -> int:
     trims a few % more of the tail, but the partials' extra traffic costs more than it saves
     (benchmarks/NOTES.md, "weight-gradient schedule")."""
     tiles = triton.cdiv(P, 128) * triton.cdiv(Q, 128)
-    budget = N * tiles // _sm_count(device)
+    budget = N * tiles // sm_count(device)
     if budget >= N:
         return max(N, 1)
     return min(N, max(256, 1 << max(0, budget.bit_length() - 1)))

@@ -57,6 +57,17 @@ def _rows(mask_ptr, b, n0, N, s_xb, s_xn, s_sb, s_sn, s_mb, HAS_MASK: tl.constex
 
 
 @triton.jit
+def _x_desc(x_ptr, B, N, D, s_xb, s_xn, USE_TMA: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """A TMA descriptor of x (B, N, D) in (1, BLOCK_N, BLOCK_D) tiles for _x_tile, or (USE_TMA
+    off) x_ptr itself as a placeholder that is never loaded through."""
+    if USE_TMA:
+        return tl.make_tensor_descriptor(x_ptr, shape=[B, N, D], strides=[s_xb, s_xn, 1],
+                                         block_shape=[1, BLOCK_N, BLOCK_D])
+    else:
+        return x_ptr
+
+
+@triton.jit
 def _x_tile(desc, x_rows, b, n0, valid, d0, D, USE_TMA: tl.constexpr, HAS_MASK: tl.constexpr,
             BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """x[b, n0:n0+BLOCK_N, d0:d0+BLOCK_D] as stored, 0 at masked positions and past N, D
@@ -186,14 +197,8 @@ def _token_reduce_fwd_kernel(
     d0 = part * ND * BLOCK_D
     ss = tl.arange(0, S_PAD)
     sm = ss < S
-    dt: tl.constexpr = x_ptr.dtype.element_ty
-    pool_desc = x_ptr  # (placeholders where USE_TMA is off: never loaded)
-    load_desc = x_ptr
-    if USE_TMA:
-        pool_desc = tl.make_tensor_descriptor(x_ptr, shape=[B, N, D], strides=[s_xb, s_xn, 1],
-                                              block_shape=[1, BLOCK_N, BLOCK_D])
-        load_desc = tl.make_tensor_descriptor(x_ptr, shape=[B, N, D], strides=[s_xb, s_xn, 1],
-                                              block_shape=[1, BLOCK_N, LOAD_D])
+    pool_desc = _x_desc(x_ptr, B, N, D, s_xb, s_xn, USE_TMA, BLOCK_N, BLOCK_D)
+    load_desc = _x_desc(x_ptr, B, N, D, s_xb, s_xn, USE_TMA, BLOCK_N, LOAD_D)
     if HAS_LN:
         col_w = tl.load(fold_ptr + ss, mask=sm, other=0.0)  # c = colsum W'
         shift = tl.load(fold_ptr + S + ss, mask=sm, other=0.0)  # e = beta @ w_score
@@ -316,13 +321,8 @@ def _token_reduce_bwd_kernel(
     ss = tl.arange(0, S_PAD)
     sm = ss < S
     dt: tl.constexpr = x_ptr.dtype.element_ty
-    pass_desc = x_ptr  # (placeholders where USE_TMA is off: never loaded)
-    tile_desc = x_ptr
-    if USE_TMA:
-        pass_desc = tl.make_tensor_descriptor(x_ptr, shape=[B, N, D], strides=[s_xb, s_xn, 1],
-                                              block_shape=[1, BLOCK_N, LOAD_D])
-        tile_desc = tl.make_tensor_descriptor(x_ptr, shape=[B, N, D], strides=[s_xb, s_xn, 1],
-                                              block_shape=[1, BLOCK_N, BLOCK_D])
+    pass_desc = _x_desc(x_ptr, B, N, D, s_xb, s_xn, USE_TMA, BLOCK_N, LOAD_D)
+    tile_desc = _x_desc(x_ptr, B, N, D, s_xb, s_xn, USE_TMA, BLOCK_N, BLOCK_D)
     lse = tl.load(lse_ptr + b * s_lb + ss, mask=sm, other=float("inf"))
     delta = tl.load(delta_ptr + b * s_lb + ss, mask=sm, other=0.0)
     do_rows = dout_ptr + b * s_ob + ss.to(tl.int64) * s_os  # (S_PAD,) row starts of d_out[b]

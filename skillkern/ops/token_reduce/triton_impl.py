@@ -5,7 +5,7 @@ import torch
 import triton
 
 from skillkern._backend import interpreting
-from skillkern.ops._common import dot_precision, tma_ok
+from skillkern.ops._common import dot_precision, sm_count, tma_ok
 from skillkern.ops.token_reduce import kernels as K
 
 
@@ -56,9 +56,13 @@ def _operands(x, w_score, scores, ln_weight, ln_bias, mask, pool_input):
     return (w, sc, lnw, lnb, m), strides, flags
 
 
-def _fold(w_score, ln_weight, ln_bias):
-    """The LayerNorm folded into the scores (kernels.py): W' = diag(gamma) w_score (fp32), and
-    [c, e] = [colsum W', beta @ w_score] (fp32, 2 S)."""
+def _score_matrix(x, w, w_score, ln_weight, ln_bias, has_ln: bool):
+    """(the matrix the kernels' score pass multiplies x by, the fold vector): with a LayerNorm
+    it is folded into the scores (kernels.py): W' = diag(gamma) w_score (fp32), and
+    [c, e] = [colsum W', beta @ w_score] (fp32, 2 S); without one, w itself and x as an unread
+    placeholder."""
+    if not has_ln:
+        return w, x
     w = (ln_weight.float()[:, None] * w_score.float()).contiguous()
     shift = ln_bias.float() @ w_score.float() if ln_bias is not None else w.new_zeros(w.shape[1])
     return w, torch.cat([w.sum(0), shift])
@@ -82,9 +86,7 @@ def token_reduce_fwd(x, w_score, scores, ln_weight, ln_bias, mask, eps, pool_inp
     if B == 0 or N == 0:  # no position at all: what the kernel gives an all-masked item
         return out.zero_(), lse.fill_(float("inf")), lo.zero_()
     ops, strides, flags = _operands(x, w_score, scores, ln_weight, ln_bias, mask, pool_input)
-    w, fold = ops[0], x
-    if flags["HAS_LN"]:
-        w, fold = _fold(w_score, ln_weight, ln_bias)
+    w, fold = _score_matrix(x, ops[0], w_score, ln_weight, ln_bias, flags["HAS_LN"])
     blk = _fwd_blocks(N, D, S, x.dtype == torch.float32)
     K._token_reduce_fwd_kernel[(triton.cdiv(D, blk["ND"] * blk["BLOCK_D"]) * B,)](
         x, w, *ops[1:], out, lse, fold, lo if lo.numel() else out, B, N, D, S, float(eps), *strides[:2],
@@ -122,10 +124,8 @@ def token_reduce_bwd(d_out, out, x, w_score, scores, ln_weight, ln_bias, mask, l
         return torch.zeros_like(x), zeros(w_score), zeros(scores), zeros(ln_weight), zeros(ln_bias)
     ops, strides, flags = _operands(x, w_score, scores, ln_weight, ln_bias, mask, pool_input)
     given, has_ln = flags["SCORES_GIVEN"], flags["HAS_LN"]
-    w, fold = ops[0], x
-    wf = w
-    if has_ln:
-        wf, fold = _fold(w_score, ln_weight, ln_bias)
+    w = ops[0]
+    wf, fold = _score_matrix(x, w, w_score, ln_weight, ln_bias, has_ln)
     blk = _bwd_blocks(N, D, S, x.dtype == torch.float32)
     s_pad = blk["S_PAD"]
     dx = torch.empty_like(x)
@@ -149,7 +149,7 @@ def token_reduce_bwd(d_out, out, x, w_score, scores, ln_weight, ln_bias, mask, l
     if not given:  # dw_score = x^T dz' over every position, then the LayerNorm's terms
         M = B * N
         n_d = triton.cdiv(D, _DW_D)
-        n_k = max(1, min(triton.cdiv(M, 16 * _DW_K), triton.cdiv(4 * 132, n_d)))
+        n_k = max(1, min(triton.cdiv(M, 16 * _DW_K), triton.cdiv(4 * sm_count(x.device), n_d)))  # ~4 per SM
         rows = triton.cdiv(triton.cdiv(M, n_k), _DW_K) * _DW_K
         n_k = triton.cdiv(M, rows)
         part = torch.empty((n_k, D, s_pad), dtype=torch.float32, device=x.device)
