@@ -27,9 +27,14 @@ FLOOR = {torch.float32: 1e-5, torch.bfloat16: 5e-3, torch.float16: 2e-3}
 
 
 def fwd_op(backend):
-    """The registered forward op of a backend: -> (i2t, t2i, row_idx, col_idx)."""
-    return {"triton": torch.ops.skillkern.token_similarity_fwd,
-            "cuda": lambda *a: torch.ops.skillkern.token_similarity_fwd_cuda(*a)}[backend]
+    """The registered forward op of a backend: -> (i2t, t2i, row_idx, col_idx), the indices as
+    (Bi, Bt, Ni) and (Bi, Bt, Nt) views whatever layout the backend keeps them in."""
+    if backend == "triton":
+        def triton_fwd(*a):
+            i2t, t2i, R, C = torch.ops.skillkern.token_similarity_fwd(*a)
+            return i2t, t2i, R.permute(0, 2, 1), C.permute(2, 0, 1)
+        return triton_fwd
+    return torch.ops.skillkern.token_similarity_fwd_cuda
 
 
 def random_mask(B, N, lo):
@@ -99,12 +104,16 @@ SHAPES = [
     ("Nt odd, no masks", 4, 3, 12, 13, 32, False, BOTH),
     ("one image, many texts", 1, 9, 5, 6, 8, True, BOTH),
     ("Ni = 150: several image-token chunks", 2, 3, 150, 20, 16, True, BOTH),
-    ("Nt = 300: long texts, Ni = 40", 3, 2, 40, 300, 8, True, BOTH),
+    ("Nt = 300: long texts, Ni = 40 (images held)", 3, 2, 40, 300, 8, True, BOTH),
+    ("Bi=70, Bt=37: last image and text tiles partial", 70, 37, 9, 5, 16, True, BOTH),
+    ("Bi=1, Nt=200: one image, one 256-token text per tile", 1, 3, 10, 200, 16, True, BOTH),
+    ("Ni=12, Nt=77: the image side pads better, held", 3, 4, 12, 77, 16, True, BOTH),
+    ("D=300: text tile read in D slices", 3, 4, 7, 30, 300, True, BOTH),
     ("Ni=50 x 45 images: 8-chunk groups, images straddle chunks", 45, 7, 50, 32, 64, True, NATIVE),
     ("Nt=200: 256-row tile", 3, 5, 30, 200, 32, True, NATIVE),
     ("Nt=300, Ni=300: 512-row tile, int16 indices both ways", 2, 3, 300, 300, 16, True, NATIVE),
     ("Ni=700: one image over 6 chunks", 3, 4, 700, 20, 32, False, NATIVE),
-    ("Nt=600 > 512: texts streamed, images held", 4, 3, 40, 600, 16, True, NATIVE),
+    ("Nt=600 > 512: texts streamed, images held", 4, 3, 40, 600, 16, True, BOTH),
     ("Nt=3: 16 texts per tile", 9, 40, 17, 3, 24, True, NATIVE),
     ("D=20: element-wise loads", 5, 6, 33, 11, 20, True, NATIVE),
 ]
@@ -142,15 +151,19 @@ def test_all_padding_item_scores_zero_without_nan(which, backend):
             assert torch.count_nonzero(i2t[:, -1]) == 0 and torch.count_nonzero(t2i[:, -1]) == 0
 
 
-def test_texts_longer_than_the_kernel_holds_say_what_to_do():
-    img, txt, _, _ = make_inputs(2, 2, 4, 600, 8, False)
-    with pytest.raises(ValueError, match="txt.*Swap the roles"):
+def test_both_sides_longer_than_a_tile_say_what_to_do():
+    """Either side may be long (the other is held whole, up to 256 tokens per item); both long is
+    refused, naming the argument and the way out."""
+    img, txt, _, _ = make_inputs(1, 1, 300, 257, 4, False)
+    with pytest.raises(ValueError, match="token_similarity: `txt`.*backend='torch'"):
         skillkern.token_similarity(img.float(), txt.float(), backend="triton")
-    # the advertised swap gives the same numbers
-    i2t, t2i = skillkern.token_similarity(img.float(), txt.float(), backend="torch")
-    s_i2t, s_t2i = skillkern.token_similarity(txt.float(), img.float(), backend="triton")
-    torch.testing.assert_close(s_i2t.t(), t2i, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(s_t2i.t(), i2t, rtol=1e-5, atol=1e-6)
+
+
+def test_roles_follow_the_shapes():
+    """The side held whole is the one that fits and pads better."""
+    from skillkern.ops.token_similarity.triton_impl import swap_roles
+    assert not swap_roles(50, 32) and not swap_roles(257, 32) and not swap_roles(4000, 256)
+    assert swap_roles(12, 77) and swap_roles(40, 300) and swap_roles(9, 100000)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -416,7 +429,7 @@ def test_gpu_ties_go_to_the_first_token(dtype, backend):
 @pytest.mark.gpu
 @ON_GPU
 def test_cuda_long_texts_need_no_swap_by_the_caller():
-    """Where Triton asks to swap the roles (Nt > 512), the CUDA kernels do it themselves."""
+    """Texts over 512 tokens: the CUDA kernels swap the roles themselves, as the Triton launchers do."""
     img, txt, im, tm = make_inputs(3, 2, 9, 700, 16, True)
     check(img, txt, im, tm, torch.float32, "cuda")
     _, _, row_idx, col_idx = torch.ops.skillkern.token_similarity_fwd_cuda(img.float(), txt.float(), im, tm)

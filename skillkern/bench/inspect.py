@@ -137,12 +137,13 @@ def kernel_facts(kernel, cc: int) -> dict:
                      stages=kernel.metadata.num_stages, wgmma_serialized=res.wgmma_serialized,
                      **mc.ptx_pipelining(kernel.asm["ptx"]))
         try:
-            mix = mc.mix(mc.opcodes(mc.sass_of(kernel.asm["cubin"])))
+            sass = mc.sass_of(kernel.asm["cubin"])
         except FileNotFoundError as e:  # no disassembler: the rest of the report still stands
             return dict(facts, mma="unknown", mma_shape=None, mma_input=None, loads="unknown", sass_counts={},
-                        note=f"{e}: MMA kind and loads unknown (priced as the arch's best MMA)")
+                        hot_loop=None, note=f"{e}: MMA kind and loads unknown (priced as the arch's best MMA)")
+        mix = mc.mix(mc.opcodes(sass))
         return dict(facts, mma=mix.mma, mma_shape=mix.mma_shape, mma_input=mix.mma_input, loads=mix.loads,
-                    sass_counts=mix.counts)
+                    sass_counts=mix.counts, hot_loop=mc.hot_loop(sass))
 
     if mc.tool("cuobjdump") is None:  # not cached: the facts are incomplete
         return compute()
@@ -188,10 +189,13 @@ def _loads_pipelined(facts: dict) -> bool:
 
 
 def _wgmma_pipelined(facts: dict) -> bool | None:
-    """None without wgmma; else False when ptxas serialized it or the PTX waits for every wgmma."""
+    """None without wgmma; else False when ptxas serialized it or the PTX waits for every wgmma
+    (fewer than 4 issued per wait: a dot over a deep K issues its whole K before its one wait,
+    and the pause between steps is priced by the issue term)."""
     if "wgmma" not in facts["mma"]:
         return None
-    return facts["wgmma_serialized"] is None and (facts.get("wgmma_pending") or 0) >= 1
+    return facts["wgmma_serialized"] is None and ((facts.get("wgmma_pending") or 0) >= 1
+                                                  or (facts.get("wgmma_per_wait") or 0) >= 4)
 
 
 def _grid_of(launch: Launch, bound: dict) -> tuple:
@@ -274,7 +278,8 @@ def profile_calls(calls: list, kernels: dict, ctx: dict, target: roofline.Target
         pred = roofline.predict(target, work, programs=programs, blocks_per_sm=occ["blocks_per_sm"],
                                 mma=mma, mma_input=facts["mma_input"],
                                 pipelined=_wgmma_pipelined(facts) is not False, inflight_bytes=_inflight(facts),
-                                overlap=_loads_pipelined(facts) or occ["blocks_per_sm"] > 1)
+                                overlap=_loads_pipelined(facts) or occ["blocks_per_sm"] > 1,
+                                step_instrs=(facts.get("hot_loop") or {}).get("instrs", 0), warps=facts["warps"])
         rec = dict(op=None, phase=L.phase, kernel=fn.__name__, config=_config_label(L, bound), arch=cc,
                    gpu=target.name, tuned=L.tuner is not None, tune_key=L.tune_key, pruned=not L.kept,
                    regs=facts["regs"], spill_bytes=facts["spill_bytes"], stack_bytes=facts["stack_bytes"],
@@ -282,7 +287,7 @@ def profile_calls(calls: list, kernels: dict, ctx: dict, target: roofline.Target
                    mma_shape=facts["mma_shape"],
                    wgmma_pipelined=_wgmma_pipelined(facts), wgmma_serialized=facts["wgmma_serialized"],
                    loads=facts["loads"], tma=facts["loads"] == "tma", loads_pipelined=_loads_pipelined(facts),
-                   sass_counts=facts["sass_counts"], programs=programs, flops=work.flops, hbm_bytes=work.hbm_bytes,
+                   sass_counts=facts["sass_counts"], hot_loop=facts.get("hot_loop"), programs=programs, flops=work.flops, hbm_bytes=work.hbm_bytes,
                    l2_bytes=work.l2_bytes, predicted_ms=pred["predicted_ms"], limiter=pred["limiter"],
                    terms=pred["terms"], fits=static_fits(facts, cc), launch=L.site, note=facts.get("note"),
                    compile_s=round(time.time() - t0, 2))

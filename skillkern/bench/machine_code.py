@@ -26,7 +26,7 @@ LIMITS = {
 }
 _SMEM_RESERVED = 1024
 # Part of every cache key of parsed facts: bump it when a parser here changes what it reports.
-FACTS_VERSION = 4
+FACTS_VERSION = 6
 
 
 def cache_dir() -> str:
@@ -123,16 +123,20 @@ def ptxas_report(ptx: str, arch: str, extra: tuple = (), exe: str | None = None)
 
 _WGMMA_WAIT = re.compile(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)")
 _CP_ASYNC_WAIT = re.compile(r"cp\.async\.wait_group\s+(\d+)")
+_WGMMA = re.compile(r"wgmma\.mma_async")
 
 
 def ptx_pipelining(ptx: str) -> dict:
     """How deep the PTX lets loads and MMAs run ahead: the largest N of its `wgmma.wait_group N`
     (0: every wgmma is waited for before the next is issued: MMA and loads serialize) and of its
     `cp.async.wait_group N` (0: each stage's copies are waited for at once: single-buffered).
-    None where the instruction does not occur."""
+    None where the instruction does not occur. wgmma_per_wait: wgmma instructions per wait in the
+    text (a dot over a deep K issues many before its one wait: they run back to back)."""
     w = [int(n) for n in _WGMMA_WAIT.findall(ptx)]
     c = [int(n) for n in _CP_ASYNC_WAIT.findall(ptx)]
-    return dict(wgmma_pending=max(w) if w else None, cp_async_pending=max(c) if c else None)
+    n_mma = len(_WGMMA.findall(ptx))
+    return dict(wgmma_pending=max(w) if w else None, cp_async_pending=max(c) if c else None,
+                wgmma_per_wait=n_mma / len(w) if w else None)
 
 
 def sass_of(binary: bytes | str) -> str:
@@ -158,6 +162,31 @@ _OPCODE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*(?:
 def opcodes(sass: str) -> list[str]:
     """Full opcodes (with modifiers, e.g. HGMMA.64x128x16.F32.BF16) in program order."""
     return _OPCODE.findall(sass)
+
+
+_INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
+_TARGET = re.compile(r"0x([0-9a-f]+)")
+
+
+def hot_loop(sass: str) -> dict | None:
+    """The loop that does a kernel's MMA work: among the SASS loops (a branch back to an earlier
+    address), the one holding the most MMA instructions, innermost on ties. Returns its
+    instruction count per warp and iteration (`instrs`, an inner loop counted once) and its
+    MMA count, or None for a kernel without a loop. Its issue slots are what the CUDA cores spend
+    per step beside the tensor cores (the roofline's `issue` term)."""
+    ins = [(int(a, 16), op, rest) for a, op, rest in _INSTR.findall(sass)]
+    best = None
+    for i, (addr, op, rest) in enumerate(ins):
+        m = _TARGET.search(rest) if op.startswith("BRA") else None
+        if m is None or int(m.group(1), 16) >= addr:
+            continue
+        start = int(m.group(1), 16)
+        body = [o for a, o, _ in ins if start <= a <= addr]
+        mmas = sum(o.startswith(("HGMMA", "HMMA", "UTCHMMA")) for o in body)
+        key = (mmas, -len(body))
+        if best is None or key > best[0]:
+            best = (key, dict(instrs=len(body), mmas=mmas))
+    return None if best is None else best[1]
 
 
 @dataclass

@@ -8,6 +8,12 @@ declared beside its launcher in skillkern/ops/<op>/cost.py) and, from the machin
   l2   = l2 bytes / (L2 bandwidth x latency cover)
   skew = for launches whose programs differ in work: the busiest slot's flops when each program,
          in launch order, starts on the first free slot, at one slot's share of the peak
+  issue = the CUDA-core instructions of the MMA loop (SASS: per warp and step) x warps x steps
+          (cost.py: Work.steps, the loop's iterations over all programs) / (4 schedulers x SMs x
+          clock): epilogues such as masked maxima, or operands built in registers. A program
+          waits for its own MMAs before using their result, and its warps meet at a barrier
+          every step, so mma and issue overlap only across programs resident on one SM:
+          t >= (mma + issue) / (programs resident per SM, at most 2).
 
 Wave efficiency: programs / (waves x resident slots). Latency cover (Little's law): bytes in flight
 over the whole GPU / (bandwidth x latency), at most 1; a pipelined kernel (cp.async / TMA) keeps
@@ -40,11 +46,12 @@ class Target:
     hbm_latency_ns: float = 700.0  # assumed: loaded-latency of a DRAM access
     l2_latency_ns: float = 300.0  # assumed
     launch_us: float = 3.0  # assumed: a back-to-back kernel's fixed cost on the device
+    clock_ghz: float = 1.75  # assumed: the SM clock under a sustained tensor-core load
 
     def sources(self) -> dict:
         return {"mma_tflops": self.mma_src, "hbm_tbps": self.hbm_src, "l2_tbps": self.l2_src,
                 "mma_sync_factor": "assumed", "serialized_factor": "assumed", "launch_us": "assumed",
-                "latency_ns": "assumed", "fp32_tflops": "spec"}
+                "latency_ns": "assumed", "fp32_tflops": "spec", "clock_ghz": "assumed"}
 
 
 TARGETS = {
@@ -93,6 +100,7 @@ class Work:
     # each program's flops in launch order, where programs differ (skewed work): priced by the
     # greedy schedule the block scheduler runs (each program to the first free slot)
     program_flops: tuple = ()
+    steps: float = 0.0  # iterations of the kernel's MMA loop over all programs (the issue term)
     note: str = ""
 
 
@@ -123,10 +131,13 @@ def _makespan(program_flops, slots: int) -> float:
 
 
 def predict(t: Target, work: Work, *, programs: int, blocks_per_sm: int, mma: str, mma_input: str | None,
-            pipelined: bool, inflight_bytes: float, overlap: bool = True) -> dict:
+            pipelined: bool, inflight_bytes: float, overlap: bool = True, step_instrs: int = 0,
+            warps: int = 4) -> dict:
     """Predicted time (ms), the limiter and the terms behind it, for one launch. overlap=False
     (each load stage waited for before its MMA, and one block per SM to hide it): the MMA and
-    memory terms add up instead of overlapping."""
+    memory terms add up instead of overlapping, unless the kernel declares its MMA-loop steps
+    and each step computes for longer than an L2 access (the copies of the next step, issued
+    one step ahead, then arrive in time)."""
     if blocks_per_sm <= 0:
         return dict(predicted_ms=None, limiter="does not fit", terms={})
     slots = t.sms * blocks_per_sm
@@ -141,11 +152,22 @@ def predict(t: Target, work: Work, *, programs: int, blocks_per_sm: int, mma: st
         "hbm": work.hbm_bytes / (t.hbm_tbps * 1e12 * max(cover_hbm, 1e-9)),
         "l2": work.l2_bytes / (t.l2_tbps * 1e12 * max(cover_l2, 1e-9)),
         "skew": _makespan(work.program_flops, slots) / (rate / slots) if work.program_flops else 0.0,
+        "issue": work.steps * step_instrs * warps / (4 * t.sms * t.clock_ghz * 1e9),
     }
+    # a program's MMAs and CUDA-core work serialize (its warpgroups meet at a barrier every
+    # step); two or more resident programs per SM interleave them
+    groups = min(2, max(1, blocks_per_sm))
+    joint = (terms["mma"] + terms["issue"]) / groups
+    terms["mma+issue"] = joint if terms["issue"] else 0.0
     limiter = max(terms, key=terms.get)
     if limiter in ("hbm", "l2") and (cover_hbm if limiter == "hbm" else cover_l2) < 1.0:
         limiter += " latency"  # too few bytes in flight to reach the bandwidth
     busy = max(terms.values())
+    if not overlap and work.steps:
+        # copies issued one step ahead are hidden when a step computes for longer than an L2
+        # access takes (each resident program runs its share of the steps one after another)
+        step_s = (terms["mma"] + terms["issue"]) * resident / work.steps
+        overlap = step_s >= t.l2_latency_ns * 1e-9
     if not overlap:
         busy = max(busy, terms["mma"] + max(terms["hbm"], terms["l2"]))
         if busy > max(terms.values()):

@@ -1,210 +1,242 @@
 """Triton kernels of FILIP token-wise similarity (launchers in triton_impl.py).
 
-A program owns a tile of BLOCK_I images x BLOCK_T texts. Each text's tokens are padded to a
-power of two (NT_PAD); image tokens are taken NI_CHUNK at a time, so that one GEMM tile
-    S = img rows (BLOCK_I * NI_CHUNK, D) @ txt rows (BLOCK_T * NT_PAD, D)^T
-reshapes to (BLOCK_I, NI_CHUNK, BLOCK_T, NT_PAD) and yields, for every (image, text) pair of
-the tile, the row maxima of those image tokens (i2t, complete) and a running column maximum
-(t2i, finished after the last chunk): one pass, both directions, any number of image tokens.
+Layout: the loop runs over image tokens k. A tile row is one image (BLOCK_I images, their token
+k), a tile column one text token (BLOCK_T texts of NT_PAD tokens, whole texts):
+    S_k = img[a0:a0+BLOCK_I, k, :] @ txt[b0:b0+BLOCK_T, :, :]^T        (BLOCK_I, BLOCK_T * NT_PAD)
+so both maxima need no data exchange between warps:
+  - i2t (max over each text's tokens) reduces along a tile row: in the thread and its quad;
+  - t2i (max over each image's tokens) runs across loop iterations, element-wise in registers.
+Images are never padded (the loop runs over exactly Ni tokens; a masked token is skipped by the
+running maximum), and the text tile, loaded once, stays in shared memory for all Ni steps.
 
-Backward: for a pair (a, b) the gradient of (i2t, t2i) w.r.t. S is a sparse matrix
-    P[k, l] = g_i2t[a,b] / n_a * [l == row_idx[a,b,k]] + g_t2i[a,b] / n_b * [k == col_idx[a,b,l]]
+Arg-max state, laid out for the kernels (op.py exposes it as (Bi, Bt, Ni) / (Bi, Bt, Nt) views):
+  R[a, k, b] = which token of text b image token (a, k) matched      (Bi, Ni, Bt)
+  C[b, l, a] = which token of image a text token (b, l) matched       (Bt, Nt, Bi)
+
+Backward: for a pair (a, b) the gradient w.r.t. S is the sparse matrix
+    P[k, l] = g_i2t[a,b] / n_a * [l == R[a,k,b]] + g_t2i[a,b] / n_b * [k == C[b,l,a]]
 (real tokens only), so d_img[a] = sum_b P_ab @ txt[b] and d_txt[b] = sum_a P_ab^T @ img[a]:
-two GEMMs with one-hot tiles rebuilt from the stored arg-max indices. One program owns a block of
-output rows and loops over every partner block: no atomics, deterministic.
-Features of padding tokens are never loaded (masked loads select 0, never a multiplication by the
-mask): NaN or inf there, as padding or fully masked attention rows may hold, reaches no output.
-Offsets that multiply strides are int64.
+two GEMMs over all pairs whose left operand, P, is built in registers from the indices (once
+per tile, for the full D block) and fed to the tensor cores. One program owns a block of output
+rows and loops over every partner: no atomics, deterministic.
+Features of padding tokens are never loaded (masked loads select 0, never a multiplication by
+the mask): NaN or inf there reaches no output. Offsets that multiply strides are int64.
 """
 import triton
 import triton.language as tl
 
 
 @triton.jit
-def _token_rows(ptr, mask_ptr, item0, tok0, n_items, n_tok, stride_b, stride_n, stride_m,
-                HAS_MASK: tl.constexpr, BLOCK: tl.constexpr, PAD: tl.constexpr):
-    """Flattened tile rows r = item * PAD + (token - tok0): row-start pointers, and which rows
-    are real tokens of real items (HAS_MASK: the token mask read in this flat layout, one byte
-    per row). Loads masked by it select 0 at padding, so NaN or inf there never reaches a dot
-    product (0 * NaN would be NaN)."""
-    r = tl.arange(0, BLOCK * PAD)
-    item = item0 + r // PAD
-    tok = tok0 + r % PAD
-    ok = (item < n_items) & (tok < n_tok)
-    if HAS_MASK:
-        m = tl.load(mask_ptr + item.to(tl.int64) * stride_m + tok, mask=ok, other=0)
-        ok = ok & (m != 0)
-    return ptr + item.to(tl.int64) * stride_b + tok.to(tl.int64) * stride_n, ok
+def _text_columns(tmask_ptr, b0, l0, Bt, Nt, s_tm, HAS_TMASK: tl.constexpr, BLOCK_T: tl.constexpr,
+                  LEN: tl.constexpr):
+    """Columns j of a tile of BLOCK_T texts x LEN tokens from l0: text b, token l, and whether
+    (b, l) is a real token of a real text."""
+    j = tl.arange(0, BLOCK_T * LEN)
+    b = b0 + j // LEN
+    l = l0 + j % LEN
+    ok = (b < Bt) & (l < Nt)
+    if HAS_TMASK:
+        ok = ok & (tl.load(tmask_ptr + b.to(tl.int64) * s_tm + l, mask=ok, other=0) != 0)
+    return b, l, ok
 
 
 @triton.jit
-def _token_mask(mask_ptr, item0, tok0, n_items, n_tok, stride_m, HAS_MASK: tl.constexpr,
-                BLOCK: tl.constexpr, PAD: tl.constexpr):
-    """(BLOCK, PAD) bool: tokens tok0.. are real tokens of real items."""
-    item = item0 + tl.arange(0, BLOCK)
-    tok = tok0 + tl.arange(0, PAD)
-    ok = (item < n_items)[:, None] & (tok < n_tok)[None, :]
-    if HAS_MASK:
-        m = tl.load(mask_ptr + item.to(tl.int64)[:, None] * stride_m + tok[None, :], mask=ok, other=0)
-        ok = ok & (m != 0)
+def _image_tokens_ok(imask_ptr, a, k, Bi, Ni, s_im, HAS_IMASK: tl.constexpr):
+    """Token k of images a is real."""
+    ok = (a < Bi) & (k < Ni)
+    if HAS_IMASK:
+        ok = ok & (tl.load(imask_ptr + a.to(tl.int64) * s_im + k, mask=ok, other=0) != 0)
     return ok
 
 
 @triton.jit
-def _similarity_tile(img_ptr, txt_ptr, imask_ptr, tmask_ptr, a0, k0, b0, Bi, Bt, Ni, Nt, D,
-                     s_ib, s_in, s_tb, s_tn, s_im, s_tm, HAS_IMASK: tl.constexpr, HAS_TMASK: tl.constexpr,
-                     PRECISION: tl.constexpr, BLOCK_I: tl.constexpr, NI_CHUNK: tl.constexpr,
-                     BLOCK_T: tl.constexpr, NT_PAD: tl.constexpr, BLOCK_D: tl.constexpr):
-    """S for image tokens k0.. as (BLOCK_I, NI_CHUNK, BLOCK_T, NT_PAD) fp32; rows and columns
-    of padding tokens hold 0 (their features are never loaded)."""
-    x_rows, x_ok = _token_rows(img_ptr, imask_ptr, a0, k0, Bi, Ni, s_ib, s_in, s_im, HAS_IMASK,
-                               BLOCK_I, NI_CHUNK)
-    y_rows, y_ok = _token_rows(txt_ptr, tmask_ptr, b0, 0, Bt, Nt, s_tb, s_tn, s_tm, HAS_TMASK,
-                               BLOCK_T, NT_PAD)
+def _similarity_step(x_desc, x_rows, y_rows, yt, x_ok, col_ok, a0, k, D, s_in, USE_TMA: tl.constexpr,
+                     RESIDENT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_I: tl.constexpr, N: tl.constexpr,
+                     BLOCK_D: tl.constexpr):
+    """S_k (BLOCK_I, N) fp32: token k of the images against the held text tile, yt (RESIDENT)
+    or the text rows re-read in BLOCK_D slices. By TMA (USE_TMA, RESIDENT) the image rows come
+    as stored, padding tokens included: their rows of S may hold anything, and the caller
+    selects them away; otherwise they are loaded as 0."""
     dd = tl.arange(0, BLOCK_D)
-    acc = tl.zeros([BLOCK_I * NI_CHUNK, BLOCK_T * NT_PAD], dtype=tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        dm = (d0 + dd) < D
-        x = tl.load(x_rows[:, None] + (d0 + dd)[None, :], mask=x_ok[:, None] & dm[None, :], other=0.0)
-        y = tl.load(y_rows[:, None] + (d0 + dd)[None, :], mask=y_ok[:, None] & dm[None, :], other=0.0)
-        acc = tl.dot(x, tl.trans(y), acc, input_precision=PRECISION)
-    return tl.reshape(acc, [BLOCK_I, NI_CHUNK, BLOCK_T, NT_PAD])
+    if RESIDENT:
+        if USE_TMA:
+            x = x_desc.load([a0, k * BLOCK_D])
+        else:
+            x = tl.load(x_rows[:, None] + k * s_in + dd[None, :], mask=x_ok[:, None] & (dd < D)[None, :],
+                        other=0.0)
+        s = tl.dot(x, yt, input_precision=PRECISION)
+    else:
+        s = tl.zeros([BLOCK_I, N], dtype=tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            dm = (d0 + dd) < D
+            x = tl.load(x_rows[:, None] + k * s_in + (d0 + dd)[None, :], mask=x_ok[:, None] & dm[None, :],
+                        other=0.0)
+            y = tl.load(y_rows[:, None] + (d0 + dd)[None, :], mask=col_ok[:, None] & dm[None, :], other=0.0)
+            s = tl.dot(x, tl.trans(y), s, input_precision=PRECISION)
+    return s
 
 
 @triton.jit
 def _filip_fwd_kernel(
-    img_ptr, txt_ptr, imask_ptr, tmask_ptr, nimg_ptr, ntxt_ptr, i2t_ptr, t2i_ptr, ridx_ptr, cidx_ptr,
+    img_ptr, txt_ptr, imask_ptr, tmask_ptr, nimg_ptr, ntxt_ptr, i2t_ptr, t2i_ptr, r_ptr, c_ptr,
     Bi, Bt, Ni, Nt, D,
     s_ib, s_in, s_tb, s_tn, s_im, s_tm,
-    HAS_IMASK: tl.constexpr, HAS_TMASK: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_I: tl.constexpr, NI_CHUNK: tl.constexpr, BLOCK_T: tl.constexpr, NT_PAD: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    HAS_IMASK: tl.constexpr, HAS_TMASK: tl.constexpr, TEXT_PAD: tl.constexpr, RESIDENT: tl.constexpr,
+    USE_TMA: tl.constexpr, PRECISION: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_T: tl.constexpr,
+    NT_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """i2t, t2i (Bi, Bt) fp32 and the arg-max indices row_idx (Bi, Bt, Ni), col_idx (Bi, Bt, Nt).
-    nimg / ntxt: real-token counts per item (fp32)."""
-    a0 = tl.program_id(0) * BLOCK_I
-    b0 = tl.program_id(1) * BLOCK_T
-    a = a0 + tl.arange(0, BLOCK_I)
-    b = b0 + tl.arange(0, BLOCK_T)
+    """Program (image block, text block). i2t, t2i (Bi, Bt) fp32; R (Bi, Ni, Bt), C (Bt, Nt, Bi).
+    nimg / ntxt: real-token counts per item (fp32). RESIDENT: the text tile over all of D
+    (BLOCK_D >= D) is loaded once; otherwise it is re-read in BLOCK_D slices at every step.
+    TEXT_PAD: some columns are not real tokens (masks, Nt < NT_PAD or the last text block).
+    USE_TMA: the image rows of each step come by TMA (RESIDENT only; BLOCK_D = D)."""
+    a = tl.program_id(0) * BLOCK_I + tl.arange(0, BLOCK_I)
+    tb = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    b, l, col_ok = _text_columns(tmask_ptr, tl.program_id(1) * BLOCK_T, 0, Bt, Nt, s_tm, HAS_TMASK,
+                                 BLOCK_T, NT_PAD)
+    dd = tl.arange(0, BLOCK_D)
+    y_rows = txt_ptr + b.to(tl.int64) * s_tb + l.to(tl.int64) * s_tn
+    x_rows = img_ptr + a.to(tl.int64) * s_ib
+    yt = None
+    if RESIDENT:
+        y = tl.load(y_rows[:, None] + dd[None, :], mask=col_ok[:, None] & (dd < D)[None, :], other=0.0)
+        yt = tl.trans(y)
     n_i = tl.load(nimg_ptr + a, mask=a < Bi, other=0.0)
-    n_t = tl.load(ntxt_ptr + b, mask=b < Bt, other=0.0)
-    valid = (n_i[:, None] > 0) & (n_t[None, :] > 0)  # (BI, BT): pairs with real tokens on both sides
-    pair = a.to(tl.int64)[:, None] * Bt + b[None, :]  # (BI, BT) flat index into (Bi, Bt)
-    pmask = (a < Bi)[:, None] & (b < Bt)[None, :]
-    tm = _token_mask(tmask_ptr, b0, 0, Bt, Nt, s_tm, HAS_TMASK, BLOCK_T, NT_PAD)  # (BT, NT_PAD)
-    k = tl.arange(0, NI_CHUNK)
-    l = tl.arange(0, NT_PAD)
+    n_t = tl.load(ntxt_ptr + tb, mask=tb < Bt, other=0.0)
+    text_real = n_t > 0
+    col_bias = tl.where(col_ok, 0.0, float("-inf"))  # S + bias: -inf at columns of no real token
 
+    col_max = tl.full([BLOCK_I, BLOCK_T * NT_PAD], float("-inf"), dtype=tl.float32)
+    col_arg = tl.zeros([BLOCK_I, BLOCK_T * NT_PAD], dtype=tl.int32)
     row_sum = tl.zeros([BLOCK_I, BLOCK_T], dtype=tl.float32)
-    col_max = tl.full([BLOCK_I, BLOCK_T, NT_PAD], float("-inf"), dtype=tl.float32)
-    col_arg = tl.zeros([BLOCK_I, BLOCK_T, NT_PAD], dtype=tl.int32)
-    for k0 in range(0, Ni, NI_CHUNK):
-        s = _similarity_tile(img_ptr, txt_ptr, imask_ptr, tmask_ptr, a0, k0, b0, Bi, Bt, Ni, Nt, D,
-                             s_ib, s_in, s_tb, s_tn, s_im, s_tm, HAS_IMASK, HAS_TMASK, PRECISION,
-                             BLOCK_I, NI_CHUNK, BLOCK_T, NT_PAD, BLOCK_D)
-        im = _token_mask(imask_ptr, a0, k0, Bi, Ni, s_im, HAS_IMASK, BLOCK_I, NI_CHUNK)
-        # image token k -> best text token l (i2t); -inf outside the text's real tokens
-        s_row = tl.where(tm[None, None, :, :], s, float("-inf"))
-        row_max = tl.max(s_row, axis=3)  # (BI, NI_CHUNK, BT)
-        row_arg = tl.argmax(s_row, axis=3)
-        row_sum += tl.sum(tl.where(im[:, :, None] & valid[:, None, :], row_max, 0.0), axis=1)
-        r_ptrs = ridx_ptr + pair[:, None, :] * Ni + (k0 + k)[None, :, None]  # (BI, NI_CHUNK, BT)
-        tl.store(r_ptrs, row_arg.to(ridx_ptr.dtype.element_ty),
-                 mask=pmask[:, None, :] & ((k0 + k) < Ni)[None, :, None])
-        # text token l -> best image token so far (t2i); strict > keeps the first of equal maxima
-        s_col = tl.where(im[:, :, None, None], s, float("-inf"))
-        chunk_max = tl.max(s_col, axis=1)  # (BI, BT, NT_PAD)
-        chunk_arg = tl.argmax(s_col, axis=1) + k0
-        better = chunk_max > col_max
-        col_arg = tl.where(better, chunk_arg, col_arg)
-        col_max = tl.where(better, chunk_max, col_max)
+    r_ptrs = r_ptr + a.to(tl.int64)[:, None] * Ni * Bt + tb[None, :]
+    r_ok = (a < Bi)[:, None] & (tb < Bt)[None, :]
+    x_desc = img_ptr
+    if USE_TMA:
+        # (Bi, Ni * D) rows: the image rows of token k are the column block k (BLOCK_D = D = s_in)
+        x_desc = tl.make_tensor_descriptor(img_ptr, shape=[Bi, Ni * BLOCK_D], strides=[s_ib, 1],
+                                           block_shape=[BLOCK_I, BLOCK_D])
+    for k in range(0, Ni):
+        x_ok = _image_tokens_ok(imask_ptr, a, k, Bi, Ni, s_im, HAS_IMASK)
+        s = _similarity_step(x_desc, x_rows, y_rows, yt, x_ok, col_ok, tl.program_id(0) * BLOCK_I, k, D, s_in,
+                             USE_TMA, RESIDENT, PRECISION, BLOCK_I, BLOCK_T * NT_PAD, BLOCK_D)
+        # t2i: running maximum over the image's real tokens; strict > keeps the first of equal maxima
+        better = s > col_max
+        if HAS_IMASK:  # (a padding token's row may hold NaN: a select, never arithmetic)
+            better = better & x_ok[:, None]
+        col_max = tl.where(better, s, col_max)
+        col_arg = tl.where(better, k, col_arg)
+        # i2t: maximum over each text's real tokens (-inf elsewhere), first of equal maxima
+        if TEXT_PAD:  # an add, not a select: no per-column predicates to rebuild every step
+            s = s + col_bias[None, :]
+        s3 = tl.reshape(s, [BLOCK_I, BLOCK_T, NT_PAD])
+        row_max = tl.max(s3, axis=2)
+        row_arg = tl.min(tl.where(s3 == row_max[:, :, None], tl.arange(0, NT_PAD)[None, None, :], NT_PAD), axis=2)
+        row_sum += tl.where(x_ok[:, None] & text_real[None, :], row_max, 0.0)
+        tl.store(r_ptrs + k * Bt, row_arg.to(r_ptr.dtype.element_ty), mask=r_ok)
 
-    i2t = row_sum / tl.maximum(n_i, 1.0)[:, None]
-    keep_col = tm[None, :, :] & valid[:, :, None]
-    t2i = tl.sum(tl.where(keep_col, col_max, 0.0), axis=2) / tl.maximum(n_t, 1.0)[None, :]
-    tl.store(i2t_ptr + pair, i2t, mask=pmask)
-    tl.store(t2i_ptr + pair, t2i, mask=pmask)
-    c_ptrs = cidx_ptr + pair[:, :, None] * Nt + l[None, None, :]  # (BI, BT, NT_PAD)
-    tl.store(c_ptrs, col_arg.to(cidx_ptr.dtype.element_ty), mask=pmask[:, :, None] & (l < Nt)[None, None, :])
-
-
-@triton.jit
-def _grad_tile(gi_ptr, gt_ptr, ridx_ptr, cidx_ptr, nimg_ptr, ntxt_ptr, im, tm, a0, k0, b0, Bi, Bt, Ni, Nt,
-               BLOCK_I: tl.constexpr, NI_CHUNK: tl.constexpr, BLOCK_T: tl.constexpr, NT_PAD: tl.constexpr):
-    """dL/dS for the tile's pairs and image tokens k0.., (BLOCK_I * NI_CHUNK, BLOCK_T * NT_PAD)
-    fp32: the one-hot arg-max pattern scaled by g_i2t / n_a (rows) and g_t2i / n_b (columns).
-    im (BLOCK_I, NI_CHUNK) / tm (BLOCK_T, NT_PAD): the real tokens (_token_mask)."""
-    a = a0 + tl.arange(0, BLOCK_I)
-    b = b0 + tl.arange(0, BLOCK_T)
-    n_i = tl.load(nimg_ptr + a, mask=a < Bi, other=0.0)
-    n_t = tl.load(ntxt_ptr + b, mask=b < Bt, other=0.0)
-    pair = a.to(tl.int64)[:, None] * Bt + b[None, :]
-    pmask = (a < Bi)[:, None] & (b < Bt)[None, :] & (n_i[:, None] > 0) & (n_t[None, :] > 0)
-    ci = tl.load(gi_ptr + pair, mask=pmask, other=0.0) / tl.maximum(n_i, 1.0)[:, None]  # (BI, BT)
-    ct = tl.load(gt_ptr + pair, mask=pmask, other=0.0) / tl.maximum(n_t, 1.0)[None, :]
-    k = k0 + tl.arange(0, NI_CHUNK)
-    l = tl.arange(0, NT_PAD)
-    # -1 (matches no token) wherever the token is padding or the pair is empty
-    r_ok = pmask[:, None, :] & im[:, :, None]
-    r = tl.load(ridx_ptr + pair[:, None, :] * Ni + k[None, :, None], mask=r_ok, other=0)
-    r = tl.where(r_ok, r.to(tl.int32), -1)  # (BI, NI_CHUNK, BT)
-    c_ok = pmask[:, :, None] & tm[None, :, :]
-    c = tl.load(cidx_ptr + pair[:, :, None] * Nt + l[None, None, :], mask=c_ok, other=0)
-    c = tl.where(c_ok, c.to(tl.int32), -1)  # (BI, BT, NT_PAD)
-    p = tl.where(r[:, :, :, None] == l[None, None, None, :], ci[:, None, :, None], 0.0)
-    p += tl.where(c[:, None, :, :] == k[None, :, None, None], ct[:, None, :, None], 0.0)
-    return tl.reshape(p, [BLOCK_I * NI_CHUNK, BLOCK_T * NT_PAD])
+    valid = (n_i > 0)[:, None] & text_real[None, :]
+    i2t = tl.where(valid, row_sum / tl.maximum(n_i, 1.0)[:, None], 0.0)
+    col_real = tl.where(col_ok[None, :], col_max, 0.0)
+    t2i = tl.sum(tl.reshape(col_real, [BLOCK_I, BLOCK_T, NT_PAD]), axis=2)
+    t2i = tl.where(valid, t2i / tl.maximum(n_t, 1.0)[None, :], 0.0)
+    pair = a.to(tl.int64)[:, None] * Bt + tb[None, :]
+    tl.store(i2t_ptr + pair, i2t, mask=r_ok)
+    tl.store(t2i_ptr + pair, t2i, mask=r_ok)
+    c_ptrs = c_ptr + (b.to(tl.int64) * Nt + l)[None, :] * Bi + a[:, None]
+    tl.store(c_ptrs, col_arg.to(c_ptr.dtype.element_ty), mask=(a < Bi)[:, None] & ((b < Bt) & (l < Nt))[None, :])
 
 
 @triton.jit
-def _filip_bwd_kernel(
-    gi_ptr, gt_ptr, ridx_ptr, cidx_ptr, imask_ptr, tmask_ptr, nimg_ptr, ntxt_ptr, src_ptr, out_ptr,
+def _one_hot_tile(ci, ct, r, c, k, lt):
+    """The gradient w.r.t. S of one image token k against text tokens (any leading shape):
+    ci * [l == r] + ct * [c == k]. ci, ct, r broadcast over the text's tokens lt; c (the image
+    token each text token matched) is compared with k. Padding needs no select here: the rows
+    of padding image tokens have ci = ct = 0, and the feature rows of padding text tokens that
+    P multiplies are loaded as 0."""
+    return tl.where(lt == r, ci, 0.0) + tl.where(c == k, ct, 0.0)
+
+
+@triton.jit
+def _filip_bwd_img_kernel(
+    ci_ptr, ct_ptr, r_ptr, c_ptr, imask_ptr, tmask_ptr, txt_ptr, out_ptr,
     Bi, Bt, Ni, Nt, D,
-    s_sb, s_sn, s_ob, s_on, s_im, s_tm,
-    FOR_IMG: tl.constexpr, HAS_IMASK: tl.constexpr, HAS_TMASK: tl.constexpr,
-    PRECISION: tl.constexpr,
-    BLOCK_I: tl.constexpr, NI_CHUNK: tl.constexpr, BLOCK_T: tl.constexpr, NT_PAD: tl.constexpr,
+    s_tb, s_tn, s_ob, s_on, s_im, s_tm,
+    HAS_IMASK: tl.constexpr, HAS_TMASK: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_I: tl.constexpr, BLOCK_T: tl.constexpr, L_CHUNK: tl.constexpr, NT_PAD: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    """FOR_IMG:  d_img[a-block, k-chunk, d-block] = sum over text blocks of P @ txt  (src = txt);
-                 grid (image blocks * image-token chunks, D blocks).
-    otherwise: d_txt[b-block, d-block] = sum over image blocks and chunks of P^T @ img (src = img);
-                 grid (text blocks, D blocks)."""
-    dd = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    """d_img[a, k, D block] for BLOCK_I images at token k, computed transposed: the sum over
+    text blocks and token chunks of txt^T (D block x text tokens) @ P_k^T (text tokens x images),
+    so that the one-hot tile is built in C's own layout (images contiguous) and fed from shared
+    memory. ci / ct (Bi, Bt): the pairs' g_i2t / n_a and g_t2i / n_b (0 for a pair without
+    gradient). Grid (image blocks, Ni, D blocks). Padding tokens are written too, as zeros."""
+    a = tl.program_id(0) * BLOCK_I + tl.arange(0, BLOCK_I)
+    k = tl.program_id(1)
+    dd = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
     dm = dd < D
-    # P is 0 in the rows and columns of padding tokens, and so are the loaded src rows of
-    # padding: a NaN there would otherwise turn 0 * NaN into a NaN gradient for real tokens
-    if FOR_IMG:
-        n_chunks = tl.cdiv(Ni, NI_CHUNK)
-        a0 = (tl.program_id(0) // n_chunks) * BLOCK_I
-        k0 = (tl.program_id(0) % n_chunks) * NI_CHUNK
-        im = _token_mask(imask_ptr, a0, k0, Bi, Ni, s_im, HAS_IMASK, BLOCK_I, NI_CHUNK)
-        acc = tl.zeros([BLOCK_I * NI_CHUNK, BLOCK_D], dtype=tl.float32)
-        for b0 in range(0, Bt, BLOCK_T):
-            tm = _token_mask(tmask_ptr, b0, 0, Bt, Nt, s_tm, HAS_TMASK, BLOCK_T, NT_PAD)
-            p = _grad_tile(gi_ptr, gt_ptr, ridx_ptr, cidx_ptr, nimg_ptr, ntxt_ptr, im, tm,
-                           a0, k0, b0, Bi, Bt, Ni, Nt, BLOCK_I, NI_CHUNK, BLOCK_T, NT_PAD)
-            rows, ok = _token_rows(src_ptr, tmask_ptr, b0, 0, Bt, Nt, s_sb, s_sn, s_tm, HAS_TMASK,
-                                   BLOCK_T, NT_PAD)
-            y = tl.load(rows[:, None] + dd[None, :], mask=ok[:, None] & dm[None, :], other=0.0)
-            acc = tl.dot(p.to(y.dtype), y, acc, input_precision=PRECISION)
-        out_rows, out_ok = _token_rows(out_ptr, imask_ptr, a0, k0, Bi, Ni, s_ob, s_on, s_im, False,
-                                       BLOCK_I, NI_CHUNK)
-    else:
-        b0 = tl.program_id(0) * BLOCK_T
-        tm = _token_mask(tmask_ptr, b0, 0, Bt, Nt, s_tm, HAS_TMASK, BLOCK_T, NT_PAD)
-        acc = tl.zeros([BLOCK_T * NT_PAD, BLOCK_D], dtype=tl.float32)
+    x_ok = _image_tokens_ok(imask_ptr, a, k, Bi, Ni, s_im, HAS_IMASK)
+    acc = tl.zeros([BLOCK_D, BLOCK_I], dtype=tl.float32)
+    for b0 in range(0, Bt, BLOCK_T):
+        tb = b0 + tl.arange(0, BLOCK_T)
+        pm = (tb < Bt)[:, None] & x_ok[None, :]
+        pair = a.to(tl.int64)[None, :] * Bt + tb[:, None]
+        ci = tl.load(ci_ptr + pair, mask=pm, other=0.0)[:, None, :]  # 0 at padding tokens: they stay 0
+        ct = tl.load(ct_ptr + pair, mask=pm, other=0.0)[:, None, :]
+        r = tl.load(r_ptr + (a.to(tl.int64) * Ni + k)[None, :] * Bt + tb[:, None], mask=pm, other=0)
+        r = r.to(tl.int32)[:, None, :]  # (BLOCK_T, 1, BLOCK_I)
+        for l0 in range(0, NT_PAD, L_CHUNK):
+            b, l, col_ok = _text_columns(tmask_ptr, b0, l0, Bt, Nt, s_tm, HAS_TMASK, BLOCK_T, L_CHUNK)
+            c = tl.load(c_ptr + ((b.to(tl.int64) * Nt + l) * Bi)[:, None] + a[None, :],
+                        mask=((b < Bt) & (l < Nt))[:, None] & (a < Bi)[None, :], other=0)
+            c = tl.reshape(c.to(tl.int32), [BLOCK_T, L_CHUNK, BLOCK_I])
+            lt = (l0 + tl.arange(0, L_CHUNK))[None, :, None]
+            pt = tl.reshape(_one_hot_tile(ci, ct, r, c, k, lt), [BLOCK_T * L_CHUNK, BLOCK_I])
+            y = tl.load(txt_ptr + (b.to(tl.int64) * s_tb + l.to(tl.int64) * s_tn)[:, None] + dd[None, :],
+                        mask=col_ok[:, None] & dm[None, :], other=0.0)
+            acc = tl.dot(tl.trans(y), pt.to(y.dtype), acc, input_precision=PRECISION)
+    out = out_ptr + a.to(tl.int64) * s_ob + k * s_on
+    tl.store(out[None, :] + dd[:, None], acc.to(out_ptr.dtype.element_ty), mask=dm[:, None] & (a < Bi)[None, :])
+
+
+@triton.jit
+def _filip_bwd_txt_kernel(
+    ci_ptr, ct_ptr, r_ptr, c_ptr, imask_ptr, tmask_ptr, img_ptr, out_ptr,
+    Bi, Bt, Ni, Nt, D,
+    s_ib, s_in, s_ob, s_on, s_im, s_tm,
+    HAS_IMASK: tl.constexpr, HAS_TMASK: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_I: tl.constexpr, BLOCK_T: tl.constexpr, L_CHUNK: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """d_txt rows (text b, token l) for BLOCK_T texts x L_CHUNK tokens, one D block, computed
+    transposed: the sum over image tokens k and image blocks of img[:, k]^T (D block x images)
+    @ P_k (images x text tokens), both operands from shared memory. Grid (text blocks, token
+    chunks, D blocks). Rows of padding tokens are not written (d_txt comes zero-filled)."""
+    tb = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    b, l, col_ok = _text_columns(tmask_ptr, tl.program_id(0) * BLOCK_T, tl.program_id(1) * L_CHUNK, Bt, Nt,
+                                 s_tm, HAS_TMASK, BLOCK_T, L_CHUNK)
+    dd = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    dm = dd < D
+    lt = tl.reshape(l, [BLOCK_T, L_CHUNK])[:, :, None]
+    c_rows = c_ptr + (b.to(tl.int64) * Nt + l) * Bi
+    c_ok = (b < Bt) & (l < Nt)
+    acc = tl.zeros([BLOCK_D, BLOCK_T * L_CHUNK], dtype=tl.float32)
+    for k in range(0, Ni):
         for a0 in range(0, Bi, BLOCK_I):
-            for k0 in range(0, Ni, NI_CHUNK):
-                im = _token_mask(imask_ptr, a0, k0, Bi, Ni, s_im, HAS_IMASK, BLOCK_I, NI_CHUNK)
-                p = _grad_tile(gi_ptr, gt_ptr, ridx_ptr, cidx_ptr, nimg_ptr, ntxt_ptr, im, tm,
-                               a0, k0, b0, Bi, Bt, Ni, Nt, BLOCK_I, NI_CHUNK, BLOCK_T, NT_PAD)
-                rows, ok = _token_rows(src_ptr, imask_ptr, a0, k0, Bi, Ni, s_sb, s_sn, s_im, HAS_IMASK,
-                                       BLOCK_I, NI_CHUNK)
-                x = tl.load(rows[:, None] + dd[None, :], mask=ok[:, None] & dm[None, :], other=0.0)
-                acc = tl.dot(tl.trans(p).to(x.dtype), x, acc, input_precision=PRECISION)
-        out_rows, out_ok = _token_rows(out_ptr, tmask_ptr, b0, 0, Bt, Nt, s_ob, s_on, s_tm, False,
-                                       BLOCK_T, NT_PAD)
-    # padding tokens are written too (as exact zeros): their gradient is defined, not garbage
-    tl.store(out_rows[:, None] + dd[None, :], acc.to(out_ptr.dtype.element_ty),
-             mask=out_ok[:, None] & dm[None, :])
+            a = a0 + tl.arange(0, BLOCK_I)
+            x_ok = _image_tokens_ok(imask_ptr, a, k, Bi, Ni, s_im, HAS_IMASK)
+            pm = (tb < Bt)[:, None] & x_ok[None, :]
+            pair = a.to(tl.int64)[None, :] * Bt + tb[:, None]
+            ci = tl.load(ci_ptr + pair, mask=pm, other=0.0)[:, None, :]  # (BLOCK_T, 1, BLOCK_I)
+            ct = tl.load(ct_ptr + pair, mask=pm, other=0.0)[:, None, :]
+            r = tl.load(r_ptr + (a.to(tl.int64) * Ni + k)[None, :] * Bt + tb[:, None], mask=pm, other=0)
+            c = tl.load(c_rows[:, None] + a[None, :], mask=c_ok[:, None] & (a < Bi)[None, :], other=0)
+            c = tl.reshape(c.to(tl.int32), [BLOCK_T, L_CHUNK, BLOCK_I])
+            p = _one_hot_tile(ci, ct, r.to(tl.int32)[:, None, :], c, k, lt)
+            x = tl.load(img_ptr + (a.to(tl.int64) * s_ib + k * s_in)[:, None] + dd[None, :],
+                        mask=x_ok[:, None] & dm[None, :], other=0.0)
+            pt = tl.reshape(p, [BLOCK_T * L_CHUNK, BLOCK_I]).to(x.dtype)
+            acc = tl.dot(tl.trans(x), tl.trans(pt), acc, input_precision=PRECISION)
+    out = out_ptr + b.to(tl.int64) * s_ob + l.to(tl.int64) * s_on
+    # rows of padding tokens (their P rows may hit: C holds an index there too) are left to the
+    # zeros the launcher allocated
+    tl.store(out[None, :] + dd[:, None], acc.to(out_ptr.dtype.element_ty), mask=dm[:, None] & col_ok[None, :])

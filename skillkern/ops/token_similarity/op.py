@@ -7,8 +7,10 @@ Ops in the skillkern:: namespace (custom_op + register_fake + register_autograd)
 and their native twins token_similarity_fwd_cuda / _bwd_cuda (csrc/token_similarity/: schemas in
 csrc/ops.cpp, CUDA and Meta kernels in C++; autograd registered here once the library loads).
 
-State kept for backward: the arg-max indices, row_idx (Bi, Bt, Ni) = which text token each image
-token matched and col_idx (Bi, Bt, Nt) = which image token each text token matched, as uint8
+State kept for backward: the arg-max indices, row_idx = which text token each image token
+matched and col_idx = which image token each text token matched, laid out for each backend's
+kernels: (Bi, Ni, Bt) and (Bt, Nt, Bi) for Triton (kernels.py: R, C), (Bi, Bt, Ni) and
+(Bi, Bt, Nt) for CUDA. As uint8
 when Ni, Nt <= 256 (int16 up to 32768, else int32): 82 bytes per pair at Ni=50, Nt=32 (86 MB at
 Bi = Bt = 1024). They turn the backward into two GEMMs with one-hot coefficient tiles, instead of
 a third GEMM that recomputes the similarities or Bi*Bt*Ni*Nt stored values (3.4 GB there).
@@ -72,7 +74,7 @@ def _(img, txt, img_mask, txt_mask):
     Bi, Ni, _ = img.shape
     Bt, Nt, _ = txt.shape
     return (img.new_empty(Bi, Bt, dtype=torch.float32), img.new_empty(Bi, Bt, dtype=torch.float32),
-            img.new_empty(Bi, Bt, Ni, dtype=index_dtype(Nt)), img.new_empty(Bi, Bt, Nt, dtype=index_dtype(Ni)))
+            img.new_empty(Bi, Ni, Bt, dtype=index_dtype(Nt)), img.new_empty(Bt, Nt, Bi, dtype=index_dtype(Ni)))
 
 
 @torch.library.custom_op("skillkern::token_similarity_bwd", mutates_args=())

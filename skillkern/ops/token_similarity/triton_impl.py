@@ -1,35 +1,65 @@
 """Launchers of the FILIP token-similarity Triton kernels (kernels.py). Imports nothing of op.py:
-the caller (op.py) passes the dtypes of the arg-max indices, which its fake kernel declares too."""
+the caller (op.py) passes the dtypes of the arg-max indices, which its fake kernel declares too.
+
+Roles: the kernels loop over the tokens of one side (any number) and hold whole items of the
+other, padded to a power of two of at most _MAX_HELD tokens. The side held is the text side
+unless the image side pads better (e.g. Ni = 12, Nt = 77) or only the image side fits; then the
+launchers run the same kernels with the roles exchanged. The arg-max state is laid out so that
+the exchange costs nothing: R (Bi, Ni, Bt) of one orientation is C (Bt', Nt', Bi') of the other.
+"""
 from __future__ import annotations
 
 import torch
 import triton
 
-from skillkern.ops._common import dot_precision, expect
+from skillkern.ops._common import dot_precision, expect, tma_ok
 from skillkern.ops.token_similarity import kernels as K
 
-_MAX_NT_PAD = 512  # a program holds all (padded) tokens of its texts; image tokens are chunked
-_TILE = 8192  # fp32 elements of the similarity tile (BLOCK_I*NI_CHUNK x BLOCK_T*NT_PAD) per program
+_MAX_HELD = 256  # tokens per item of the side a program holds whole (the tile's columns)
+_BLOCK_I = 64  # items of the looped side per program: the wgmma M
+_RESIDENT_BYTES = 64 * 1024
+_K_STEP = 64  # the backward GEMMs' K per step: the one-hot tile built in registers is 128 x _K_STEP  # the held tile stays in shared memory over the loop up to this size
 
 
-def _tiles(Ni: int, Nt: int, D: int) -> dict:
-    """Items per program, image-token chunk and padded text length. The tile S is
-    (BLOCK_I*NI_CHUNK, BLOCK_T*NT_PAD): tl.dot needs both >= 16; ~64 x 128 keeps the fp32 tile
-    and its 4-d reductions in registers (Ni=50, Nt=32: 1 image x 4 texts, one chunk of 64;
-    Ni=12: 4 x 4; Ni=257: 1 x 4 in 5 chunks of 64)."""
-    nt_pad = triton.next_power_of_2(Nt)
-    expect(nt_pad <= _MAX_NT_PAD, "token_similarity", "txt",
-           f"has Nt={Nt} tokens per item; the Triton kernels take up to {_MAX_NT_PAD} text tokens "
-           "(image tokens: any number). Swap the roles - token_similarity(txt, img, txt_mask, img_mask) "
-           "returns (t2i.T, i2t.T) - or use backend='torch'")
-    block_t = max(128 // nt_pad, 16 // nt_pad, 1)
-    n = block_t * nt_pad
-    m_budget = max(16, min(64, _TILE // n))
-    ni_chunk = min(triton.next_power_of_2(Ni), m_budget)
-    block_i = max(m_budget // ni_chunk, 1)
-    block_d = max(16, min(64, triton.next_power_of_2(D)))
-    return dict(BLOCK_I=block_i, NI_CHUNK=ni_chunk, BLOCK_T=block_t, NT_PAD=nt_pad, BLOCK_D=block_d,
-                num_warps=8 if block_i * ni_chunk * n > 8192 else 4)
+def _pad(n: int) -> int:
+    return triton.next_power_of_2(max(n, 1))
+
+
+def swap_roles(Ni: int, Nt: int) -> bool:
+    """Hold the image side instead of the text side (see the module docstring); raises when
+    neither side has at most _MAX_HELD tokens per item."""
+    fits_t, fits_i = _pad(Nt) <= _MAX_HELD, _pad(Ni) <= _MAX_HELD
+    expect(fits_t or fits_i, "token_similarity", "txt",
+           f"has Nt={Nt} and img has Ni={Ni} tokens per item; the Triton kernels need one side with at most "
+           f"{_MAX_HELD} (the other may be any length). Use backend='torch' (or 'cuda')")
+    if not fits_t:
+        return True
+    return fits_i and Ni / _pad(Ni) > Nt / _pad(Nt)
+
+
+def _fwd_tiles(Nt: int, D: int, elt: int) -> dict:
+    """128 columns (whole texts, or one text of 256 tokens) per program over 8 warps, whether
+    the text tile stays resident over all of D, and the D block."""
+    nt_pad = _pad(Nt)
+    block_t = max(128 // nt_pad, 1)
+    d_pad = max(16, _pad(D))
+    resident = block_t * nt_pad * d_pad * elt <= _RESIDENT_BYTES
+    return dict(BLOCK_I=_BLOCK_I, BLOCK_T=block_t, NT_PAD=nt_pad, RESIDENT=resident,
+                BLOCK_D=d_pad if resident else 64, num_warps=8, num_stages=2)
+
+
+def _bwd_tiles(Nt: int, D: int) -> tuple[dict, dict]:
+    """d_img: 128 images at one token per program, text tokens K_STEP at a time; d_txt: 128
+    rows of whole texts (or 128-token chunks of one), images K_STEP at a time. Both cover D in
+    blocks of up to 256: one 128 x 256 fp32 accumulator over 8 warps."""
+    nt_pad = _pad(Nt)
+    l_chunk = min(nt_pad, _K_STEP)
+    block_d = max(16, min(256, _pad(D)))
+    img = dict(BLOCK_I=128, BLOCK_T=max(_K_STEP // nt_pad, 1), L_CHUNK=l_chunk, NT_PAD=nt_pad, BLOCK_D=block_d,
+               num_warps=8, num_stages=2)
+    lt = min(nt_pad, 128)
+    txt = dict(BLOCK_I=_K_STEP, BLOCK_T=128 // lt, L_CHUNK=lt, BLOCK_D=block_d, num_warps=8, num_stages=2)
+    return img, txt
 
 
 def _counts(mask, B: int, N: int, device) -> torch.Tensor:
@@ -47,9 +77,27 @@ def _mask_arg(mask, like):
     return m, m.stride(0), True
 
 
+def _launch_fwd(img, txt, img_mask, txt_mask, i2t, t2i, R, C):
+    """Kernel launch in one orientation (img looped, txt held)."""
+    Bi, Ni, D = img.shape
+    Bt, Nt, _ = txt.shape
+    t = _fwd_tiles(Nt, D, img.element_size())
+    im, s_im, has_im = _mask_arg(img_mask, img)
+    tm, s_tm, has_tm = _mask_arg(txt_mask, txt)
+    n_img, n_txt = _counts(img_mask, Bi, Ni, img.device), _counts(txt_mask, Bt, Nt, img.device)
+    text_pad = has_tm or Nt < t["NT_PAD"] or Bt % t["BLOCK_T"] != 0
+    use_tma = t["RESIDENT"] and t["BLOCK_D"] == D == img.stride(1) and tma_ok(img)
+    grid = (triton.cdiv(Bi, t["BLOCK_I"]), triton.cdiv(Bt, t["BLOCK_T"]))
+    K._filip_fwd_kernel[grid](
+        img, txt, im, tm, n_img, n_txt, i2t, t2i, R, C, Bi, Bt, Ni, Nt, D,
+        img.stride(0), img.stride(1), txt.stride(0), txt.stride(1), s_im, s_tm,
+        HAS_IMASK=has_im, HAS_TMASK=has_tm, TEXT_PAD=text_pad, USE_TMA=use_tma, PRECISION=dot_precision(img.dtype),
+        **t)
+
+
 def token_similarity_fwd(img, txt, img_mask, txt_mask, row_dtype: torch.dtype, col_dtype: torch.dtype):
-    """Returns i2t, t2i (Bi, Bt) fp32 and row_idx (Bi, Bt, Ni) of row_dtype, col_idx (Bi, Bt, Nt)
-    of col_dtype."""
+    """Returns i2t, t2i (Bi, Bt) fp32 and the arg-max indices R (Bi, Ni, Bt) of row_dtype and
+    C (Bt, Nt, Bi) of col_dtype (kernels.py)."""
     img, txt = img.contiguous(), txt.contiguous()
     Bi, Ni, D = img.shape
     Bt, Nt, _ = txt.shape
@@ -59,24 +107,46 @@ def token_similarity_fwd(img, txt, img_mask, txt_mask, row_dtype: torch.dtype, c
     alloc = torch.zeros if Ni == 0 or Nt == 0 else torch.empty
     i2t = alloc(Bi, Bt, dtype=torch.float32, device=dev)
     t2i = alloc(Bi, Bt, dtype=torch.float32, device=dev)
-    row_idx = alloc(Bi, Bt, Ni, dtype=row_dtype, device=dev)
-    col_idx = alloc(Bi, Bt, Nt, dtype=col_dtype, device=dev)
-    if Bi * Bt * Ni * Nt == 0:
-        return i2t, t2i, row_idx, col_idx
-    t = _tiles(Ni, Nt, D)
+    R = alloc(Bi, Ni, Bt, dtype=row_dtype, device=dev)
+    C = alloc(Bt, Nt, Bi, dtype=col_dtype, device=dev)
+    if Bi * Bt * Ni * Nt:
+        if swap_roles(Ni, Nt):
+            t2i_s = torch.empty(Bt, Bi, dtype=torch.float32, device=dev)
+            i2t_s = torch.empty(Bt, Bi, dtype=torch.float32, device=dev)
+            _launch_fwd(txt, img, txt_mask, img_mask, t2i_s, i2t_s, C, R)
+            i2t.copy_(i2t_s.t())
+            t2i.copy_(t2i_s.t())
+        else:
+            _launch_fwd(img, txt, img_mask, txt_mask, i2t, t2i, R, C)
+    return i2t, t2i, R, C
+
+
+def _launch_bwd(g_i2t, g_t2i, img, txt, img_mask, txt_mask, R, C, d_img, d_txt):
+    """Both backward launches in one orientation (img looped, txt held)."""
+    Bi, Ni, D = img.shape
+    Bt, Nt, _ = txt.shape
+    ti, tt = _bwd_tiles(Nt, D)
     im, s_im, has_im = _mask_arg(img_mask, img)
     tm, s_tm, has_tm = _mask_arg(txt_mask, txt)
-    n_img, n_txt = _counts(img_mask, Bi, Ni, dev), _counts(txt_mask, Bt, Nt, dev)
-    grid = (triton.cdiv(Bi, t["BLOCK_I"]), triton.cdiv(Bt, t["BLOCK_T"]))
-    K._filip_fwd_kernel[grid](
-        img, txt, im, tm, n_img, n_txt, i2t, t2i, row_idx, col_idx, Bi, Bt, Ni, Nt, D,
-        img.stride(0), img.stride(1), txt.stride(0), txt.stride(1), s_im, s_tm,
-        HAS_IMASK=has_im, HAS_TMASK=has_tm, PRECISION=dot_precision(img.dtype), num_stages=2, **t)
-    return i2t, t2i, row_idx, col_idx
+    # per pair: the upstream gradients over the token counts, 0 where an item has no real token
+    n_img, n_txt = _counts(img_mask, Bi, Ni, img.device), _counts(txt_mask, Bt, Nt, img.device)
+    valid = (n_img[:, None] > 0) & (n_txt[None, :] > 0)
+    ci = torch.where(valid, g_i2t / n_img.clamp(min=1)[:, None], 0.0).contiguous()
+    ct = torch.where(valid, g_t2i / n_txt.clamp(min=1)[None, :], 0.0).contiguous()
+    prec = dot_precision(img.dtype)
+    n_d = triton.cdiv(D, ti["BLOCK_D"])
+    K._filip_bwd_img_kernel[(triton.cdiv(Bi, ti["BLOCK_I"]), Ni, n_d)](
+        ci, ct, R, C, im, tm, txt, d_img, Bi, Bt, Ni, Nt, D,
+        txt.stride(0), txt.stride(1), d_img.stride(0), d_img.stride(1), s_im, s_tm,
+        HAS_IMASK=has_im, HAS_TMASK=has_tm, PRECISION=prec, **ti)
+    K._filip_bwd_txt_kernel[(triton.cdiv(Bt, tt["BLOCK_T"]), triton.cdiv(Nt, tt["L_CHUNK"]), n_d)](
+        ci, ct, R, C, im, tm, img, d_txt, Bi, Bt, Ni, Nt, D,
+        img.stride(0), img.stride(1), d_txt.stride(0), d_txt.stride(1), s_im, s_tm,
+        HAS_IMASK=has_im, HAS_TMASK=has_tm, PRECISION=prec, **tt)
 
 
-def token_similarity_bwd(g_i2t, g_t2i, img, txt, img_mask, txt_mask, row_idx, col_idx):
-    """Returns d_img (Bi, Ni, D), d_txt (Bt, Nt, D) in the input dtype."""
+def token_similarity_bwd(g_i2t, g_t2i, img, txt, img_mask, txt_mask, R, C):
+    """Returns d_img (Bi, Ni, D), d_txt (Bt, Nt, D) in the input dtype, from the forward's R and C."""
     img, txt = img.contiguous(), txt.contiguous()
     g_i2t, g_t2i = g_i2t.float().contiguous(), g_t2i.float().contiguous()
     Bi, Ni, D = img.shape
@@ -85,17 +155,10 @@ def token_similarity_bwd(g_i2t, g_t2i, img, txt, img_mask, txt_mask, row_idx, co
     d_txt = torch.zeros_like(txt)
     if Bi * Bt * Ni * Nt * D == 0:  # no pair with a real token on both sides, or nothing to write
         return d_img, d_txt
-    t = _tiles(Ni, Nt, D)
-    im, s_im, has_im = _mask_arg(img_mask, img)
-    tm, s_tm, has_tm = _mask_arg(txt_mask, txt)
-    n_img, n_txt = _counts(img_mask, Bi, Ni, img.device), _counts(txt_mask, Bt, Nt, img.device)
-    n_d = triton.cdiv(D, t["BLOCK_D"])
-    img_programs = triton.cdiv(Bi, t["BLOCK_I"]) * triton.cdiv(Ni, t["NI_CHUNK"])
-    for for_img, src, out, n_programs in ((True, txt, d_img, img_programs),
-                                          (False, img, d_txt, triton.cdiv(Bt, t["BLOCK_T"]))):
-        K._filip_bwd_kernel[(n_programs, n_d)](
-            g_i2t, g_t2i, row_idx, col_idx, im, tm, n_img, n_txt, src, out, Bi, Bt, Ni, Nt, D,
-            src.stride(0), src.stride(1), out.stride(0), out.stride(1), s_im, s_tm,
-            FOR_IMG=for_img, HAS_IMASK=has_im, HAS_TMASK=has_tm, PRECISION=dot_precision(img.dtype),
-            num_stages=2, **t)
+    R, C = R.contiguous(), C.contiguous()
+    if swap_roles(Ni, Nt):
+        _launch_bwd(g_t2i.t().contiguous(), g_i2t.t().contiguous(), txt, img, txt_mask, img_mask, C, R,
+                    d_txt, d_img)
+    else:
+        _launch_bwd(g_i2t, g_t2i, img, txt, img_mask, txt_mask, R, C, d_img, d_txt)
     return d_img, d_txt
