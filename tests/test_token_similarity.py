@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import skillkern
 from skillkern.ops.token_similarity.op import index_dtype
 from skillkern.ops.token_similarity.reference import token_similarity_ref
+from skillkern.ops.token_similarity.triton_impl import logical_indices
 
 from conftest import DEVICE, assert_error_names, bad_arg_params, poison_padding, rel_err
 
@@ -30,9 +31,9 @@ def fwd_op(backend):
     """The registered forward op of a backend: -> (i2t, t2i, row_idx, col_idx), the indices as
     (Bi, Bt, Ni) and (Bi, Bt, Nt) views whatever layout the backend keeps them in."""
     if backend == "triton":
-        def triton_fwd(*a):
-            i2t, t2i, R, C = torch.ops.skillkern.token_similarity_fwd(*a)
-            return i2t, t2i, R.permute(0, 2, 1), C.permute(2, 0, 1)
+        def triton_fwd(img, txt, *masks):
+            i2t, t2i, R, C = torch.ops.skillkern.token_similarity_fwd(img, txt, *masks)
+            return (i2t, t2i, *logical_indices(R, C, img.shape[1], txt.shape[1]))
         return triton_fwd
     return torch.ops.skillkern.token_similarity_fwd_cuda
 
@@ -384,31 +385,40 @@ def reference_indices(img, txt, im, tm):
     return ri, ci, gap(row, 3), gap(col, 2)
 
 
-@pytest.mark.gpu
-@ON_GPU
+def _index_params():
+    """CUDA: its tiling cases and the first shapes; Triton (everywhere): the first shapes and its
+    tile edges, the exchanged roles included."""
+    for shape in TILING[:3] + SHAPES[:3]:
+        yield pytest.param(shape, "cuda", marks=[pytest.mark.gpu, ON_GPU], id=f"{shape[0]}-cuda")
+    for shape in SHAPES[:3] + SHAPES[6:10]:
+        yield pytest.param(shape, "triton", id=f"{shape[0]}-triton")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("shape", TILING[:3] + SHAPES[:3], ids=[s[0] for s in TILING[:3] + SHAPES[:3]])
-def test_cuda_indices_are_the_arg_max(shape, dtype):
-    """Where the best candidate beats the second by more than the kernel's rounding (1e-4),
-    the stored index must be the float64 arg-max; where items have no real token, 0."""
+@pytest.mark.parametrize("shape,backend", list(_index_params()))
+def test_indices_are_the_arg_max(shape, backend, dtype):
+    """For real tokens, where the best candidate beats the second by more than the kernel's
+    rounding (1e-4), the stored index must be the float64 arg-max (a padding token's index is
+    never read)."""
     _, Bi, Bt, Ni, Nt, D, masked, _ = shape
     img, txt, im, tm = make_inputs(Bi, Bt, Ni, Nt, D, masked)
     img, txt = img.to(dtype), txt.to(dtype)
-    _, _, row_idx, col_idx = torch.ops.skillkern.token_similarity_fwd_cuda(img, txt, im, tm)
+    _, _, row_idx, col_idx = fwd_op(backend)(img, txt, im, tm)
     assert row_idx.dtype == index_dtype(Nt) and col_idx.dtype == index_dtype(Ni)
     ri, ci, r_gap, c_gap = reference_indices(img, txt, im, tm)
-    for what, got, want, g in (("row_idx", row_idx, ri, r_gap), ("col_idx", col_idx, ci, c_gap)):
-        clear = ~(g <= 1e-4)  # inf / nan gaps: one candidate, or none
-        assert clear.float().mean() > 0.5, "test inputs too close to test anything"
+    real_i = torch.ones(Bi, Ni, dtype=torch.bool, device=DEVICE) if im is None else im
+    real_t = torch.ones(Bt, Nt, dtype=torch.bool, device=DEVICE) if tm is None else tm
+    for what, got, want, g, real in (("row_idx", row_idx, ri, r_gap, real_i[:, None, :]),
+                                     ("col_idx", col_idx, ci, c_gap, real_t[None, :, :])):
+        clear = ~(g <= 1e-4) & real  # inf / nan gaps: one candidate, or none
+        assert clear.sum() > 0.5 * real.expand_as(clear).sum(), "test inputs too close to test anything"
         bad = (got.long() != want) & clear
         assert not bad.any(), f"{what}: {int(bad.sum())} of {int(clear.sum())} clear arg-maxes differ"
 
 
-@pytest.mark.gpu
-@ON_GPU
-@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("backend", ["triton", CUDA])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
-def test_gpu_ties_go_to_the_first_token(dtype, backend):
+def test_ties_go_to_the_first_token(dtype, backend):
     """Exactly equal similarities (duplicate tokens; inputs in multiples of 1/8, so every dot
     product is exact in any order): the lowest token index wins, in both directions, as in
     torch.max and the Triton kernels. 45 images of 50 tokens also put ties across chunks."""
@@ -422,7 +432,8 @@ def test_gpu_ties_go_to_the_first_token(dtype, backend):
     img, txt = img.to(DEVICE, dtype), txt.to(DEVICE, dtype)
     _, _, row_idx, col_idx = fwd_op(backend)(img, txt, im, None)
     ri, ci, _, _ = reference_indices(img, txt, im, None)
-    assert torch.equal(row_idx.long(), ri)
+    real = im[:, None, :].expand_as(ri)  # a padding token's index is never read
+    assert torch.equal(row_idx.long()[real], ri[real])
     assert torch.equal(col_idx.long(), ci)
 
 

@@ -9,16 +9,17 @@ so both maxima need no data exchange between warps:
 Images are never padded (the loop runs over exactly Ni tokens; a masked token is skipped by the
 running maximum), and the text tile, loaded once, stays in shared memory for all Ni steps.
 
-Arg-max state, laid out for the kernels (op.py exposes it as (Bi, Bt, Ni) / (Bi, Bt, Nt) views):
+Arg-max state, laid out for the kernels:
   R[a, k, b] = which token of text b image token (a, k) matched      (Bi, Ni, Bt)
-  C[b, l, a] = which token of image a text token (b, l) matched       (Bt, Nt, Bi)
+  C[a, b, l] = which token of image a text token (b, l) matched       (Bi, Bt, Nt)
 
 Backward: for a pair (a, b) the gradient w.r.t. S is the sparse matrix
     P[k, l] = g_i2t[a,b] / n_a * [l == R[a,k,b]] + g_t2i[a,b] / n_b * [k == C[b,l,a]]
 (real tokens only), so d_img[a] = sum_b P_ab @ txt[b] and d_txt[b] = sum_a P_ab^T @ img[a]:
-two GEMMs over all pairs whose left operand, P, is built in registers from the indices (once
-per tile, for the full D block) and fed to the tensor cores. One program owns a block of output
-rows and loops over every partner: no atomics, deterministic.
+two GEMMs over all pairs, computed transposed (D block x rows) so that P, built in registers
+from the indices once per tile for the full D block, is the shared-memory operand of wgmma.
+One program owns a block of output rows and loops over every partner: no atomics,
+deterministic.
 Features of padding tokens are never loaded (masked loads select 0, never a multiplication by
 the mask): NaN or inf there reaches no output. Offsets that multiply strides are int64.
 """
@@ -85,7 +86,7 @@ def _filip_fwd_kernel(
     USE_TMA: tl.constexpr, PRECISION: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_T: tl.constexpr,
     NT_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """Program (image block, text block). i2t, t2i (Bi, Bt) fp32; R (Bi, Ni, Bt), C (Bt, Nt, Bi).
+    """Program (image block, text block). i2t, t2i (Bi, Bt) fp32; R (Bi, Ni, Bt), C (Bi, Bt, Nt).
     nimg / ntxt: real-token counts per item (fp32). RESIDENT: the text tile over all of D
     (BLOCK_D >= D) is loaded once; otherwise it is re-read in BLOCK_D slices at every step.
     TEXT_PAD: some columns are not real tokens (masks, Nt < NT_PAD or the last text block).
@@ -143,18 +144,28 @@ def _filip_fwd_kernel(
     pair = a.to(tl.int64)[:, None] * Bt + tb[None, :]
     tl.store(i2t_ptr + pair, i2t, mask=r_ok)
     tl.store(t2i_ptr + pair, t2i, mask=r_ok)
-    c_ptrs = c_ptr + (b.to(tl.int64) * Nt + l)[None, :] * Bi + a[:, None]
+    c_ptrs = c_ptr + (a.to(tl.int64)[:, None] * Bt + b[None, :]) * Nt + l[None, :]
     tl.store(c_ptrs, col_arg.to(c_ptr.dtype.element_ty), mask=(a < Bi)[:, None] & ((b < Bt) & (l < Nt))[None, :])
 
 
 @triton.jit
-def _one_hot_tile(ci, ct, r, c, k, lt):
-    """The gradient w.r.t. S of one image token k against text tokens (any leading shape):
-    ci * [l == r] + ct * [c == k]. ci, ct, r broadcast over the text's tokens lt; c (the image
-    token each text token matched) is compared with k. Padding needs no select here: the rows
-    of padding image tokens have ci = ct = 0, and the feature rows of padding text tokens that
-    P multiplies are loaded as 0."""
-    return tl.where(lt == r, ci, 0.0) + tl.where(c == k, ct, 0.0)
+def _one_hot_tile(ci_ptr, ct_ptr, r_ptr, c_ptr, a, k, tb, l0, Bi, Bt, Ni, Nt, x_ok, BLOCK_I: tl.constexpr,
+                  BLOCK_T: tl.constexpr, L_CHUNK: tl.constexpr):
+    """P (BLOCK_I, BLOCK_T * L_CHUNK) fp32: the gradient w.r.t. S of token k of images a against
+    tokens l0.. of texts tb, ci * [l == R[a, k, b]] + ct * [C[a, b, l] == k]. Each thread holds
+    runs of one (image, text) pair's tokens: C comes in as vectors, R, ci, ct once per run.
+    ci / ct (Bi, Bt): the pairs' g_i2t / n_a and g_t2i / n_b. Rows of padding image tokens
+    (x_ok false) are 0; columns of padding text tokens are not, and need not be: the feature rows
+    they multiply are loaded as 0 (d_img), or their outputs are not written (d_txt)."""
+    pm = x_ok[:, None] & (tb < Bt)[None, :]
+    pair = a.to(tl.int64)[:, None] * Bt + tb[None, :]
+    ci = tl.load(ci_ptr + pair, mask=pm, other=0.0)[:, :, None]
+    ct = tl.load(ct_ptr + pair, mask=pm, other=0.0)[:, :, None]
+    r = tl.load(r_ptr + (a.to(tl.int64) * Ni + k)[:, None] * Bt + tb[None, :], mask=pm, other=0)
+    l3 = (l0 + tl.arange(0, L_CHUNK))[None, None, :]
+    c = tl.load(c_ptr + pair[:, :, None] * Nt + l3, mask=pm[:, :, None] & (l3 < Nt), other=0)
+    p = tl.where(l3 == r.to(tl.int32)[:, :, None], ci, 0.0) + tl.where(c.to(tl.int32) == k, ct, 0.0)
+    return tl.reshape(p, [BLOCK_I, BLOCK_T * L_CHUNK])
 
 
 @triton.jit
@@ -166,11 +177,10 @@ def _filip_bwd_img_kernel(
     BLOCK_I: tl.constexpr, BLOCK_T: tl.constexpr, L_CHUNK: tl.constexpr, NT_PAD: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    """d_img[a, k, D block] for BLOCK_I images at token k, computed transposed: the sum over
-    text blocks and token chunks of txt^T (D block x text tokens) @ P_k^T (text tokens x images),
-    so that the one-hot tile is built in C's own layout (images contiguous) and fed from shared
-    memory. ci / ct (Bi, Bt): the pairs' g_i2t / n_a and g_t2i / n_b (0 for a pair without
-    gradient). Grid (image blocks, Ni, D blocks). Padding tokens are written too, as zeros."""
+    """d_img[a, k, D block] for BLOCK_I images at token k, computed transposed: the sum over text
+    blocks and token chunks of txt^T (D block x text tokens) @ P^T (text tokens x images), both
+    operands from shared memory. Grid (image blocks, Ni, D blocks). Padding tokens are written
+    too, as exact zeros."""
     a = tl.program_id(0) * BLOCK_I + tl.arange(0, BLOCK_I)
     k = tl.program_id(1)
     dd = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -179,22 +189,13 @@ def _filip_bwd_img_kernel(
     acc = tl.zeros([BLOCK_D, BLOCK_I], dtype=tl.float32)
     for b0 in range(0, Bt, BLOCK_T):
         tb = b0 + tl.arange(0, BLOCK_T)
-        pm = (tb < Bt)[:, None] & x_ok[None, :]
-        pair = a.to(tl.int64)[None, :] * Bt + tb[:, None]
-        ci = tl.load(ci_ptr + pair, mask=pm, other=0.0)[:, None, :]  # 0 at padding tokens: they stay 0
-        ct = tl.load(ct_ptr + pair, mask=pm, other=0.0)[:, None, :]
-        r = tl.load(r_ptr + (a.to(tl.int64) * Ni + k)[None, :] * Bt + tb[:, None], mask=pm, other=0)
-        r = r.to(tl.int32)[:, None, :]  # (BLOCK_T, 1, BLOCK_I)
         for l0 in range(0, NT_PAD, L_CHUNK):
             b, l, col_ok = _text_columns(tmask_ptr, b0, l0, Bt, Nt, s_tm, HAS_TMASK, BLOCK_T, L_CHUNK)
-            c = tl.load(c_ptr + ((b.to(tl.int64) * Nt + l) * Bi)[:, None] + a[None, :],
-                        mask=((b < Bt) & (l < Nt))[:, None] & (a < Bi)[None, :], other=0)
-            c = tl.reshape(c.to(tl.int32), [BLOCK_T, L_CHUNK, BLOCK_I])
-            lt = (l0 + tl.arange(0, L_CHUNK))[None, :, None]
-            pt = tl.reshape(_one_hot_tile(ci, ct, r, c, k, lt), [BLOCK_T * L_CHUNK, BLOCK_I])
             y = tl.load(txt_ptr + (b.to(tl.int64) * s_tb + l.to(tl.int64) * s_tn)[:, None] + dd[None, :],
                         mask=col_ok[:, None] & dm[None, :], other=0.0)
-            acc = tl.dot(tl.trans(y), pt.to(y.dtype), acc, input_precision=PRECISION)
+            p = _one_hot_tile(ci_ptr, ct_ptr, r_ptr, c_ptr, a, k, tb, l0, Bi, Bt, Ni, Nt, x_ok, BLOCK_I, BLOCK_T,
+                              L_CHUNK)
+            acc = tl.dot(tl.trans(y), tl.trans(p.to(y.dtype)), acc, input_precision=PRECISION)
     out = out_ptr + a.to(tl.int64) * s_ob + k * s_on
     tl.store(out[None, :] + dd[:, None], acc.to(out_ptr.dtype.element_ty), mask=dm[:, None] & (a < Bi)[None, :])
 
@@ -209,34 +210,25 @@ def _filip_bwd_txt_kernel(
 ):
     """d_txt rows (text b, token l) for BLOCK_T texts x L_CHUNK tokens, one D block, computed
     transposed: the sum over image tokens k and image blocks of img[:, k]^T (D block x images)
-    @ P_k (images x text tokens), both operands from shared memory. Grid (text blocks, token
+    @ P (images x text tokens), both operands from shared memory. Grid (text blocks, token
     chunks, D blocks). Rows of padding tokens are not written (d_txt comes zero-filled)."""
-    tb = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
-    b, l, col_ok = _text_columns(tmask_ptr, tl.program_id(0) * BLOCK_T, tl.program_id(1) * L_CHUNK, Bt, Nt,
-                                 s_tm, HAS_TMASK, BLOCK_T, L_CHUNK)
+    b0 = tl.program_id(0) * BLOCK_T
+    l0 = tl.program_id(1) * L_CHUNK
+    tb = b0 + tl.arange(0, BLOCK_T)
+    b, l, col_ok = _text_columns(tmask_ptr, b0, l0, Bt, Nt, s_tm, HAS_TMASK, BLOCK_T, L_CHUNK)
     dd = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
     dm = dd < D
-    lt = tl.reshape(l, [BLOCK_T, L_CHUNK])[:, :, None]
-    c_rows = c_ptr + (b.to(tl.int64) * Nt + l) * Bi
-    c_ok = (b < Bt) & (l < Nt)
     acc = tl.zeros([BLOCK_D, BLOCK_T * L_CHUNK], dtype=tl.float32)
     for k in range(0, Ni):
         for a0 in range(0, Bi, BLOCK_I):
             a = a0 + tl.arange(0, BLOCK_I)
             x_ok = _image_tokens_ok(imask_ptr, a, k, Bi, Ni, s_im, HAS_IMASK)
-            pm = (tb < Bt)[:, None] & x_ok[None, :]
-            pair = a.to(tl.int64)[None, :] * Bt + tb[:, None]
-            ci = tl.load(ci_ptr + pair, mask=pm, other=0.0)[:, None, :]  # (BLOCK_T, 1, BLOCK_I)
-            ct = tl.load(ct_ptr + pair, mask=pm, other=0.0)[:, None, :]
-            r = tl.load(r_ptr + (a.to(tl.int64) * Ni + k)[None, :] * Bt + tb[:, None], mask=pm, other=0)
-            c = tl.load(c_rows[:, None] + a[None, :], mask=c_ok[:, None] & (a < Bi)[None, :], other=0)
-            c = tl.reshape(c.to(tl.int32), [BLOCK_T, L_CHUNK, BLOCK_I])
-            p = _one_hot_tile(ci, ct, r.to(tl.int32)[:, None, :], c, k, lt)
             x = tl.load(img_ptr + (a.to(tl.int64) * s_ib + k * s_in)[:, None] + dd[None, :],
                         mask=x_ok[:, None] & dm[None, :], other=0.0)
-            pt = tl.reshape(p, [BLOCK_T * L_CHUNK, BLOCK_I]).to(x.dtype)
-            acc = tl.dot(tl.trans(x), tl.trans(pt), acc, input_precision=PRECISION)
+            p = _one_hot_tile(ci_ptr, ct_ptr, r_ptr, c_ptr, a, k, tb, l0, Bi, Bt, Ni, Nt, x_ok, BLOCK_I, BLOCK_T,
+                              L_CHUNK)
+            acc = tl.dot(tl.trans(x), p.to(x.dtype), acc, input_precision=PRECISION)
+    # rows of padding tokens (their P columns may hit: C holds an index there too) keep the zeros
+    # the launcher allocated
     out = out_ptr + b.to(tl.int64) * s_ob + l.to(tl.int64) * s_on
-    # rows of padding tokens (their P rows may hit: C holds an index there too) are left to the
-    # zeros the launcher allocated
     tl.store(out[None, :] + dd[:, None], acc.to(out_ptr.dtype.element_ty), mask=dm[:, None] & col_ok[None, :])

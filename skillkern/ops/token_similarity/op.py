@@ -9,8 +9,8 @@ csrc/ops.cpp, CUDA and Meta kernels in C++; autograd registered here once the li
 
 State kept for backward: the arg-max indices, row_idx = which text token each image token
 matched and col_idx = which image token each text token matched, laid out for each backend's
-kernels: (Bi, Ni, Bt) and (Bt, Nt, Bi) for Triton (kernels.py: R, C), (Bi, Bt, Ni) and
-(Bi, Bt, Nt) for CUDA. As uint8
+kernels: for Triton as triton_impl.state_shapes says (kernels.py: R, C; logical_indices gives
+(Bi, Bt, Ni) / (Bi, Bt, Nt) views), (Bi, Bt, Ni) and (Bi, Bt, Nt) for CUDA. As uint8
 when Ni, Nt <= 256 (int16 up to 32768, else int32): 82 bytes per pair at Ni=50, Nt=32 (86 MB at
 Bi = Bt = 1024). They turn the backward into two GEMMs with one-hot coefficient tiles, instead of
 a third GEMM that recomputes the similarities or Bi*Bt*Ni*Nt stored values (3.4 GB there).
@@ -73,8 +73,10 @@ def _fwd_op(img: Tensor, txt: Tensor, img_mask: Optional[Tensor], txt_mask: Opti
 def _(img, txt, img_mask, txt_mask):
     Bi, Ni, _ = img.shape
     Bt, Nt, _ = txt.shape
+    from skillkern.ops.token_similarity.triton_impl import state_shapes
+    r_shape, c_shape = state_shapes(Bi, Ni, Bt, Nt)
     return (img.new_empty(Bi, Bt, dtype=torch.float32), img.new_empty(Bi, Bt, dtype=torch.float32),
-            img.new_empty(Bi, Ni, Bt, dtype=index_dtype(Nt)), img.new_empty(Bt, Nt, Bi, dtype=index_dtype(Ni)))
+            img.new_empty(r_shape, dtype=index_dtype(Nt)), img.new_empty(c_shape, dtype=index_dtype(Ni)))
 
 
 @torch.library.custom_op("skillkern::token_similarity_bwd", mutates_args=())

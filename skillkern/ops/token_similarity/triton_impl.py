@@ -27,7 +27,9 @@ def _pad(n: int) -> int:
 
 def swap_roles(Ni: int, Nt: int) -> bool:
     """Hold the image side instead of the text side (see the module docstring); raises when
-    neither side has at most _MAX_HELD tokens per item."""
+    neither side has at most _MAX_HELD tokens per item. Without tokens on a side: no exchange."""
+    if Ni == 0 or Nt == 0:
+        return False
     fits_t, fits_i = _pad(Nt) <= _MAX_HELD, _pad(Ni) <= _MAX_HELD
     expect(fits_t or fits_i, "token_similarity", "txt",
            f"has Nt={Nt} and img has Ni={Ni} tokens per item; the Triton kernels need one side with at most "
@@ -35,6 +37,22 @@ def swap_roles(Ni: int, Nt: int) -> bool:
     if not fits_t:
         return True
     return fits_i and Ni / _pad(Ni) > Nt / _pad(Nt)
+
+
+def state_shapes(Bi: int, Ni: int, Bt: int, Nt: int) -> tuple[tuple, tuple]:
+    """Shapes of the forward's row_idx (which text token each image token matched) and col_idx
+    (which image token each text token matched): R (Bi, Ni, Bt) and C (Bi, Bt, Nt), or, where
+    the roles are exchanged, the C and R of the exchanged call: (Bt, Bi, Ni) and (Bt, Nt, Bi)."""
+    if swap_roles(Ni, Nt):
+        return (Bt, Bi, Ni), (Bt, Nt, Bi)
+    return (Bi, Ni, Bt), (Bi, Bt, Nt)
+
+
+def logical_indices(row_idx, col_idx, Ni: int, Nt: int):
+    """The forward's state as (Bi, Bt, Ni) and (Bi, Bt, Nt) views (for tests and inspection)."""
+    if swap_roles(Ni, Nt):
+        return row_idx.permute(1, 0, 2), col_idx.permute(2, 0, 1)
+    return row_idx.permute(0, 2, 1), col_idx
 
 
 def _fwd_tiles(Nt: int, D: int, elt: int) -> dict:
@@ -96,8 +114,8 @@ def _launch_fwd(img, txt, img_mask, txt_mask, i2t, t2i, R, C):
 
 
 def token_similarity_fwd(img, txt, img_mask, txt_mask, row_dtype: torch.dtype, col_dtype: torch.dtype):
-    """Returns i2t, t2i (Bi, Bt) fp32 and the arg-max indices R (Bi, Ni, Bt) of row_dtype and
-    C (Bt, Nt, Bi) of col_dtype (kernels.py)."""
+    """Returns i2t, t2i (Bi, Bt) fp32 and the arg-max state row_idx of row_dtype and col_idx of
+    col_dtype, shaped as state_shapes says."""
     img, txt = img.contiguous(), txt.contiguous()
     Bi, Ni, D = img.shape
     Bt, Nt, _ = txt.shape
@@ -107,8 +125,9 @@ def token_similarity_fwd(img, txt, img_mask, txt_mask, row_dtype: torch.dtype, c
     alloc = torch.zeros if Ni == 0 or Nt == 0 else torch.empty
     i2t = alloc(Bi, Bt, dtype=torch.float32, device=dev)
     t2i = alloc(Bi, Bt, dtype=torch.float32, device=dev)
-    R = alloc(Bi, Ni, Bt, dtype=row_dtype, device=dev)
-    C = alloc(Bt, Nt, Bi, dtype=col_dtype, device=dev)
+    r_shape, c_shape = state_shapes(Bi, Ni, Bt, Nt)
+    R = alloc(r_shape, dtype=row_dtype, device=dev)
+    C = alloc(c_shape, dtype=col_dtype, device=dev)
     if Bi * Bt * Ni * Nt:
         if swap_roles(Ni, Nt):
             t2i_s = torch.empty(Bt, Bi, dtype=torch.float32, device=dev)
@@ -146,7 +165,7 @@ def _launch_bwd(g_i2t, g_t2i, img, txt, img_mask, txt_mask, R, C, d_img, d_txt):
 
 
 def token_similarity_bwd(g_i2t, g_t2i, img, txt, img_mask, txt_mask, R, C):
-    """Returns d_img (Bi, Ni, D), d_txt (Bt, Nt, D) in the input dtype, from the forward's R and C."""
+    """Returns d_img (Bi, Ni, D), d_txt (Bt, Nt, D) in the input dtype, from the forward's state."""
     img, txt = img.contiguous(), txt.contiguous()
     g_i2t, g_t2i = g_i2t.float().contiguous(), g_t2i.float().contiguous()
     Bi, Ni, D = img.shape
