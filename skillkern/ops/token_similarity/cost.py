@@ -35,9 +35,9 @@ def _side(a, img: bool):
 
 def _fwd(a, grid, ctx) -> Work:
     """Program (BLOCK_I images, BLOCK_T texts): Ni steps of one (BLOCK_I x D) @ (D x N) dot.
-    It reads its texts' real rows once (RESIDENT; otherwise at every step) and its images' real
-    rows once; the image mask at every step, the text mask and counts once. Writes R at every
-    step, i2t, t2i and C at the end."""
+    It reads its texts' real rows once (RESIDENT; otherwise at every step) and its images' rows
+    once (by TMA: whole tiles, padding tokens included); the image mask at every step, the text
+    mask and counts once. Writes R at every step, i2t, t2i and C at the end."""
     Bi, Ni, Li, _, im = _side(a, True)
     Bt, Nt, Lt, _, tm = _side(a, False)
     n_a, n_b = grid[0], grid[1]
@@ -47,15 +47,17 @@ def _fwd(a, grid, ctx) -> Work:
     out = Bi * Bt * (8 + Ni * a["r_ptr"].element_size() + Nt * a["c_ptr"].element_size())
     hbm = (Li + Lt) * row + im + tm + (Bi + Bt) * 4 + out
     txt_reads = n_a * Lt * row * (1 if a["RESIDENT"] else Ni)
-    l2 = n_b * Li * row + txt_reads + n_b * im + n_a * tm + (n_b * Bi + n_a * Bt) * 4 + out
+    img_rows = n_a * a["BLOCK_I"] * Ni if a["USE_TMA"] else Li
+    l2 = n_b * img_rows * row + txt_reads + n_b * im + n_a * tm + (n_b * Bi + n_a * Bt) * 4 + out
     return Work(2.0 * n_a * n_b * Ni * a["BLOCK_I"] * N * d_mma, hbm, l2,
                 steps=n_a * n_b * Ni * (1 if a["RESIDENT"] else triton.cdiv(a["D"], a["BLOCK_D"])))
 
 
 def _bwd_img(a, grid, ctx) -> Work:
-    """Program (BLOCK_I images at token k, D block): per text block, R of its rows and the pair
-    scales ci, ct; per text-token chunk, C of its images and the real text rows of the D block,
-    one (BLOCK_I x BLOCK_T*L_CHUNK) @ (.. x BLOCK_D) dot. Writes d_img once."""
+    """Program (BLOCK_I images at token k, D block): per text block and token chunk, the real
+    text rows of the D block and the one-hot tile's inputs for its real image tokens (R, the
+    pair scales ci / ct, C over the texts' tokens), one (BLOCK_D x chunk) @ (chunk x BLOCK_I)
+    dot. Writes d_img once."""
     Bi, Ni, Li, _, im = _side(a, True)
     Bt, Nt, Lt, _, tm = _side(a, False)
     n_a, n_k, n_d = grid
@@ -64,28 +66,29 @@ def _bwd_img(a, grid, ctx) -> Work:
     elt, ri, ci = a["txt_ptr"].element_size(), a["r_ptr"].element_size(), a["c_ptr"].element_size()
     d_row = a["D"] * elt
     flops = 2.0 * n_a * n_k * n_d * n_b * n_l * a["BLOCK_I"] * a["BLOCK_T"] * a["L_CHUNK"] * a["BLOCK_D"]
-    scales = Li * Bt * 8  # ci, ct of the real image tokens' pairs
-    hbm = Lt * d_row + Li * Bt * ri + Lt * Bi * ci + Bi * Bt * 8 + im + tm + Bi * Ni * d_row
-    l2 = (n_a * n_k * Lt * d_row + n_d * (Li * Bt * ri + scales + Ni * (Lt * Bi * ci + n_a * tm) + im)
-          + Bi * Ni * d_row)
+    one_hot = Li * Bt * (Nt * ci + n_l * (ri + 8))  # C, and R, ci, ct per token chunk
+    hbm = Lt * d_row + Li * Bt * ri + Li * Bt * Nt * ci + Bi * Bt * 8 + im + tm + Bi * Ni * d_row
+    l2 = n_a * n_k * (Lt * d_row + n_d * tm) + n_d * (one_hot + im) + Bi * Ni * d_row
     return Work(flops, hbm, l2, steps=n_a * n_k * n_d * n_b * n_l)
 
 
 def _bwd_txt(a, grid, ctx) -> Work:
-    """Program (BLOCK_T texts x L_CHUNK tokens, D block): per image block, C of its rows and the
-    pair scales; per image token, R of the block and the real image rows of the D block, one
-    (BLOCK_T*L_CHUNK x BLOCK_I) @ (BLOCK_I x BLOCK_D) dot. Writes d_txt once."""
+    """Program (BLOCK_T texts x L_CHUNK tokens, D block): per image token and image block, the
+    real image rows of the D block (by TMA without an image mask) and the one-hot tile's inputs
+    for the real image tokens, one (BLOCK_D x BLOCK_I) @ (BLOCK_I x rows) dot. Writes the real
+    rows of d_txt once."""
     Bi, Ni, Li, _, im = _side(a, True)
     Bt, Nt, Lt, _, tm = _side(a, False)
     n_b, n_l, n_d = grid
     n_a = triton.cdiv(Bi, a["BLOCK_I"])
     elt, ri, ci = a["img_ptr"].element_size(), a["r_ptr"].element_size(), a["c_ptr"].element_size()
-    d_row = a["D"] * elt
     rows = a["BLOCK_T"] * a["L_CHUNK"]
     flops = 2.0 * n_b * n_l * n_d * n_a * Ni * rows * a["BLOCK_I"] * a["BLOCK_D"]
-    hbm = Li * d_row + Li * Bt * ri + Lt * Bi * ci + Bi * Bt * 8 + im + tm + Bt * Nt * d_row
-    l2 = (n_b * n_l * n_d * (Li * a["BLOCK_D"] * elt + Li * a["BLOCK_T"] * ri + Bi * a["BLOCK_T"] * 8 + im)
-          + n_d * (Lt * Bi * ci + tm) + Bt * Nt * d_row)
+    # TMA fetches whole tiles (padding tokens and the last block's tail included, zero-filled)
+    x_rows = n_a * a["BLOCK_I"] * Ni if a["USE_TMA"] else Li
+    one_hot = Li * Bt * (Nt * ci + n_l * (ri + 8))
+    hbm = Li * a["D"] * elt + Li * Bt * ri + Li * Bt * Nt * ci + Bi * Bt * 8 + im + tm + Lt * a["D"] * elt
+    l2 = n_b * n_l * (x_rows * a["D"] * elt + n_d * im) + n_d * (one_hot + tm) + Lt * a["D"] * elt
     return Work(flops, hbm, l2, steps=n_b * n_l * n_d * n_a * Ni)
 
 

@@ -51,6 +51,14 @@ def _image_tokens_ok(imask_ptr, a, k, Bi, Ni, s_im, HAS_IMASK: tl.constexpr):
 
 
 @triton.jit
+def _token_rows_desc(img_ptr, Bi, Ni, s_ib, BLOCK_I: tl.constexpr, BLOCK_D: tl.constexpr):
+    """A TMA descriptor of img as (Bi, Ni * D) rows (D = BLOCK_D = the token stride): the rows
+    of token k of BLOCK_I images are the tile at [a0, k * BLOCK_D]."""
+    return tl.make_tensor_descriptor(img_ptr, shape=[Bi, Ni * BLOCK_D], strides=[s_ib, 1],
+                                     block_shape=[BLOCK_I, BLOCK_D])
+
+
+@triton.jit
 def _similarity_step(x_desc, x_rows, y_rows, yt, x_ok, col_ok, a0, k, D, s_in, USE_TMA: tl.constexpr,
                      RESIDENT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_I: tl.constexpr, N: tl.constexpr,
                      BLOCK_D: tl.constexpr):
@@ -114,9 +122,7 @@ def _filip_fwd_kernel(
     r_ok = (a < Bi)[:, None] & (tb < Bt)[None, :]
     x_desc = img_ptr
     if USE_TMA:
-        # (Bi, Ni * D) rows: the image rows of token k are the column block k (BLOCK_D = D = s_in)
-        x_desc = tl.make_tensor_descriptor(img_ptr, shape=[Bi, Ni * BLOCK_D], strides=[s_ib, 1],
-                                           block_shape=[BLOCK_I, BLOCK_D])
+        x_desc = _token_rows_desc(img_ptr, Bi, Ni, s_ib, BLOCK_I, BLOCK_D)
     for k in range(0, Ni):
         x_ok = _image_tokens_ok(imask_ptr, a, k, Bi, Ni, s_im, HAS_IMASK)
         s = _similarity_step(x_desc, x_rows, y_rows, yt, x_ok, col_ok, tl.program_id(0) * BLOCK_I, k, D, s_in,
@@ -133,7 +139,10 @@ def _filip_fwd_kernel(
         s3 = tl.reshape(s, [BLOCK_I, BLOCK_T, NT_PAD])
         row_max = tl.max(s3, axis=2)
         row_arg = tl.min(tl.where(s3 == row_max[:, :, None], tl.arange(0, NT_PAD)[None, None, :], NT_PAD), axis=2)
-        row_sum += tl.where(x_ok[:, None] & text_real[None, :], row_max, 0.0)
+        # (a text without a real token sums -inf here: the end selects 0 for its pairs)
+        if HAS_IMASK:
+            row_max = tl.where(x_ok[:, None], row_max, 0.0)
+        row_sum += row_max
         tl.store(r_ptrs + k * Bt, row_arg.to(r_ptr.dtype.element_ty), mask=r_ok)
 
     valid = (n_i > 0)[:, None] & text_real[None, :]
@@ -205,7 +214,7 @@ def _filip_bwd_txt_kernel(
     ci_ptr, ct_ptr, r_ptr, c_ptr, imask_ptr, tmask_ptr, img_ptr, out_ptr,
     Bi, Bt, Ni, Nt, D,
     s_ib, s_in, s_ob, s_on, s_im, s_tm,
-    HAS_IMASK: tl.constexpr, HAS_TMASK: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_IMASK: tl.constexpr, HAS_TMASK: tl.constexpr, USE_TMA: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_I: tl.constexpr, BLOCK_T: tl.constexpr, L_CHUNK: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """d_txt rows (text b, token l) for BLOCK_T texts x L_CHUNK tokens, one D block, computed
@@ -219,12 +228,18 @@ def _filip_bwd_txt_kernel(
     dd = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
     dm = dd < D
     acc = tl.zeros([BLOCK_D, BLOCK_T * L_CHUNK], dtype=tl.float32)
+    x_desc = img_ptr
+    if USE_TMA:
+        x_desc = _token_rows_desc(img_ptr, Bi, Ni, s_ib, BLOCK_I, BLOCK_D)
     for k in range(0, Ni):
         for a0 in range(0, Bi, BLOCK_I):
             a = a0 + tl.arange(0, BLOCK_I)
             x_ok = _image_tokens_ok(imask_ptr, a, k, Bi, Ni, s_im, HAS_IMASK)
-            x = tl.load(img_ptr + (a.to(tl.int64) * s_ib + k * s_in)[:, None] + dd[None, :],
-                        mask=x_ok[:, None] & dm[None, :], other=0.0)
+            if USE_TMA:  # no image mask: every row is real (the copy engine zero-fills past Bi)
+                x = x_desc.load([a0, k * BLOCK_D])
+            else:
+                x = tl.load(img_ptr + (a.to(tl.int64) * s_ib + k * s_in)[:, None] + dd[None, :],
+                            mask=x_ok[:, None] & dm[None, :], other=0.0)
             p = _one_hot_tile(ci_ptr, ct_ptr, r_ptr, c_ptr, a, k, tb, l0, Bi, Bt, Ni, Nt, x_ok, BLOCK_I, BLOCK_T,
                               L_CHUNK)
             acc = tl.dot(tl.trans(x), p.to(x.dtype), acc, input_precision=PRECISION)

@@ -134,8 +134,8 @@ def token_similarity(img: Tensor, txt: Tensor, img_mask: Optional[Tensor] = None
     tokens never reach an output or a gradient, even when they hold NaN or inf.
     Differentiable w.r.t. img and txt: a max's gradient goes to its arg-max token, padding tokens
     get zero gradient. The fused backends never allocate Bi*Bt*Ni*Nt values. The Triton kernels
-    take any Ni and up to 512 text tokens per item (pass the longer side as img); the CUDA
-    kernels take any counts as long as one side has at most 512 tokens per item.
+    take any counts as long as one side has at most 256 tokens per item (they hold that side
+    whole); the CUDA kernels, as long as one side has at most 512.
     """
     _check(img, txt, img_mask, txt_mask)
     which = _backend.resolve("token_similarity", backend, img.device)

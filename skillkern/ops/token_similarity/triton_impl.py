@@ -80,6 +80,12 @@ def _bwd_tiles(Nt: int, D: int) -> tuple[dict, dict]:
     return img, txt
 
 
+def _rows_by_tma(img, block_d: int) -> bool:
+    """The kernels may fetch img's token rows by TMA (kernels._token_rows_desc): one block covers
+    D, tokens are D apart, and the descriptor's alignment rules hold."""
+    return block_d == img.shape[2] == img.stride(1) and tma_ok(img)
+
+
 def _counts(mask, B: int, N: int, device) -> torch.Tensor:
     """Real tokens per item, fp32 (B,)."""
     if mask is None:
@@ -104,7 +110,7 @@ def _launch_fwd(img, txt, img_mask, txt_mask, i2t, t2i, R, C):
     tm, s_tm, has_tm = _mask_arg(txt_mask, txt)
     n_img, n_txt = _counts(img_mask, Bi, Ni, img.device), _counts(txt_mask, Bt, Nt, img.device)
     text_pad = has_tm or Nt < t["NT_PAD"] or Bt % t["BLOCK_T"] != 0
-    use_tma = t["RESIDENT"] and t["BLOCK_D"] == D == img.stride(1) and tma_ok(img)
+    use_tma = t["RESIDENT"] and _rows_by_tma(img, t["BLOCK_D"])
     grid = (triton.cdiv(Bi, t["BLOCK_I"]), triton.cdiv(Bt, t["BLOCK_T"]))
     K._filip_fwd_kernel[grid](
         img, txt, im, tm, n_img, n_txt, i2t, t2i, R, C, Bi, Bt, Ni, Nt, D,
@@ -158,10 +164,13 @@ def _launch_bwd(g_i2t, g_t2i, img, txt, img_mask, txt_mask, R, C, d_img, d_txt):
         ci, ct, R, C, im, tm, txt, d_img, Bi, Bt, Ni, Nt, D,
         txt.stride(0), txt.stride(1), d_img.stride(0), d_img.stride(1), s_im, s_tm,
         HAS_IMASK=has_im, HAS_TMASK=has_tm, PRECISION=prec, **ti)
+    # image rows by TMA only without an image mask (padding rows, which may hold NaN, would meet
+    # P's zeros in the MMA); else by masked loads, unpipelined (pipelining them spills)
+    tma = not has_im and _rows_by_tma(img, tt["BLOCK_D"])
     K._filip_bwd_txt_kernel[(triton.cdiv(Bt, tt["BLOCK_T"]), triton.cdiv(Nt, tt["L_CHUNK"]), n_d)](
         ci, ct, R, C, im, tm, img, d_txt, Bi, Bt, Ni, Nt, D,
         img.stride(0), img.stride(1), d_txt.stride(0), d_txt.stride(1), s_im, s_tm,
-        HAS_IMASK=has_im, HAS_TMASK=has_tm, PRECISION=prec, **tt)
+        HAS_IMASK=has_im, HAS_TMASK=has_tm, USE_TMA=tma, PRECISION=prec, **dict(tt, num_stages=2 if tma else 1))
 
 
 def token_similarity_bwd(g_i2t, g_t2i, img, txt, img_mask, txt_mask, R, C):
