@@ -106,9 +106,11 @@ TORCH_LIBRARY(skillkern, m) {
   // -> (d_img, d_txt)
   m.def("token_similarity_bwd_cuda(Tensor g_i2t, Tensor g_t2i, Tensor img, Tensor txt, "
         "Tensor? img_mask, Tensor? txt_mask, Tensor row_idx, Tensor col_idx) -> (Tensor, Tensor)");
-  // -> (out (B, S, D), lse (B, S) f32)
+  // -> (out (B, S, D), lse (B, S) f32, out_lo: out's rounding residual (B, S, D) where x is
+  //     16-bit and pooled raw (pool_input), else 0-element: the backward adds it back for delta)
   m.def("token_reduce_fwd_cuda(Tensor x, Tensor? w_score, Tensor? scores, Tensor? ln_weight, "
-        "Tensor? ln_bias, Tensor? mask, float eps, bool pool_input) -> (Tensor, Tensor)");
+        "Tensor? ln_bias, Tensor? mask, float eps, bool pool_input) -> (Tensor, Tensor, Tensor)");
+  // out: x's dtype, or float32 (out + out_lo, as the forward computed it)
   // -> [dx, d_w_score, d_scores, d_ln_weight, d_ln_bias]; absent ones are 0-element tensors
   m.def("token_reduce_bwd_cuda(Tensor d_out, Tensor out, Tensor x, Tensor? w_score, "
         "Tensor? scores, Tensor? ln_weight, Tensor? ln_bias, Tensor? mask, Tensor lse, float eps, "

@@ -353,11 +353,16 @@ RED_CASES = [
     red_case("two D chunks (D=1100 > 1024)", 2, 18, 1100, 20, 12, ln=True, lnb=True),
     red_case("fp32 D=768 S=24 at the A100 limit (single-stage backward)", 2, 20, 768, 24, 13, ln=True, lnb=True,
              masked=True, smem=A100, dtypes=(torch.float32,)),
+    # raw pooled rows whose mean is 60x their spread: delta = <d_out, out> must use out as
+    # computed (out + out_lo), not out rounded to 16 bits (11 % dx error in bf16 before)
+    red_case("large-mean rows pooled raw (out's rounding residual)", 3, 40, 96, 6, 14, ln=True, lnb=True,
+             masked=True, pool_input=True, x_scale=1.0, x_shift=60.0, dtypes=(torch.bfloat16, torch.float16)),
 ]
 # the cases the suite runs by default (CI time); with ALL, every case in each of its dtypes
 RED_RUN = [(c["label"], dt) for c in RED_CASES for dt in c.get("dtypes", (torch.float32, torch.bfloat16))] if ALL \
     else [("ViT-B/32", torch.bfloat16), ("an all-masked row", torch.float32), ("token_pool", torch.bfloat16),
-          ("fp32 parameters with 16-bit x", torch.float16), ("odd N and D", torch.float16)]
+          ("fp32 parameters with 16-bit x", torch.float16), ("odd N and D", torch.float16),
+          ("large-mean rows", torch.bfloat16)]
 
 
 def _per_dtype(v, dtype):
@@ -367,7 +372,7 @@ def _per_dtype(v, dtype):
 def _red_inputs(c, dtype, poison=None):
     g = torch.Generator().manual_seed(c["seed"])
     B, N, D, S = c["B"], c["N"], c["D"], c["S"]
-    t = {"x": torch.randn(B, N, D, generator=g, dtype=torch.float64) * 1.5 + 0.3}
+    t = {"x": torch.randn(B, N, D, generator=g, dtype=torch.float64) * c.get("x_scale", 1.5) + c.get("x_shift", 0.3)}
     if c.get("pool"):
         t["scores"] = torch.randn(B, N, S, generator=g, dtype=torch.float64) * 2
     else:
@@ -414,9 +419,12 @@ def check_token_reduce(emu, c, dtype, bug=None, poison=None):
     smem, n_sm = _per_dtype(c.get("smem", H100), dtype), c.get("n_sm", 132)
     smem_fwd = _per_dtype(c.get("smem_fwd", smem), dtype)
     w, sc, lnw, lnb = (t.get(n) for n in ("w_score", "scores", "ln_weight", "ln_bias"))
-    out, lse = emulate(emu, emu.token_reduce_fwd, x_kernel, w, sc, lnw, lnb, mask, eps, pool_input, smem_fwd,
-                       n_sm, bug=bug)
-    grads = emulate(emu, emu.token_reduce_bwd, d_out, out, x_kernel, w, sc, lnw, lnb, mask, lse, eps,
+    out, lse, lo = emulate(emu, emu.token_reduce_fwd, x_kernel, w, sc, lnw, lnb, mask, eps, pool_input, smem_fwd,
+                           n_sm, bug=bug)
+    assert lo.numel() == (out.numel() if dtype != torch.float32 and (pool_input or sc is not None) else 0)
+    # the backward takes out as computed, out + out_lo in fp32, where the forward gives out_lo (op.py)
+    out_bwd = out.float() + lo.float() if lo.numel() else out
+    grads = emulate(emu, emu.token_reduce_bwd, d_out, out_bwd, x_kernel, w, sc, lnw, lnb, mask, lse, eps,
                     pool_input, smem, n_sm, bug=bug)
     got = dict(zip(["x", "w_score", "scores", "ln_weight", "ln_bias"], grads))
     clean = dict(t)

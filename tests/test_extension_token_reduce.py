@@ -25,7 +25,7 @@ META = torch.device("meta")
 def test_schemas():
     assert str(FWD._schema) == (
         "skillkern::token_reduce_fwd_cuda(Tensor x, Tensor? w_score, Tensor? scores, Tensor? ln_weight, "
-        "Tensor? ln_bias, Tensor? mask, float eps, bool pool_input) -> (Tensor, Tensor)")
+        "Tensor? ln_bias, Tensor? mask, float eps, bool pool_input) -> (Tensor, Tensor, Tensor)")
     assert str(BWD._schema) == (
         "skillkern::token_reduce_bwd_cuda(Tensor d_out, Tensor out, Tensor x, Tensor? w_score, Tensor? scores, "
         "Tensor? ln_weight, Tensor? ln_bias, Tensor? mask, Tensor lse, float eps, bool pool_input) -> Tensor[]")
@@ -66,7 +66,7 @@ META_CASES = [
 @pytest.mark.parametrize("label,B,N,D,S,dtype,opts", META_CASES, ids=[c[0] for c in META_CASES])
 def test_meta_shapes_and_dtypes(label, B, N, D, S, dtype, opts):
     a = inputs(B, N, D, S, dtype, **opts)
-    out, lse = fwd(a)
+    out, lse, _ = fwd(a)
     assert (out.shape, out.dtype, out.device) == ((B, S, D), dtype, META)
     assert (lse.shape, lse.dtype) == ((B, S), torch.float32)
     grads = BWD(out, out, a["x"], a["w_score"], a["scores"], a["ln_weight"], a["ln_bias"], a["mask"], lse, 1e-5,
@@ -126,7 +126,7 @@ def test_meta_fwd_eps_error():
 @pytest.mark.parametrize("name", ["d_out", "out", "lse"])
 def test_meta_bwd_errors_name_the_argument(name):
     a = inputs(2, 5, 8, 3, torch.bfloat16)
-    out, lse = fwd(a)
+    out, lse, _ = fwd(a)
     args = {"d_out": out, "out": out, "lse": lse}
     args[name] = (torch.empty(2, 4, 8, dtype=torch.bfloat16, device=META) if name != "lse"
                   else torch.empty(2, 3, dtype=torch.bfloat16, device=META))
@@ -137,7 +137,7 @@ def test_meta_bwd_errors_name_the_argument(name):
 
 def test_meta_bwd_rejects_a_d_out_of_another_dtype():
     a = inputs(2, 5, 8, 3, torch.bfloat16)
-    out, lse = fwd(a)
+    out, lse, _ = fwd(a)
     with pytest.raises(RuntimeError, match="token_reduce_bwd_cuda: `d_out` must have x's dtype"):
         BWD(out.float(), out, a["x"], a["w_score"], None, a["ln_weight"], a["ln_bias"], a["mask"], lse, 1e-5, False)
 

@@ -37,7 +37,7 @@ TORCH_LIBRARY(skillkern_emu, m) {
   // token_reduce's ops plus the device limits the launches are sized for (bytes of shared memory
   // per block for the forward and the backward, number of SMs)
   m.def("token_reduce_fwd(Tensor x, Tensor? w_score, Tensor? scores, Tensor? ln_weight, Tensor? ln_bias, "
-        "Tensor? mask, float eps, bool pool_input, int fwd_smem, int n_sm) -> (Tensor, Tensor)");
+        "Tensor? mask, float eps, bool pool_input, int fwd_smem, int n_sm) -> (Tensor, Tensor, Tensor)");
   m.def("token_reduce_bwd(Tensor d_out, Tensor out, Tensor x, Tensor? w_score, Tensor? scores, Tensor? ln_weight, "
         "Tensor? ln_bias, Tensor? mask, Tensor lse, float eps, bool pool_input, int bwd_smem, int n_sm) -> Tensor[]");
 }

@@ -10,7 +10,7 @@ namespace {
 using at::Tensor;
 using skillkern::tokred::OptTensor;
 
-std::tuple<Tensor, Tensor> forward(const Tensor& x, const OptTensor& w_score, const OptTensor& scores,
+std::tuple<Tensor, Tensor, Tensor> forward(const Tensor& x, const OptTensor& w_score, const OptTensor& scores,
                                    const OptTensor& ln_weight, const OptTensor& ln_bias, const OptTensor& mask,
                                    double eps, bool pool_input, int64_t fwd_smem, int64_t n_sm) {
   const skillkern::tokred::DeviceLimits dev{size_t(fwd_smem), size_t(fwd_smem), int(n_sm)};

@@ -119,7 +119,6 @@ __global__ void __launch_bounds__(kThreads, 1) token_reduce_bwd_kernel(const Bwd
   const int64_t b_end = min(p.B, b_begin + p.items_per_group);
   const T* __restrict__ x = static_cast<const T*>(p.x);
   const T* __restrict__ dout = static_cast<const T*>(p.dout);
-  const T* __restrict__ out = static_cast<const T*>(p.out);
   T* __restrict__ dx = static_cast<T*>(p.dx);
   const float inf = __int_as_float(0x7f800000);
   const bool ln_bwd = p.has_ln && (p.pool_ln || !p.scores_given);  // does dx go through LN?
@@ -215,7 +214,7 @@ __global__ void __launch_bounds__(kThreads, 1) token_reduce_bwd_kernel(const Bwd
         if (s < S) {
           for (int d = lane; d < D; d += 32) {
             const float go = to_f32(dos[s * ldx + d]);
-            delta += go * to_f32(out[(bi * S + s) * D + d]);
+            delta += go * load_any(p.out, p.out_dtype, (bi * S + s) * D + d);
             if (p.pool_ln) {
               Bits h, l;
               split<T>(__fmul_rn(gs[d], go), h, l);

@@ -310,52 +310,58 @@ __global__ void __launch_bounds__(kThreads, 1) token_reduce_fwd_kernel(const Fwd
   }
   __syncthreads();
 
-  // Normalise into the staging rows os[s][d - c0] (the x buffer), then coalesced stores.
+  // Normalise into the staging rows os[s][d - c0] (the x buffer), then coalesced stores: out,
+  // then (p.out_lo) what rounding out to T dropped, through the same staging rows.
   T* os = xs;
-#pragma unroll
-  for (int mi = 0; mi < MT_MAX; ++mi) {
-    const int dt = dt0 + mi;
-    if (mi < mtiles_per_warp && dt * 16 < dp) {
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int s = nt * 8 + 2 * t + (j & 1);
-          const int d = dt * 16 + g + 8 * (j >> 1);
-          if (s < S && d < D) {
-            const float l = s_l[s];
-            float o = 0.f;  // an item with no real position
-            if (l > 0.f) {
-              const float inv = 1.f / l;
-              if (p.pool_ln) {
-                o = load_any(p.ln_w, p.ln_w_dtype, d) * ((acc[mi][nt][j] - s_corr[s]) * inv);
-                if (p.has_ln_bias) o += load_any(p.ln_b, p.ln_b_dtype, d);
-              } else {
-                o = acc[mi][nt][j] * inv;
-              }
-            }
-            os[s * ldx + d - c0] = from_f32<T>(o);
-          }
-        }
-    }
-  }
-  __syncthreads();
-
-  T* out = static_cast<T*>(p.out);
   const int width = min(kWarps * mtiles_per_warp * 16, D - c0);
-  if (p.out_vec) {
-    constexpr int kE = 16 / sizeof(T);
-    const int vpr = width / kE;  // width * sizeof(T) is a multiple of 16 when out_vec
-    for (int i = threadIdx.x; i < S * vpr; i += kThreads) {
-      const int s = i / vpr;
-      const int c = (i - s * vpr) * kE;
-      *reinterpret_cast<uint4*>(out + (b * S + s) * D + c0 + c) = *reinterpret_cast<const uint4*>(os + s * ldx + c);
+  for (int pass = 0; pass < (p.out_lo != nullptr ? 2 : 1); ++pass) {
+    if (pass == 1) __syncthreads();  // the stores of out have read the staging rows
+#pragma unroll
+    for (int mi = 0; mi < MT_MAX; ++mi) {
+      const int dt = dt0 + mi;
+      if (mi < mtiles_per_warp && dt * 16 < dp) {
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            const int s = nt * 8 + 2 * t + (j & 1);
+            const int d = dt * 16 + g + 8 * (j >> 1);
+            if (s < S && d < D) {
+              const float l = s_l[s];
+              float o = 0.f;  // an item with no real position
+              if (l > 0.f) {
+                const float inv = 1.f / l;
+                if (p.pool_ln) {
+                  o = load_any(p.ln_w, p.ln_w_dtype, d) * ((acc[mi][nt][j] - s_corr[s]) * inv);
+                  if (p.has_ln_bias) o += load_any(p.ln_b, p.ln_b_dtype, d);
+                } else {
+                  o = acc[mi][nt][j] * inv;
+                }
+              }
+              const T rounded = from_f32<T>(o);
+              os[s * ldx + d - c0] = pass == 0 ? rounded : from_f32<T>(o - to_f32(rounded));
+            }
+          }
+      }
     }
-  } else {
-    for (int i = threadIdx.x; i < S * width; i += kThreads) {
-      const int s = i / width;
-      const int c = i - s * width;
-      out[(b * S + s) * D + c0 + c] = os[s * ldx + c];
+    __syncthreads();
+
+    T* out = static_cast<T*>(pass == 0 ? p.out : p.out_lo);
+    if (p.out_vec) {
+      constexpr int kE = 16 / sizeof(T);
+      const int vpr = width / kE;  // width * sizeof(T) is a multiple of 16 when out_vec
+      for (int i = threadIdx.x; i < S * vpr; i += kThreads) {
+        const int s = i / vpr;
+        const int c = (i - s * vpr) * kE;
+        *reinterpret_cast<uint4*>(out + (b * S + s) * D + c0 + c) =
+            *reinterpret_cast<const uint4*>(os + s * ldx + c);
+      }
+    } else {
+      for (int i = threadIdx.x; i < S * width; i += kThreads) {
+        const int s = i / width;
+        const int c = i - s * width;
+        out[(b * S + s) * D + c0 + c] = os[s * ldx + c];
+      }
     }
   }
   if (chunk == 0 && static_cast<int>(threadIdx.x) < S) {

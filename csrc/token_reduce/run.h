@@ -125,8 +125,15 @@ void set_common(Params& p, const at::Tensor& x, const at::Tensor& m, const at::T
   p.w_exact = w.defined() && !p.has_ln && w.scalar_type() == x.scalar_type() && x.element_size() == 2;
 }
 
-// (out, lse) of skillkern::token_reduce_fwd; the arguments are checked (tokred_host.cpp).
-inline std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& x_in, const OptTensor& w_score,
+// Whether the forward also returns out's rounding residual: 16-bit x pooled raw (pool_input, or
+// scores given: token_pool), whose mean can dwarf its spread, so that delta = <d_out, out> on the
+// rounded out would lose the gradient's small part. The Triton op's rule (triton_impl.needs_lo).
+inline bool wants_lo(const at::Tensor& x, bool scores_given, bool pool_input) {
+  return (pool_input || scores_given) && x.element_size() == 2;
+}
+
+// (out, lse, out_lo) of skillkern::token_reduce_fwd; the arguments are checked (tokred_host.cpp).
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> run_forward(const at::Tensor& x_in, const OptTensor& w_score,
                                                       const OptTensor& scores, const OptTensor& ln_weight,
                                                       const OptTensor& ln_bias, const OptTensor& mask, double eps,
                                                       bool pool_input, const DeviceLimits& dev, cudaStream_t stream) {
@@ -136,7 +143,8 @@ inline std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& x_in, co
   const int N = static_cast<int>(x.size(1)), D = static_cast<int>(x.size(2));
   at::Tensor out = at::empty({B, S, D}, x.options());
   at::Tensor lse = at::empty({B, S}, x.options().dtype(at::kFloat));
-  if (B == 0) return {out, lse};
+  at::Tensor lo = wants_lo(x, scores.has_value(), pool_input) ? at::empty({B, S, D}, x.options()) : x.new_empty({0});
+  if (B == 0) return {out, lse, lo};
 
   const int elem = static_cast<int>(x.element_size());
   const Geometry geo = make_geometry(elem, D, S);
@@ -155,11 +163,12 @@ inline std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& x_in, co
   FwdParams p{};
   set_common(p, x, m, w, sc, lnw, lnb, prep, S, eps, geo, cfg.stages, pool_input);
   p.out = out.mutable_data_ptr();
+  p.out_lo = lo.numel() ? lo.mutable_data_ptr() : nullptr;
   p.lse = lse.mutable_data_ptr<float>();
   p.x_vec = (int64_t(D) * elem) % 16 == 0 && aligned16(p.x);
-  p.out_vec = (int64_t(D) * elem) % 16 == 0 && aligned16(p.out);
+  p.out_vec = (int64_t(D) * elem) % 16 == 0 && aligned16(p.out) && (p.out_lo == nullptr || aligned16(p.out_lo));
   SK_DISPATCH_FLOAT(x.scalar_type(), kFwd, [&] { launch_fwd<scalar_t>(p, cfg.mtn, cfg.smem, stream); });
-  return {out, lse};
+  return {out, lse, lo};
 }
 
 // [dx, d_w_score, d_scores, d_ln_weight, d_ln_bias] of skillkern::token_reduce_bwd (absent ones
@@ -212,6 +221,7 @@ inline std::vector<at::Tensor> run_backward(const at::Tensor& d_out_in, const at
   set_common(p, x, m, w, sc, lnw, lnb, prep, S, eps, geo, cfg.stages, pool_input);
   p.dout = d_out.const_data_ptr();
   p.out = out.const_data_ptr();
+  p.out_dtype = dtype_code(out.scalar_type());
   p.lse = lse.const_data_ptr<float>();
   p.dscores = sc.defined() ? ds.mutable_data_ptr() : nullptr;
   p.w = ptr_or_null(w);

@@ -122,6 +122,7 @@ struct FwdParams {
   const float* c1;         // prep: [8 nt]
   const float* c2;
   void* out;               // (B, S, D) T
+  void* out_lo;            // (B, S, D) T: out's rounding residual (run.h: wants_lo), or null
   float* lse;              // (B, S) fp32
   int64_t B;
   int N, D, S;
@@ -136,7 +137,8 @@ struct FwdParams {
 struct BwdParams {
   const void* x;           // (B, N, D) T
   const void* dout;        // (B, S, D) T
-  const void* out;         // (B, S, D) T
+  const void* out;         // (B, S, D) T, or fp32 (out + out_lo: out as the forward computed it)
+  int out_dtype;
   const float* lse;        // (B, S)
   const uint8_t* mask;
   const void* scores;

@@ -93,8 +93,10 @@ void check_bwd_extra(const at::Tensor& d_out, const at::Tensor& out, const at::T
   for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{d_out, "d_out"}, {out, "out"}}) {
     TORCH_CHECK(t.dim() == 3 && t.sym_size(0) == B && t.sym_size(1) == S && t.sym_size(2) == D, kBwd, ": `", name,
                 "` must have shape (B=", B, ", S=", S, ", D=", D, "), got ", t.sym_sizes());
-    TORCH_CHECK(t.scalar_type() == x.scalar_type(), kBwd, ": `", name, "` must have x's dtype ", x.scalar_type(),
-                ", got ", t.scalar_type());
+    // out may also be float32: out + out_lo, out as the forward computed it
+    const bool f32_ok = t.is_same(out) && t.scalar_type() == at::kFloat;
+    TORCH_CHECK(t.scalar_type() == x.scalar_type() || f32_ok, kBwd, ": `", name, "` must have x's dtype ",
+                x.scalar_type(), t.is_same(out) ? " (or float32)" : "", ", got ", t.scalar_type());
     TORCH_CHECK(t.device() == x.device(), kBwd, ": `", name, "` is on ", t.device(), " but x is on ", x.device());
   }
   SK_CHECK_ARG(lse.dim() == 2 && lse.sym_size(0) == B && lse.sym_size(1) == S, kBwd, "lse", "must have shape (B=", B,
@@ -105,14 +107,17 @@ void check_bwd_extra(const at::Tensor& d_out, const at::Tensor& out, const at::T
 
 // ----------------------------------------------------------------------------- Meta
 
-std::tuple<at::Tensor, at::Tensor> fwd_meta(const at::Tensor& x, const OptTensor& w_score, const OptTensor& scores,
-                                            const OptTensor& ln_weight, const OptTensor& ln_bias,
-                                            const OptTensor& mask, double eps, bool /*pool_input*/) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fwd_meta(const at::Tensor& x, const OptTensor& w_score,
+                                                        const OptTensor& scores, const OptTensor& ln_weight,
+                                                        const OptTensor& ln_bias, const OptTensor& mask, double eps,
+                                                        bool pool_input) {
   const c10::SymInt S = check_common(kFwd, x, w_score, scores, ln_weight, ln_bias, mask, eps);
   const c10::SymInt B = x.sym_size(0), D = x.sym_size(2);
   at::Tensor out = at::empty_symint({B, S, D}, x.options());
   at::Tensor lse = at::empty_symint({B, S}, x.options().dtype(at::kFloat));
-  return {out, lse};
+  at::Tensor lo = tokred::wants_lo(x, scores.has_value(), pool_input) ? at::empty_symint({B, S, D}, x.options())
+                                                                        : x.new_empty({0});
+  return {out, lse, lo};
 }
 
 std::vector<at::Tensor> bwd_meta(const at::Tensor& d_out, const at::Tensor& out, const at::Tensor& x,
@@ -137,9 +142,10 @@ tokred::DeviceLimits limits_of_current_device() {
   return {prop->sharedMemPerBlockOptin, prop->sharedMemPerBlockOptin, prop->multiProcessorCount};
 }
 
-std::tuple<at::Tensor, at::Tensor> fwd_cuda(const at::Tensor& x, const OptTensor& w_score, const OptTensor& scores,
-                                            const OptTensor& ln_weight, const OptTensor& ln_bias,
-                                            const OptTensor& mask, double eps, bool pool_input) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fwd_cuda(const at::Tensor& x, const OptTensor& w_score,
+                                                        const OptTensor& scores, const OptTensor& ln_weight,
+                                                        const OptTensor& ln_bias, const OptTensor& mask, double eps,
+                                                        bool pool_input) {
   check_common(kFwd, x, w_score, scores, ln_weight, ln_bias, mask, eps);
   check_cuda_inputs(kFwd, x);
   const c10::cuda::CUDAGuard device_guard(x.device());

@@ -34,8 +34,9 @@
 // element is written (padding tokens get exact zeros). Offsets that multiply strides are int64.
 //
 // Shared memory (bf16, KC = 32): P 2 x 128 x 40 x 2 B = 20 KB, src 3 x 32 x 136 x 2 B = 26 KB,
-// + 3.1 KB of row metadata and A's picks = 49 KB; fp32 (KC = 16): 48 KB. 64 accumulators per
-// thread cap residency at 2 blocks (16 warps) per SM, hence the explicit load pipelining.
+// + 3.1 KB of row metadata and A's picks = 49 KB; fp32 (KC = 16): 48 KB. One block (8 warps) per
+// SM: __launch_bounds__(256, 1) lets it use 180-255 registers (at 128, for two blocks, it spilled
+// 48-544 B), hence the explicit load pipelining.
 //
 // Floor at the goal shape (Bi = Bt = 1024, Ni = 50, Nt = 32, D = 256, bf16): two GEMMs of the
 // forward's size, 1.72e12 FLOP = 2.17 ms at 790 TFLOP/s; the dense P tile costs Ny x the
@@ -116,7 +117,7 @@ __device__ __forceinline__ int load_index32(const void* base, int bytes, int64_t
 }
 
 template <typename T, class Cfg>
-__global__ void __launch_bounds__(kThreads, 2)
+__global__ void __launch_bounds__(kThreads, 1)
     _token_similarity_bwd_kernel(const BwdProblem p, int64_t n_col_tiles) {
   constexpr int MT = Cfg::MT, NT = Cfg::NT, KC = Cfg::KC, STAGES = Cfg::STAGES;
   constexpr int LDP = Cfg::LDP, LDB = Cfg::LDB;

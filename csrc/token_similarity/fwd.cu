@@ -30,13 +30,14 @@
 // operand elements per RT * CT similarities: 64 FLOP per byte of L2 traffic in bf16.
 //
 // Shared memory (bf16/fp16, 128 x 128, KC = 32): stages 3 x (128 + 128) x 40 x 2 B = 60 KB,
-// aliased with S 128 x 132 x 4 B = 66 KB; + 12 KB reduction state = 78 KB per block (2 blocks
-// per H100 SM). The fp32 S tile is needed: reducing bf16-rounded similarities would create ties.
+// aliased with S 128 x 132 x 4 B = 66 KB; + 12 KB reduction state = 78 KB per block. Registers:
+// one block per SM (__launch_bounds__(256, 1): ~200-255 per thread; capped at 128 for two blocks,
+// every instantiation spilled 140-790 B). The fp32 S tile is needed: reducing bf16-rounded
+// similarities would create ties.
 //
 // Floor at the goal shape (Bi = Bt = 1024, Ni = 50, Nt = 32, D = 256, bf16): 8.6e11 FLOP,
 // 1.09 ms at 790 TFLOP/s (benchmarks/NOTES.md); the reduction phases add ~8 CUDA-core ops per
-// similarity (~0.56 ms of ALU time if nothing overlaps; two resident blocks per SM let one
-// block's reductions overlap the other's MMA).
+// similarity (~0.56 ms of ALU time, not overlapped with the MMA at one block per SM).
 //
 // Deterministic: no atomics; every sum has a fixed order (column order within a chunk, chunk
 // order across chunks, fixed butterflies across lanes). Offsets that multiply strides are int64.
@@ -94,7 +95,7 @@ struct FwdCfg {
 };
 
 template <typename T, class Cfg>
-__global__ void __launch_bounds__(kThreads, 2)
+__global__ void __launch_bounds__(kThreads, 1)
     _token_similarity_fwd_kernel(const FwdProblem p, int tile_items, int64_t group_items, int64_t n_groups) {
   constexpr int RT = Cfg::RT, CT = Cfg::CT, KC = Cfg::KC, STAGES = Cfg::STAGES;
   constexpr int LDK = Cfg::LDK, LDS = Cfg::LDS;

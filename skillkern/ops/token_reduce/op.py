@@ -2,7 +2,7 @@
 
 Ops in the skillkern:: namespace (custom_op + register_fake + register_autograd):
   skillkern::token_reduce_fwd(x, w_score?, scores?, ln_weight?, ln_bias?, mask?, eps, pool_input)
-      -> (out, lse, out_lo)   (the cuda op returns (out, lse))
+      -> (out, lse, out_lo)   (token_reduce_fwd_cuda too)
   skillkern::token_reduce_bwd(d_out, out, x, w_score?, scores?, ln_weight?, ln_bias?, mask?, lse, eps,
                               pool_input) -> (dx, d_w_score, d_scores, d_ln_weight, d_ln_bias)
 backend="cuda" runs skillkern::token_reduce_fwd_cuda / _bwd_cuda (csrc/token_reduce/, same
@@ -97,8 +97,8 @@ def _(d_out, out, x, w_score, scores, ln_weight, ln_bias, mask, lse, eps, pool_i
 
 def _setup_context(ctx, inputs, output):
     x, w_score, scores, ln_weight, ln_bias, mask, eps, pool_input = inputs
-    out, lse = output[:2]  # the Triton op adds out's rounding residual (maybe empty); cuda's does not
-    lo = output[2] if len(output) > 2 and output[2].numel() else None
+    out, lse, lo = output  # lo: out's rounding residual, empty where out is exact enough
+    lo = lo if lo.numel() else None
     ctx.save_for_backward(out, x, w_score, scores, ln_weight, ln_bias, mask, lse, lo)
     ctx.eps, ctx.pool_input = eps, pool_input
 
