@@ -19,15 +19,16 @@
 //
 // Code: fwd.cuh (GEMM1 kernel, run_forward), down.cuh (GEMM2, combine), gemm.cuh (tiles),
 // csrc/ptx.cuh (the CUDA-only primitives; csrc/emu/ runs the rest on the CPU in the tests).
-// Tiling (gemm.cuh): 128 x 128 x BK blocks, 8 warps, wmma bf16/fp16 -> fp32 (fp32 inputs: SIMT
-// fmaf, exact fp32), 3-stage cp.async pipeline, 57-61 KB of shared memory; swiglu's GEMM1
-// uses 128 x 64 tiles (two accumulators per thread). Determinism: no atomics anywhere; every
-// output element is written by exactly one thread with a fixed summation order.
+// Tiling (gemm.cuh): 128 x 128 x BK blocks, 8 warps, mma.sync bf16/fp16 -> fp32 on ldmatrix
+// fragments (fp32 inputs: SIMT fmaf, exact fp32), 3-stage cp.async pipeline, 57-61 KB of
+// shared memory; swiglu's GEMM1 uses 128 x 64 tiles (two accumulators per thread).
+// Determinism: no atomics anywhere; every output element is written by exactly one thread with
+// a fixed summation order.
 //
 // Floor (goal shape d = 1024, h = 4096, E = 6, T = 32k, k = 1, bf16): 2 GEMMs x 2*T*d*h =
 // 0.55 TFLOP -> ~0.7 ms at the ~790 TFLOP/s of wgmma on an H100/H200; memory (x, w, hid
-// written + read, y) ~0.4 GB -> ~0.13 ms, so compute-bound. This kernel uses mma.sync-class
-// wmma (no wgmma / TMA), whose ceiling on Hopper is roughly 60% of that peak.
+// written + read, y) ~0.4 GB -> ~0.13 ms, so compute-bound. This kernel uses mma.sync (no
+// wgmma / TMA), whose ceiling on Hopper is roughly 60% of that peak.
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>

@@ -5,11 +5,13 @@
 // Block tile. BM x BN outputs per block, K in steps of BK = 64 bytes of operand (32 bf16/fp16
 // or 16 fp32 elements), 3-stage cp.async pipeline (16-byte copies, zero-fill past the edges).
 // Warps own (BM / WARPS_M) x (BN / WARPS_N) warp tiles made of 16 x 16 blocks.
-//  - fp16 / bf16: nvcuda::wmma 16x16x16 fragments, fp32 accumulators (mma.sync on sm_80/90).
+//  - fp16 / bf16: mma.sync m16n8k16 with fp32 accumulators, operand fragments loaded by
+//    ldmatrix.x4 (.trans where the tile's contiguous dimension is not the fragment's): two 16 x 8
+//    MMAs per 16 x 16 block, four ldmatrix.x4 per 16 x 16 x 16 step of A and B together.
 //  - fp32: the same tiles and pipeline, SIMT fmaf (exact IEEE fp32 products and sums, like
 //    torch.mm under the default "highest" precision and the Triton backend's "ieee" dots).
 // Shared memory rows are padded by 16 bytes: 8 consecutive rows then start in 8 different
-// 4-bank groups, so the wmma loads (8 rows x 16 bytes per phase) are conflict-free.
+// 4-bank groups, so the ldmatrix phases (8 rows x 16 bytes) are conflict-free.
 // Smem per stage: A BM x (BK + pad) + B BK x (BN + pad) (or BN x (BK + pad) when B is read
 // transposed). 128 x 128, 16-bit: 10,240 + 8,704 (10,240) bytes -> 3 stages = 56.8 (61.4) KB,
 // so 3 blocks fit an H100 SM (227 KB) and 2 an A100 SM (164 KB).
@@ -20,7 +22,7 @@
 //   B row: [BK][BN + pad], B(k, n) = Bs[k * ldb + n]   (w1, w2 as stored)
 //   B col: [BN][BK + pad], B(k, n) = Bs[n * ldb + k]   (w1^T, w2^T: read through the transpose)
 // The global tile is always copied row by row in its own layout (its contiguous dim stays
-// contiguous), and the wmma fragment layout (row_major / col_major) does the transpose.
+// contiguous), and ldmatrix's .trans does the transpose.
 //
 // Unaligned shapes (a row length that is not a multiple of 16 bytes, or an unaligned base)
 // take a synchronous element-wise copy into the same buffers (a uniform runtime branch), so
@@ -29,7 +31,6 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <mma.h>
 
 #include <cstdint>
 #include <type_traits>
@@ -127,16 +128,21 @@ struct WarpAcc {
   }
 };
 
-// fp16 / bf16: wmma accumulator fragments (their element order is unspecified, so the
-// epilogue goes through a per-warp staging block in shared memory).
+// fp16 / bf16: mma.sync m16n8 accumulators, two per 16 x 16 block (h = the column half). Lane
+// L = 4g + t holds c[h][0..1] = rows g, columns 8h + 2t, +1 and c[h][2..3] = row g + 8, the same
+// columns; the epilogue regroups them through a per-warp staging block in shared memory.
 template <typename T, int FM, int FN>
 struct WarpAcc<T, FM, FN, true> {
-  nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> f[FM][FN];
+  float c[FM][FN][2][4];
   __device__ __forceinline__ void zero() {
 #pragma unroll
     for (int i = 0; i < FM; ++i)
 #pragma unroll
-      for (int j = 0; j < FN; ++j) nvcuda::wmma::fill_fragment(f[i][j], 0.f);
+      for (int j = 0; j < FN; ++j)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+          for (int q = 0; q < 4; ++q) c[i][j][h][q] = 0.f;
   }
 };
 
@@ -148,8 +154,14 @@ __device__ __forceinline__ void block_values(const WarpAcc<T, FM, FN>& acc, int 
                                              float (&out)[8]) {
   if constexpr (kTensorCore<T>) {
     const int lane = threadIdx.x % 32;
-    __syncwarp();  // store_matrix_sync is warp-collective: reconverge lanes that skipped a tail
-    nvcuda::wmma::store_matrix_sync(stage, acc.f[i][j], kStageLd, nvcuda::wmma::mem_row_major);
+    const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      *reinterpret_cast<float2*>(stage + g * kStageLd + 8 * h + 2 * t) =
+          make_float2(acc.c[i][j][h][0], acc.c[i][j][h][1]);
+      *reinterpret_cast<float2*>(stage + (g + 8) * kStageLd + 8 * h + 2 * t) =
+          make_float2(acc.c[i][j][h][2], acc.c[i][j][h][3]);
+    }
     __syncwarp();
     const float4* src = reinterpret_cast<const float4*>(stage + (lane >> 1) * kStageLd + (lane & 1) * 8);
     const float4 lo = src[0], hi = src[1];
@@ -171,28 +183,42 @@ __device__ __forceinline__ void mma_stage(const T* As, const T* Bs0, WarpAcc<T, 
   constexpr int LDA = L::LDA, LDB = L::LDB;
   constexpr int B_STRIDE = L::B_BYTES / int(sizeof(T));  // elements between the NB B tiles
   if constexpr (kTensorCore<T>) {
-    namespace wmma = nvcuda::wmma;
-    using ALayout = typename std::conditional<A_COL, wmma::col_major, wmma::row_major>::type;
-    using BLayout = typename std::conditional<B_COL, wmma::col_major, wmma::row_major>::type;
-    __syncwarp();  // the fragment loads and mma_sync are warp-collective (the copy loops may diverge)
+    // ldmatrix.x4: lane 8q + r gives row r of 8 x 8 matrix q. A (m16 x k16, row operand):
+    // matrices (m 0-7, k 0-7), (m 8-15, k 0-7), (m 0-7, k 8-15), (m 8-15, k 8-15); B (k16 x n16,
+    // col operand of two n8 MMAs): (k 0-7, n 0-7), (k 8-15, n 0-7), (k 0-7, n 8-15), (k 8-15,
+    // n 8-15). A tile stored k-major (A col) and B stored k-major (B row) load with .trans.
+    const int lane = threadIdx.x % 32;
+    const int q = lane >> 3, r = lane & 7;
+    __syncwarp();  // ldmatrix and mma.sync are warp-collective (the copy loops may diverge)
 #pragma unroll
     for (int kk = 0; kk < S::BK; kk += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, ALayout> fa[S::FM];
+      uint32_t fa[S::FM][4];
 #pragma unroll
       for (int i = 0; i < S::FM; ++i) {
-        const int m = m0 + 16 * i;
-        wmma::load_matrix_sync(fa[i], A_COL ? As + kk * LDA + m : As + m * LDA + kk, LDA);
+        const int m = m0 + 16 * i + (q & 1) * 8, k = kk + (q >> 1) * 8;
+        if constexpr (A_COL) {
+          ldmatrix_x4_trans(fa[i], As + (k + r) * LDA + m);
+        } else {
+          ldmatrix_x4(fa[i], As + (m + r) * LDA + k);
+        }
       }
 #pragma unroll
       for (int nb = 0; nb < NB; ++nb) {
         const T* Bs = Bs0 + nb * B_STRIDE;
 #pragma unroll
         for (int j = 0; j < S::FN; ++j) {
-          const int n = n0 + 16 * j;
-          wmma::fragment<wmma::matrix_b, 16, 16, 16, T, BLayout> fb;
-          wmma::load_matrix_sync(fb, B_COL ? Bs + n * LDB + kk : Bs + kk * LDB + n, LDB);
+          const int n = n0 + 16 * j + (q >> 1) * 8, k = kk + (q & 1) * 8;
+          uint32_t fb[4];  // {b0, b1} of columns n0 + 16j .. +7, then of +8 .. +15
+          if constexpr (B_COL) {
+            ldmatrix_x4(fb, Bs + (n + r) * LDB + k);
+          } else {
+            ldmatrix_x4_trans(fb, Bs + (k + r) * LDB + n);
+          }
 #pragma unroll
-          for (int i = 0; i < S::FM; ++i) wmma::mma_sync(acc[nb].f[i][j], fa[i], fb, acc[nb].f[i][j]);
+          for (int i = 0; i < S::FM; ++i) {
+            mma_m16n8<T>(acc[nb].c[i][j][0], fa[i], fb[0], fb[1]);
+            mma_m16n8<T>(acc[nb].c[i][j][1], fa[i], fb[2], fb[3]);
+          }
         }
       }
     }
