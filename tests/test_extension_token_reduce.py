@@ -66,9 +66,12 @@ META_CASES = [
 @pytest.mark.parametrize("label,B,N,D,S,dtype,opts", META_CASES, ids=[c[0] for c in META_CASES])
 def test_meta_shapes_and_dtypes(label, B, N, D, S, dtype, opts):
     a = inputs(B, N, D, S, dtype, **opts)
-    out, lse, _ = fwd(a)
+    out, lse, lo = fwd(a)
     assert (out.shape, out.dtype, out.device) == ((B, S, D), dtype, META)
     assert (lse.shape, lse.dtype) == ((B, S), torch.float32)
+    # out's rounding residual where 16-bit x is pooled raw (scores given here), else 0-element
+    raw16 = dtype != torch.float32 and a["scores"] is not None
+    assert (tuple(lo.shape), lo.dtype) == ((B, S, D) if raw16 else (0,), dtype)
     grads = BWD(out, out, a["x"], a["w_score"], a["scores"], a["ln_weight"], a["ln_bias"], a["mask"], lse, 1e-5,
                 False)
     assert len(grads) == 5
@@ -135,6 +138,21 @@ def test_meta_bwd_errors_name_the_argument(name):
             args["lse"], 1e-5, False)
 
 
+def test_meta_fwd_residual_with_pool_input_and_fp32_out_in_bwd():
+    """pool_input pools raw x: 16-bit x gets out_lo, and the backward takes out + out_lo as fp32
+    (only `out` may be fp32: d_out keeps x's dtype)."""
+    a = inputs(2, 5, 8, 3, torch.bfloat16)
+    out, lse, lo = fwd(a, pool_input=True)
+    assert lo.shape == out.shape and lo.dtype == torch.bfloat16
+    grads = BWD(out, out.float() + lo.float(), a["x"], a["w_score"], None, a["ln_weight"], a["ln_bias"], a["mask"],
+                lse, 1e-5, True)
+    assert grads[0].shape == a["x"].shape
+    exact = out.float() + lo.float()
+    for d_out in (out.float(), exact):  # the very tensor passed as out too: still refused as d_out
+        with pytest.raises(RuntimeError, match="token_reduce_bwd_cuda: `d_out`"):
+            BWD(d_out, exact, a["x"], a["w_score"], None, a["ln_weight"], a["ln_bias"], a["mask"], lse, 1e-5, True)
+
+
 def test_meta_bwd_rejects_a_d_out_of_another_dtype():
     a = inputs(2, 5, 8, 3, torch.bfloat16)
     out, lse, _ = fwd(a)
@@ -159,7 +177,7 @@ def test_compile_fullgraph_and_autograd_on_meta(pool, dtype):
     leaves = [t.requires_grad_() for n, t in a.items() if t is not None and n != "mask"]
 
     def f(x, w_score, scores, ln_weight, ln_bias, mask):
-        out, lse = torch.ops.skillkern.token_reduce_fwd_cuda(x * 2, w_score, scores, ln_weight, ln_bias, mask, 1e-5,
+        out, lse, _ = torch.ops.skillkern.token_reduce_fwd_cuda(x * 2, w_score, scores, ln_weight, ln_bias, mask, 1e-5,
                                                              False)
         return out.float().square().sum() + lse.sum(), out
 
@@ -181,7 +199,7 @@ def test_compile_dynamic_shapes_on_meta():
     """dynamic=True: the Meta kernels see symbolic B and N (their checks guard on them); one
     compiled graph serves two batch shapes, with gradients of the right shapes."""
     def f(x, w, lw, lb, mask):
-        out, lse = torch.ops.skillkern.token_reduce_fwd_cuda(x, w, None, lw, lb, mask, 1e-5, False)
+        out, lse, _ = torch.ops.skillkern.token_reduce_fwd_cuda(x, w, None, lw, lb, mask, 1e-5, False)
         return out.float().square().sum() + lse.sum(), out
 
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager", dynamic=True)

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <limits>
 #include <optional>
+#include <string_view>
 #include <tuple>
 #include <vector>
 
@@ -94,9 +95,9 @@ void check_bwd_extra(const at::Tensor& d_out, const at::Tensor& out, const at::T
     TORCH_CHECK(t.dim() == 3 && t.sym_size(0) == B && t.sym_size(1) == S && t.sym_size(2) == D, kBwd, ": `", name,
                 "` must have shape (B=", B, ", S=", S, ", D=", D, "), got ", t.sym_sizes());
     // out may also be float32: out + out_lo, out as the forward computed it
-    const bool f32_ok = t.is_same(out) && t.scalar_type() == at::kFloat;
-    TORCH_CHECK(t.scalar_type() == x.scalar_type() || f32_ok, kBwd, ": `", name, "` must have x's dtype ",
-                x.scalar_type(), t.is_same(out) ? " (or float32)" : "", ", got ", t.scalar_type());
+    const bool is_out = std::string_view(name) == "out";
+    TORCH_CHECK(t.scalar_type() == x.scalar_type() || (is_out && t.scalar_type() == at::kFloat), kBwd, ": `", name,
+                "` must have x's dtype ", x.scalar_type(), is_out ? " (or float32)" : "", ", got ", t.scalar_type());
     TORCH_CHECK(t.device() == x.device(), kBwd, ": `", name, "` is on ", t.device(), " but x is on ", x.device());
   }
   SK_CHECK_ARG(lse.dim() == 2 && lse.sym_size(0) == B && lse.sym_size(1) == S, kBwd, "lse", "must have shape (B=", B,
