@@ -14,14 +14,17 @@ Arg-max state, laid out for the kernels:
   C[a, b, l] = which token of image a text token (b, l) matched       (Bi, Bt, Nt)
 
 Backward: for a pair (a, b) the gradient w.r.t. S is the sparse matrix
-    P[k, l] = g_i2t[a,b] / n_a * [l == R[a,k,b]] + g_t2i[a,b] / n_b * [k == C[b,l,a]]
+    P[k, l] = g_i2t[a,b] / n_a * [l == R[a,k,b]] + g_t2i[a,b] / n_b * [k == C[a,b,l]]
 (real tokens only), so d_img[a] = sum_b P_ab @ txt[b] and d_txt[b] = sum_a P_ab^T @ img[a]:
 two GEMMs over all pairs, computed transposed (D block x rows) so that P, built in registers
 from the indices once per tile for the full D block, is the shared-memory operand of wgmma.
 One program owns a block of output rows and loops over every partner: no atomics,
 deterministic.
-Features of padding tokens are never loaded (masked loads select 0, never a multiplication by
-the mask): NaN or inf there reaches no output. Offsets that multiply strides are int64.
+Features of padding tokens never reach an output (NaN or inf there included): masked loads
+select 0, never a multiplication by the mask. The exception, image rows fetched whole by TMA,
+is made only where it is safe: in the forward a padding token's row of S is selected away (a
+select, not arithmetic), and d_txt uses TMA only when no image token is masked. Offsets that
+multiply strides are int64.
 """
 import triton
 import triton.language as tl
