@@ -287,7 +287,8 @@ def profile_calls(calls: list, kernels: dict, ctx: dict, target: roofline.Target
                    mma_shape=facts["mma_shape"],
                    wgmma_pipelined=_wgmma_pipelined(facts), wgmma_serialized=facts["wgmma_serialized"],
                    loads=facts["loads"], tma=facts["loads"] == "tma", loads_pipelined=_loads_pipelined(facts),
-                   sass_counts=facts["sass_counts"], hot_loop=facts.get("hot_loop"), programs=programs, flops=work.flops, hbm_bytes=work.hbm_bytes,
+                   sass_counts=facts["sass_counts"], hot_loop=facts.get("hot_loop"), programs=programs,
+                   flops=work.flops, hbm_bytes=work.hbm_bytes,
                    l2_bytes=work.l2_bytes, predicted_ms=pred["predicted_ms"], limiter=pred["limiter"],
                    terms=pred["terms"], fits=static_fits(facts, cc), launch=L.site, note=facts.get("note"),
                    compile_s=round(time.time() - t0, 2))

@@ -176,7 +176,7 @@ def hot_loop(sass: str) -> dict | None:
     per step beside the tensor cores (the roofline's `issue` term)."""
     ins = [(int(a, 16), op, rest) for a, op, rest in _INSTR.findall(sass)]
     best = None
-    for i, (addr, op, rest) in enumerate(ins):
+    for addr, op, rest in ins:
         m = _TARGET.search(rest) if op.startswith("BRA") else None
         if m is None or int(m.group(1), 16) >= addr:
             continue

@@ -45,9 +45,9 @@ def _text_columns(tmask_ptr, b0, l0, Bt, Nt, s_tm, HAS_TMASK: tl.constexpr, BLOC
 
 
 @triton.jit
-def _image_tokens_ok(imask_ptr, a, k, Bi, Ni, s_im, HAS_IMASK: tl.constexpr):
-    """Token k of images a is real."""
-    ok = (a < Bi) & (k < Ni)
+def _image_tokens_ok(imask_ptr, a, k, Bi, s_im, HAS_IMASK: tl.constexpr):
+    """Token k (< Ni) of images a is real."""
+    ok = a < Bi
     if HAS_IMASK:
         ok = ok & (tl.load(imask_ptr + a.to(tl.int64) * s_im + k, mask=ok, other=0) != 0)
     return ok
@@ -127,7 +127,7 @@ def _filip_fwd_kernel(
     if USE_TMA:
         x_desc = _token_rows_desc(img_ptr, Bi, Ni, s_ib, BLOCK_I, BLOCK_D)
     for k in range(0, Ni):
-        x_ok = _image_tokens_ok(imask_ptr, a, k, Bi, Ni, s_im, HAS_IMASK)
+        x_ok = _image_tokens_ok(imask_ptr, a, k, Bi, s_im, HAS_IMASK)
         s = _similarity_step(x_desc, x_rows, y_rows, yt, x_ok, col_ok, tl.program_id(0) * BLOCK_I, k, D, s_in,
                              USE_TMA, RESIDENT, PRECISION, BLOCK_I, BLOCK_T * NT_PAD, BLOCK_D)
         # t2i: running maximum over the image's real tokens; strict > keeps the first of equal maxima
@@ -197,7 +197,7 @@ def _filip_bwd_img_kernel(
     k = tl.program_id(1)
     dd = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
     dm = dd < D
-    x_ok = _image_tokens_ok(imask_ptr, a, k, Bi, Ni, s_im, HAS_IMASK)
+    x_ok = _image_tokens_ok(imask_ptr, a, k, Bi, s_im, HAS_IMASK)
     acc = tl.zeros([BLOCK_D, BLOCK_I], dtype=tl.float32)
     for b0 in range(0, Bt, BLOCK_T):
         tb = b0 + tl.arange(0, BLOCK_T)
@@ -237,7 +237,7 @@ def _filip_bwd_txt_kernel(
     for k in range(0, Ni):
         for a0 in range(0, Bi, BLOCK_I):
             a = a0 + tl.arange(0, BLOCK_I)
-            x_ok = _image_tokens_ok(imask_ptr, a, k, Bi, Ni, s_im, HAS_IMASK)
+            x_ok = _image_tokens_ok(imask_ptr, a, k, Bi, s_im, HAS_IMASK)
             if USE_TMA:  # no image mask: every row is real (the copy engine zero-fills past Bi)
                 x = x_desc.load([a0, k * BLOCK_D])
             else:

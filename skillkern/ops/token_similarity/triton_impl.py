@@ -4,8 +4,9 @@ the caller (op.py) passes the dtypes of the arg-max indices, which its fake kern
 Roles: the kernels loop over the tokens of one side (any number) and hold whole items of the
 other, padded to a power of two of at most _MAX_HELD tokens. The side held is the text side
 unless the image side pads better (e.g. Ni = 12, Nt = 77) or only the image side fits; then the
-launchers run the same kernels with the roles exchanged. The arg-max state is laid out so that
-the exchange costs nothing: R (Bi, Ni, Bt) of one orientation is C (Bt', Nt', Bi') of the other.
+launchers run the same kernels with the roles exchanged. The arg-max state (kernels.py: R, C)
+keeps the layout of the orientation it was made in: state_shapes gives its shapes, and
+logical_indices (Bi, Bt, N) views of it.
 """
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from skillkern.ops.token_similarity import kernels as K
 
 _MAX_HELD = 256  # tokens per item of the side a program holds whole (the tile's columns)
 _BLOCK_I = 64  # items of the looped side per program: the wgmma M
-_RESIDENT_BYTES = 64 * 1024
-_K_STEP = 64  # the backward GEMMs' K per step: the one-hot tile built in registers is 128 x _K_STEP  # the held tile stays in shared memory over the loop up to this size
+_RESIDENT_BYTES = 64 * 1024  # the held tile stays in shared memory over the loop up to this size
+_K_STEP = 64  # the backward GEMMs' K per step: the one-hot tile built in registers is 128 x _K_STEP
 
 
 def _pad(n: int) -> int:
