@@ -107,8 +107,8 @@ TORCH_LIBRARY(skillkern, m) {
   m.def("token_similarity_bwd_cuda(Tensor g_i2t, Tensor g_t2i, Tensor img, Tensor txt, "
         "Tensor? img_mask, Tensor? txt_mask, Tensor row_idx, Tensor col_idx) -> (Tensor, Tensor)");
   // -> (out (B, S, D), lse (B, S) f32, out_lo: out's rounding residual (B, S, D) where x is
-  //     16-bit and pooled raw (pool_input, or scores given), else 0-element: the backward adds it
-  //     back for delta)
+  //     16-bit and pooled raw (pool_input, scores given, or no ln_weight), else 0-element: the
+  //     backward adds it back for delta)
   m.def("token_reduce_fwd_cuda(Tensor x, Tensor? w_score, Tensor? scores, Tensor? ln_weight, "
         "Tensor? ln_bias, Tensor? mask, float eps, bool pool_input) -> (Tensor, Tensor, Tensor)");
   // out: x's dtype, or float32 (out + out_lo, as the forward computed it)

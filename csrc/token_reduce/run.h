@@ -125,11 +125,12 @@ void set_common(Params& p, const at::Tensor& x, const at::Tensor& m, const at::T
   p.w_exact = w.defined() && !p.has_ln && w.scalar_type() == x.scalar_type() && x.element_size() == 2;
 }
 
-// Whether the forward also returns out's rounding residual: 16-bit x pooled raw (pool_input, or
-// scores given: token_pool), whose mean can dwarf its spread, so that delta = <d_out, out> on the
-// rounded out would lose the gradient's small part. The Triton op's rule (triton_impl.needs_lo).
-inline bool wants_lo(const at::Tensor& x, bool scores_given, bool pool_input) {
-  return (pool_input || scores_given) && x.element_size() == 2;
+// Whether the forward also returns out's rounding residual: 16-bit x pooled raw (pool_input,
+// scores given: token_pool, or no LayerNorm at all), whose mean can dwarf its spread, so that
+// delta = <d_out, out> on the rounded out would lose the gradient's small part. The Triton op's
+// rule (triton_impl.needs_lo).
+inline bool wants_lo(const at::Tensor& x, bool scores_given, bool has_ln, bool pool_input) {
+  return (pool_input || scores_given || !has_ln) && x.element_size() == 2;
 }
 
 // (out, lse, out_lo) of skillkern::token_reduce_fwd; the arguments are checked (tokred_host.cpp).
@@ -143,7 +144,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> run_forward(const at::Tens
   const int N = static_cast<int>(x.size(1)), D = static_cast<int>(x.size(2));
   at::Tensor out = at::empty({B, S, D}, x.options());
   at::Tensor lse = at::empty({B, S}, x.options().dtype(at::kFloat));
-  at::Tensor lo = wants_lo(x, scores.has_value(), pool_input) ? at::empty({B, S, D}, x.options()) : x.new_empty({0});
+  at::Tensor lo = wants_lo(x, scores.has_value(), ln_weight.has_value(), pool_input) ? at::empty({B, S, D}, x.options()) : x.new_empty({0});
   if (B == 0) return {out, lse, lo};
 
   const int elem = static_cast<int>(x.element_size());

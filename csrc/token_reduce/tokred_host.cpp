@@ -116,7 +116,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fwd_meta(const at::Tensor& x, con
   const c10::SymInt B = x.sym_size(0), D = x.sym_size(2);
   at::Tensor out = at::empty_symint({B, S, D}, x.options());
   at::Tensor lse = at::empty_symint({B, S}, x.options().dtype(at::kFloat));
-  at::Tensor lo = tokred::wants_lo(x, scores.has_value(), pool_input) ? at::empty_symint({B, S, D}, x.options())
+  at::Tensor lo = tokred::wants_lo(x, scores.has_value(), ln_weight.has_value(), pool_input) ? at::empty_symint({B, S, D}, x.options())
                                                                         : x.new_empty({0});
   return {out, lse, lo};
 }

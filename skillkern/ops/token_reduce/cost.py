@@ -39,8 +39,8 @@ def _fwd(a, grid, ctx) -> Work:
     L2 (nP = parts per item: 1 when one program owns the item, then x leaves HBM once), W'
     B * nP * nN times. Dots per tile: (BLOCK_N x LOAD_D) @ (LOAD_D x S_PAD) per LOAD_D step,
     twice when W' is not held exactly by x's dtype (split hi + lo); (BLOCK_D x BLOCK_N) @
-    (BLOCK_N x S_PAD) per pooled block, twice for 16-bit x (p split hi + lo). Writes out once,
-    lse from the part-0 programs."""
+    (BLOCK_N x S_PAD) per pooled block (p rounded to x's type, one MMA). Writes out once, lse
+    from the part-0 programs."""
     N, D, S = a["N"], a["D"], a["S"]
     bn, sp, bd, nd, ld = a["BLOCK_N"], a["S_PAD"], a["BLOCK_D"], a["ND"], a["LOAD_D"]
     given = int(bool(a["SCORES_GIVEN"]))
@@ -54,7 +54,7 @@ def _fwd(a, grid, ctx) -> Work:
     X = (B * N if a["USE_TMA"] else L) * D * ex  # TMA fetches masked rows too
     w_split = 2 if sixteen and w.dtype != x.dtype else 1
     flops = 2.0 * B * n_parts * nN * bn * sp * ((1 - given) * triton.cdiv(D, ld) * ld * w_split
-                                                 + nd * bd * (2 if sixteen else 1))
+                                                 + nd * bd)
     out = B * S * D * a["out_ptr"].element_size() + B * S * 4
     gamma = D * (a["lnw_ptr"].element_size() + a["lnb_ptr"].element_size()) if a["POOL_LN"] else 0
     mask = B * N * n_parts if a["HAS_MASK"] else 0
@@ -68,11 +68,12 @@ def _bwd(a, grid, ctx) -> Work:
     """Program = item, per position tile: pass 1 over the full D (LOAD_D at a time: statistics,
     x @ W' and x @ G^T; W' and d_out[b] once per tile) or, for given scores, x @ d_out^T; pass 2
     over D (BLOCK_D at a time): dv = A @ d_out, du = dz @ w_score^T, and with LayerNorm the x
-    tile again (from L2) for xhat; writes dx, and dz' (B N S fp32) for the dw kernel, the
-    item's LayerNorm sums (read back and rewritten per tile). So x goes 1 + HAS_LN times through
-    L2 and once through HBM. Dots (16-bit x: fp32 operands split hi + lo, so 2 MMAs where one
-    side is inexact and 3 where both are): per tile BLOCK_N x S_PAD over D twice in pass 1,
-    BLOCK_N x BLOCK_D over S_PAD twice in pass 2."""
+    tile again (from L2) for xhat; writes dx, and dz' (B N S in dz_ptr's type) for the dw
+    kernel, the item's LayerNorm sums (read back and rewritten per tile). So x goes 1 + HAS_LN
+    times through L2 and once through HBM. Dots: per tile BLOCK_N x S_PAD over D twice in pass
+    1 (16-bit x: W' and G split hi + lo where x's type does not hold them, 2 MMAs each),
+    BLOCK_N x BLOCK_D over S_PAD twice in pass 2 (A, dz and w_score rounded: one MMA each, plus
+    one for an fp32 w_score that the launcher did not round)."""
     N, D, S = a["N"], a["D"], a["S"]
     bn, sp, bd, ld = a["BLOCK_N"], a["S_PAD"], a["BLOCK_D"], a["LOAD_D"]
     given, ln, pln = (int(bool(a[k])) for k in ("SCORES_GIVEN", "HAS_LN", "POOL_LN"))
@@ -91,11 +92,12 @@ def _bwd(a, grid, ctx) -> Work:
         pass1 = 2.0 * bn * sp * d2
     else:
         pass1 = 2.0 * bn * sp * d1 * (split(a["wf_ptr"].dtype == x.dtype) + split(not pln))
-    pass2 = 2.0 * bn * sp * d2 * (split(False) + (0 if given else split(False) + (1 if sixteen and not w_exact else 0)))
+    pass2 = 2.0 * bn * sp * d2 * (1 + (0 if given else split(w_exact)))
     flops = tiles * (pass1 + pass2)
     ws = D * S * a["w_ptr"].element_size()
     per_tile = 2 * S * D * edo + (0 if given else 2 * ws)
-    writes = B * N * D * a["dx_ptr"].element_size() + (given * B * N * S * esc) + (1 - given) * B * N * S * 4
+    writes = (B * N * D * a["dx_ptr"].element_size() + (given * B * N * S * esc)
+              + (1 - given) * B * N * S * a["dz_ptr"].element_size())
     ln_sums = ln * B * 2 * (D + sp) * 4
     l2 = X * (1 + ln) + tiles * per_tile + given * L * S * esc + writes + ln_sums * (2 * nN - 1) + B * S * 8
     hbm = X + B * S * D * edo + (1 - given) * 2 * ws + given * L * S * esc + writes + ln_sums + B * S * 8 + (
@@ -105,16 +107,18 @@ def _bwd(a, grid, ctx) -> Work:
 
 def _dw(a, grid, ctx) -> Work:
     """dw_score's GEMM x^T dz' over all M = B N positions, split over K: each program a
-    (BLOCK_D features x S_PAD) tile of one chunk of rows, BLOCK_K at a time (dz' split hi + lo
-    for 16-bit x); x read a second time, dz' once, the fp32 partials written."""
+    (BLOCK_D features x S_PAD) tile of one chunk of rows, BLOCK_K at a time (fp32 dz' split
+    hi + lo for 16-bit x); x read a second time, dz' once, the fp32 partials written."""
     M, D, S = a["M"], a["D"], a["S"]
     bk, bd, sp = a["BLOCK_K"], a["BLOCK_D"], a["S_PAD"]
     x = a["x_ptr"]
     n_d, n_k = grid[0], grid[1]
-    flops = 2.0 * n_k * triton.cdiv(a["rows_per_prog"], bk) * bk * n_d * bd * sp * (2 if x.dtype != torch.float32 else 1)
+    split = 2 if x.dtype != torch.float32 and a["dz_ptr"].dtype != x.dtype else 1
+    flops = 2.0 * n_k * triton.cdiv(a["rows_per_prog"], bk) * bk * n_d * bd * sp * split
     X = M * D * x.element_size()
-    moved = X + M * S * 4 * n_d + n_k * D * sp * 4 + (M * n_d if a["HAS_MASK"] else 0)
-    return Work(flops, X + M * S * 4 + n_k * D * sp * 4 + (M if a["HAS_MASK"] else 0), moved)
+    ez = a["dz_ptr"].element_size()
+    moved = X + M * S * ez * n_d + n_k * D * sp * 4 + (M * n_d if a["HAS_MASK"] else 0)
+    return Work(flops, X + M * S * ez + n_k * D * sp * 4 + (M if a["HAS_MASK"] else 0), moved)
 
 
 KERNELS = {

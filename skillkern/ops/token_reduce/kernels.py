@@ -11,8 +11,15 @@ and in the backward, with G = gamma * d_out (rows of d_out scaled per feature):
     dA = <v, d_out> = rstd * (x @ G^T - mean * g) + h,          g = rowsum G, h = d_out @ beta
     the LayerNorm's row sums over D, s1 = sum_d gamma du and s2 = sum_d gamma du xhat, follow
     from (S,)-vectors and the raw products already in registers (no pass over D of their own).
-Operands that the tensor cores' type does not hold exactly (softmax weights, gradients, W', G)
-are split hi + lo (_mma), so 16-bit inputs keep ~16 mantissa bits through bf16 / fp16 MMAs.
+16-bit x: every MMA runs on bf16 / fp16 tensor cores. The score operands W' and G are split
+hi + lo (_mma): the scores go through exp, and their raw products cancel against mean * c (rows
+of large mean), so they keep ~16 mantissa bits. The softmax weights and the gradients dz, dz'
+enter their per-position MMAs (pooling, dv, du) rounded to x's type, as flash attention's
+probabilities do (rounded once, and kept in that type while they wait for their MMAs); every
+sum that must cancel against such a product (q, s1, s2) is taken from the same rounded values,
+so the rounding stays at the output's own ~2^-9 and is not amplified. dW's GEMM sums dz' over
+all positions, where dz' sums to 0 per output token and a feature's mean over the positions
+cancels: there dz' stays split (rounded, the mean's share came back as 2 % errors).
 
 Forward (_token_reduce_fwd_kernel): one program per item (or per part of its features when
 the pooled accumulators would not fit the registers), x read from HBM once.
@@ -27,11 +34,11 @@ import triton.language as tl
 
 @triton.jit
 def _mma(a, b, acc, dt: tl.constexpr, PRECISION: tl.constexpr, A_EXACT: tl.constexpr, B_EXACT: tl.constexpr):
-    """acc + a @ b for fp32 tiles a, b on tensor cores of x's dtype dt (bf16 / fp16: no TF32
-    upcast; fp32 x: tl.dot at PRECISION). An operand that dt does not hold exactly (softmax
-    weights, LayerNorm-ed rows, fp32 parameters; A_EXACT / B_EXACT say which are) is split as
-    hi + lo, both in dt, and the cross products added: ~16 mantissa bits instead of 8, for one
-    or two more MMAs in a memory-bound kernel."""
+    """acc + a @ b on tensor cores of x's dtype dt (bf16 / fp16: no TF32 upcast; fp32 x: tl.dot
+    at PRECISION), for tiles in fp32 or already in dt. An fp32 operand that must keep more than
+    dt's precision (the score matrix W' and G = gamma * d_out; A_EXACT / B_EXACT False) is split
+    as hi + lo, both in dt, and the cross products added: ~16 mantissa bits instead of 8, for
+    one more MMA. An exact one is taken as dt holds it (rounded, if it was not already)."""
     if dt == tl.float32:
         return tl.dot(a, b, acc, input_precision=PRECISION)
     a_hi = a.to(dt)
@@ -89,9 +96,9 @@ def _pool_block(acc, alpha, p, desc, x_rows, b, n0, valid, d0, D, PRECISION: tl.
                 USE_TMA: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """acc (BLOCK_D, S_PAD) <- acc * alpha + x[:, d0 block]^T @ p: the pooling of raw x rows
     (LayerNorm folded into p and the epilogue), the feature block on the MMA's M side, x as
-    stored (bf16 / fp16 tensor cores for 16-bit x; p split hi + lo by _mma)."""
+    stored (bf16 / fp16 tensor cores for 16-bit x; p already in x's type)."""
     x = _x_tile(desc, x_rows, b, n0, valid, d0, D, USE_TMA, HAS_MASK, BLOCK_N, BLOCK_D)
-    return _mma(tl.trans(x), p, acc * alpha[None, :], x_rows.dtype.element_ty, PRECISION, True, False)
+    return _mma(tl.trans(x), p, acc * alpha[None, :], x_rows.dtype.element_ty, PRECISION, True, True)
 
 
 @triton.jit
@@ -187,7 +194,7 @@ def _token_reduce_fwd_kernel(
       pass 2 (the same rows again, from L1/L2): acc_j += x[:, block j]^T @ (p * rstd), with
         q += (p * rstd)^T mean, so that the pooled LayerNorm-ed rows are
         gamma * (acc - q) / sum + beta (POOL_LN), or acc / sum for pooled x.
-    x enters every MMA as stored; only p and W' are split hi + lo (_mma). x comes by TMA where
+    x enters every MMA as stored; W' is split hi + lo (_mma), p rounded. x comes by TMA where
     the launcher allows it (USE_TMA), so no tile of pointers takes registers. HAS_LN*: LayerNorm
     before the scores; POOL_LN*: the pooled values are LayerNorm-ed too.
     Grid: (cdiv(D, ND * BLOCK_D) * B,), parts fastest (1-d: grid axis 1 would cap B at 65535)."""
@@ -236,7 +243,11 @@ def _token_reduce_fwd_kernel(
         run_max = new_max
         if POOL_LN:  # pooled u = (x - mean) * rstd * gamma + beta, folded: weights p * rstd on raw x
             p = p * rstd[:, None]
-            q = q * alpha + tl.sum(p * mean[:, None], axis=0)
+        # the weights as the pooling MMA takes them; q from the same values, so that acc - q is
+        # exactly sum p (x - mean) and a large mean cancels
+        p = p.to(x_ptr.dtype.element_ty)
+        if POOL_LN:
+            q = q * alpha + tl.sum(p.to(tl.float32) * mean[:, None], axis=0)
         # the program's feature blocks, one accumulator each (constexpr-unrolled: Triton keeps
         # no indexable list of register tiles)
         acc0 = _pool_block(acc0, alpha, p, pool_desc, x_rows, b, n0, valid, d0, D, PRECISION,
@@ -314,7 +325,7 @@ def _token_reduce_bwd_kernel(
     Also stored: d_scores = dz (SCORES_GIVEN); else dz' = dz * rstd (dz without LayerNorm) for
     _token_reduce_dw_kernel ((B * N, S) fp32), and with LayerNorm the item's sums of dz' mean
     and of dz (vec_part, (B, 2, S_PAD)), which turn x^T dz' into dw_score on the host side.
-    wf_ptr: W' (the folded score matrix) for pass 1; w_ptr: w_score itself for du. dx and
+    wf_ptr: W' (the folded score matrix) for pass 1; w_ptr: w_score itself (in x's type) for du. dx and
     d_out share x's / out's strides; every position < N gets its dx (exact zeros where masked)."""
     b = tl.program_id(0).to(tl.int64)
     n_tiles = tl.cdiv(N, BLOCK_N)
@@ -357,16 +368,19 @@ def _token_reduce_bwd_kernel(
         a = tl.exp(z - lse[None, :])  # softmax weights; 0 where masked or for an empty item
         dz = a * (da - delta[None, :])  # softmax backward over positions
         smask = rmask[:, None] & sm[None, :]
+        # the operands of pass 2's MMAs, rounded once; the LayerNorm sums below use them too
+        a_lp = a.to(dt)
+        dz_lp = dz.to(dt)
         if SCORES_GIVEN:
             tl.store(dsc_ptr + sc_off[:, None] + ss[None, :], dz.to(dsc_ptr.dtype.element_ty), mask=smask)
         else:
-            dzp = dz
             if HAS_LN:
-                s1 = tl.sum(dz * col_w[None, :], axis=1)
-                t2 = tl.sum(dz * z_raw, axis=1)
+                # s1 and t2 from the same weights, so that t2 - mean * s1 cancels the mean exactly
+                s1 = tl.sum(dz_lp.to(tl.float32) * col_w[None, :], axis=1)
+                t2 = tl.sum(dz_lp.to(tl.float32) * z_raw, axis=1)
                 if POOL_LN:
-                    s1 += tl.sum(a * g[None, :], axis=1)
-                    t2 += tl.sum(a * da_raw, axis=1)
+                    s1 += tl.sum(a_lp.to(tl.float32) * g[None, :], axis=1)
+                    t2 += tl.sum(a_lp.to(tl.float32) * da_raw, axis=1)
                 s2 = rstd * (t2 - mean * s1)
                 dzp = dz * rstd[:, None]
                 # this item's sums over its tiles, in tile order (its own row: no other program
@@ -379,6 +393,8 @@ def _token_reduce_bwd_kernel(
                     t_sum += tl.load(vp + S_PAD)
                 tl.store(vp, m_sum)
                 tl.store(vp + S_PAD, t_sum)
+            else:
+                dzp = dz
             rows = b * N + n0 + tl.arange(0, BLOCK_N)
             tl.store(dz_ptr + rows[:, None] * S + ss[None, :], dzp, mask=smask)
         # pass 2: this tile's dx, BLOCK_D features at a time
@@ -386,15 +402,15 @@ def _token_reduce_bwd_kernel(
             dd = d0 + tl.arange(0, BLOCK_D)
             dm = dd < D
             do = tl.load(do_rows[:, None] + dd[None, :], mask=sm[:, None] & dm[None, :], other=0.0)
-            dv = _mma(a, do.to(tl.float32), tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32), dt, PRECISION,
-                      False, True)
+            dv = _mma(a_lp, do.to(tl.float32), tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32), dt, PRECISION,
+                      True, True)
             if SCORES_GIVEN:
                 dx = dv
             else:
                 w = tl.load(w_ptr + dd.to(tl.int64)[:, None] * s_wd + ss[None, :], mask=dm[:, None] & sm[None, :],
                             other=0.0)
-                du = _mma(dz, tl.trans(w.to(tl.float32)), tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32), dt,
-                          PRECISION, False, w_ptr.dtype.element_ty == dt)
+                du = _mma(dz_lp, tl.trans(w.to(tl.float32)), tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32), dt,
+                          PRECISION, True, w_ptr.dtype.element_ty == dt)
                 if HAS_LN:
                     x = _x_tile(tile_desc, x_rows, b, n0, valid, d0, D, USE_TMA, HAS_MASK, BLOCK_N, BLOCK_D)
                     xhat = tl.where(valid[:, None] & dm[None, :],

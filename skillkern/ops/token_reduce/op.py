@@ -73,7 +73,7 @@ def _(x, w_score, scores, ln_weight, ln_bias, mask, eps, pool_input):
     from skillkern.ops.token_reduce import triton_impl
     S = w_score.shape[1] if w_score is not None else scores.shape[2]
     B, _, D = x.shape
-    lo = x.new_empty(B, S, D) if triton_impl.needs_lo(x, scores, pool_input) else x.new_empty(0)
+    lo = x.new_empty(B, S, D) if triton_impl.needs_lo(x, scores, ln_weight, pool_input) else x.new_empty(0)
     return x.new_empty(B, S, D), x.new_empty(B, S, dtype=torch.float32), lo
 
 

@@ -17,8 +17,9 @@ _FWD_ACC_FP32 = 16 * 256  # fp32 x: ieee dots on CUDA cores hold more per tile
 
 
 def _fwd_blocks(N: int, D: int, S: int, fp32: bool) -> dict:
-    """The forward's tiles (fp32 x: a smaller accumulator budget and 2 stages, its ieee dots on
-    CUDA cores hold more per tile; no spill): BLOCK_D = 128 features per accumulator, ND <= 8 accumulators per
+    """The forward's tiles (fp32 x: a smaller accumulator budget, one accumulator and 2 stages,
+    its ieee dots on CUDA cores hold more per tile; two accumulators at S_PAD = 16 spilled 1.6 KB
+    under triton 3.6): BLOCK_D = 128 features per accumulator, ND <= 8 accumulators per
     program, as many as the whole of D needs while they fit the register budget (then one
     program per item reads its x once; else cdiv(D, ND * BLOCK_D) programs share the item's
     rows through L2); LOAD_D = 32 features per step of the statistics and score pass (64 costs
@@ -30,7 +31,7 @@ def _fwd_blocks(N: int, D: int, S: int, fp32: bool) -> dict:
     s_pad = max(16, triton.next_power_of_2(S))
     budget = _FWD_ACC_FP32 if fp32 else _FWD_ACC
     block_d = max(16, min(128, triton.next_power_of_2(D), budget // s_pad))
-    nd = max(1, min(8, triton.cdiv(D, block_d), budget // (s_pad * block_d)))
+    nd = 1 if fp32 else max(1, min(8, triton.cdiv(D, block_d), budget // (s_pad * block_d)))
     block_n = 16 if interpreting() else max(16, min(64, triton.next_power_of_2(N)))
     stages = 2 if fp32 else 6 if nd * block_d * s_pad <= budget * 2 // 3 else 4
     return dict(BLOCK_N=block_n, S_PAD=s_pad, BLOCK_D=block_d, ND=nd, LOAD_D=min(32, block_d), num_warps=8,
@@ -68,10 +69,10 @@ def _score_matrix(x, w, w_score, ln_weight, ln_bias, has_ln: bool):
     return w, torch.cat([w.sum(0), shift])
 
 
-def needs_lo(x: torch.Tensor, scores, pool_input: bool) -> bool:
-    """Whether the forward also returns out's rounding residual (16-bit x pooled raw: see
-    kernels._store_block)."""
-    return x.dtype in (torch.float16, torch.bfloat16) and (pool_input or scores is not None)
+def needs_lo(x: torch.Tensor, scores, ln_weight, pool_input: bool) -> bool:
+    """Whether the forward also returns out's rounding residual: 16-bit x pooled raw (given
+    scores, pool_input, or no LayerNorm at all; see kernels._store_block)."""
+    return x.dtype in (torch.float16, torch.bfloat16) and (pool_input or scores is not None or ln_weight is None)
 
 
 def token_reduce_fwd(x, w_score, scores, ln_weight, ln_bias, mask, eps, pool_input):
@@ -82,7 +83,7 @@ def token_reduce_fwd(x, w_score, scores, ln_weight, ln_bias, mask, eps, pool_inp
     S = w_score.shape[1] if w_score is not None else scores.shape[2]
     out = torch.empty(B, S, D, dtype=x.dtype, device=x.device)
     lse = torch.empty(B, S, dtype=torch.float32, device=x.device)
-    lo = torch.empty_like(out) if needs_lo(x, scores, pool_input) else x.new_empty(0)
+    lo = torch.empty_like(out) if needs_lo(x, scores, ln_weight, pool_input) else x.new_empty(0)
     if B == 0 or N == 0:  # no position at all: what the kernel gives an all-masked item
         return out.zero_(), lse.fill_(float("inf")), lo.zero_()
     ops, strides, flags = _operands(x, w_score, scores, ln_weight, ln_bias, mask, pool_input)
@@ -97,15 +98,17 @@ def token_reduce_fwd(x, w_score, scores, ln_weight, ln_bias, mask, eps, pool_inp
 
 def _bwd_blocks(N: int, D: int, S: int, fp32: bool) -> dict:
     """The backward's tiles: BLOCK_N = 64 positions (the M side of every MMA of the item
-    kernel), LOAD_D = 32 features per step of pass 1, BLOCK_D = 64 per step of pass 2 (dx),
-    8 warps, 4 stages (sm_90: no spill at the goal shapes; 4 warps spill 40-88 B, 128-feature
-    steps spill in fp16). fp32 x (ieee dots on CUDA cores): 32 positions and 32 features per
-    step, 3 stages (no spill)."""
+    kernel), LOAD_D = 32 features per step of pass 1, BLOCK_D = 32 per step of pass 2 (dx),
+    8 warps, 6 stages (sm_90, triton 3.6: 239-248 registers, no spill at the goal shapes, and
+    enough TMA bytes in flight at one program per SM to cover HBM's latency; 64-feature steps
+    at 4 stages were latency-bound, and spill at 5). fp32 x (ieee dots on CUDA cores): 32
+    positions and 16 features per step, 3 stages (no spill; 32 features spilled 16 B at
+    S_PAD = 32)."""
     s_pad = max(16, triton.next_power_of_2(S))
-    rows, feats, stages = (32, 32, 3) if fp32 else (64, 64, 4)
+    rows, feats, stages = (32, 16, 3) if fp32 else (64, 32, 6)
     block_n = 16 if interpreting() else max(16, min(rows, triton.next_power_of_2(N)))
     block_d = max(16, min(feats, triton.next_power_of_2(D)))
-    return dict(BLOCK_N=block_n, S_PAD=s_pad, BLOCK_D=block_d, LOAD_D=min(32, block_d), num_warps=8,
+    return dict(BLOCK_N=block_n, S_PAD=s_pad, BLOCK_D=block_d, LOAD_D=max(16, min(32, triton.next_power_of_2(D))), num_warps=8,
                 num_stages=stages)
 
 
@@ -124,8 +127,10 @@ def token_reduce_bwd(d_out, out, x, w_score, scores, ln_weight, ln_bias, mask, l
         return torch.zeros_like(x), zeros(w_score), zeros(scores), zeros(ln_weight), zeros(ln_bias)
     ops, strides, flags = _operands(x, w_score, scores, ln_weight, ln_bias, mask, pool_input)
     given, has_ln = flags["SCORES_GIVEN"], flags["HAS_LN"]
-    w = ops[0]
-    wf, fold = _score_matrix(x, w, w_score, ln_weight, ln_bias, has_ln)
+    wf, fold = _score_matrix(x, ops[0], w_score, ln_weight, ln_bias, has_ln)
+    # du = dz @ w_score^T takes w_score rounded to x's type, as it takes dz (kernels.py); the
+    # score pass keeps its exact matrix wf
+    w = ops[0].to(x.dtype) if not given else ops[0]
     blk = _bwd_blocks(N, D, S, x.dtype == torch.float32)
     s_pad = blk["S_PAD"]
     dx = torch.empty_like(x)
