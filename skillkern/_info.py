@@ -127,7 +127,7 @@ def backends() -> dict:
                 avail = ["torch"] + (["triton"] if _backend._triton_reason(dev) is None else [])
                 entry["cuda_error"] = f"{type(e).__name__}: {e}"
             entry.update(available=avail, auto=auto)
-            if _backend.has_cuda_extension() and not _backend.has_native_op(op):
+            if op in _backend._CUDA_OPS and _backend.has_cuda_extension() and not _backend.has_native_op(op):
                 entry["cuda_missing"] = (f"the loaded extension lacks torch.ops.skillkern.{_backend._CUDA_OPS.get(op, op)} "
                                          "(built from older sources: rebuild)")
             out[op][dev.type] = entry

@@ -1,0 +1,156 @@
+"""skillkern.maxsim / skillkern.maxsim_topk: argument checks, the registered ops, the backend.
+
+Registered (torch backend; fake kernels, so torch.compile(fullgraph=True) traces them):
+    skillkern::maxsim_fwd_torch(q, d, q_mask, d_mask, d_offsets, candidates, mean) -> scores
+    skillkern::maxsim_bwd_torch(g, q, d, q_mask, d_mask, d_offsets, candidates, mean) -> (dq, dd)
+    skillkern::maxsim_topk_torch(q, d, k, q_mask, d_mask, d_offsets, mean, chunk) -> (values, indices)
+The checks here are the ones a shape can answer; the values of d_offsets and candidates are
+checked where they are read (torch_impl), still before any result is produced.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from skillkern import _backend
+from skillkern.ops._common import FLOAT_DTYPES, expect
+from skillkern.ops.maxsim import torch_impl
+
+_DEFAULT_CHUNK = 8192  # docs scored per step of maxsim_topk
+
+
+def _check(where, q, d, q_mask, d_mask, d_offsets, reduce):
+    expect(isinstance(q, Tensor), where, "q", f"must be a tensor, got {type(q).__name__}", TypeError)
+    expect(isinstance(d, Tensor), where, "d", f"must be a tensor, got {type(d).__name__}", TypeError)
+    expect(q.dim() == 3, where, "q", f"must be 3-d (Bq, Nq, D), got shape {tuple(q.shape)}")
+    expect(q.dtype in FLOAT_DTYPES, where, "q", f"must be float32, float16 or bfloat16, got {q.dtype}")
+    expect(d.dtype == q.dtype, where, "d", f"has dtype {d.dtype} but q has {q.dtype}")
+    expect(d.device == q.device, where, "d", f"is on {d.device} but q is on {q.device}")
+    packed = d_offsets is not None
+    if packed:
+        expect(d.dim() == 2, where, "d", f"must be 2-d (total_tokens, D) with d_offsets, got shape {tuple(d.shape)}")
+        expect(isinstance(d_offsets, Tensor) and d_offsets.dim() == 1 and d_offsets.numel() >= 1
+               and d_offsets.dtype in (torch.int32, torch.int64), where, "d_offsets",
+               "must be a 1-d int32/int64 tensor of Bd + 1 cumulative starts")
+        expect(d_offsets.device == q.device, where, "d_offsets", f"is on {d_offsets.device} but q is on {q.device}")
+        expect(d_mask is None, where, "d_mask", "must be None for packed docs (d_offsets given: no padding)")
+    else:
+        expect(d.dim() == 3, where, "d", f"must be 3-d (Bd, Nd, D), or 2-d with d_offsets; got shape {tuple(d.shape)}")
+    expect(d.shape[-1] == q.shape[2], where, "d", f"has D = {d.shape[-1]} but q has D = {q.shape[2]}")
+    for name, m, shape in (("q_mask", q_mask, q.shape[:2]), ("d_mask", d_mask, d.shape[:2])):
+        if m is not None:
+            expect(isinstance(m, Tensor) and m.dtype == torch.bool, where, name,
+                   f"must be a bool tensor, got {getattr(m, 'dtype', type(m).__name__)}")
+            expect(tuple(m.shape) == tuple(shape), where, name, f"must have shape {tuple(shape)}, got {tuple(m.shape)}")
+            expect(m.device == q.device, where, name, f"is on {m.device} but q is on {q.device}")
+    expect(reduce in ("sum", "mean"), where, "reduce", f"must be 'sum' or 'mean', got {reduce!r}")
+
+
+def _num_docs(d, d_offsets) -> int:
+    return d_offsets.shape[0] - 1 if d_offsets is not None else d.shape[0]
+
+
+# ----------------------------------------------------------------------------- registered ops
+
+@torch.library.custom_op("skillkern::maxsim_fwd_torch", mutates_args=())
+def _fwd_op(q: Tensor, d: Tensor, q_mask: Optional[Tensor], d_mask: Optional[Tensor], d_offsets: Optional[Tensor],
+            candidates: Optional[Tensor], mean: bool) -> Tensor:
+    return torch_impl.maxsim_fwd(q, d, q_mask, d_mask, d_offsets, candidates, mean)
+
+
+@_fwd_op.register_fake
+def _(q, d, q_mask, d_mask, d_offsets, candidates, mean):
+    cols = candidates.shape[1] if candidates is not None else _num_docs(d, d_offsets)
+    return q.new_empty(q.shape[0], cols, dtype=torch.float32)
+
+
+@torch.library.custom_op("skillkern::maxsim_bwd_torch", mutates_args=())
+def _bwd_op(g: Tensor, q: Tensor, d: Tensor, q_mask: Optional[Tensor], d_mask: Optional[Tensor],
+            d_offsets: Optional[Tensor], candidates: Optional[Tensor], mean: bool) -> tuple[Tensor, Tensor]:
+    return torch_impl.maxsim_bwd(g, q, d, q_mask, d_mask, d_offsets, candidates, mean)
+
+
+@_bwd_op.register_fake
+def _(g, q, d, q_mask, d_mask, d_offsets, candidates, mean):
+    return torch.empty_like(q), torch.empty_like(d)
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:6])
+    ctx.mean = inputs[6]
+
+
+def _backward(ctx, g):
+    q, d, q_mask, d_mask, d_offsets, candidates = ctx.saved_tensors
+    dq, dd = torch.ops.skillkern.maxsim_bwd_torch(g.contiguous(), q, d, q_mask, d_mask, d_offsets, candidates,
+                                                  ctx.mean)
+    return dq, dd, None, None, None, None, None
+
+
+torch.library.register_autograd("skillkern::maxsim_fwd_torch", _backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("skillkern::maxsim_topk_torch", mutates_args=())
+def _topk_op(q: Tensor, d: Tensor, k: int, q_mask: Optional[Tensor], d_mask: Optional[Tensor],
+             d_offsets: Optional[Tensor], mean: bool, chunk: int) -> tuple[Tensor, Tensor]:
+    return torch_impl.maxsim_topk(q, d, k, q_mask, d_mask, d_offsets, mean, chunk)
+
+
+@_topk_op.register_fake
+def _(q, d, k, q_mask, d_mask, d_offsets, mean, chunk):
+    return q.new_empty(q.shape[0], k, dtype=torch.float32), q.new_empty(q.shape[0], k, dtype=torch.int64)
+
+
+# ----------------------------------------------------------------------------- public API
+
+def maxsim(q: Tensor, d: Tensor, q_mask: Optional[Tensor] = None, d_mask: Optional[Tensor] = None, *,
+           d_offsets: Optional[Tensor] = None, candidates: Optional[Tensor] = None, reduce: str = "sum",
+           backend: str = "auto") -> Tensor:
+    """Late-interaction (MaxSim) scores of every query against every doc, or against each
+    query's candidates:
+
+        scores[i, j] = reduce over the real tokens k of query i of
+                       max over the real tokens l of doc j of <q[i, k], d[j, l]>
+
+    q: (Bq, Nq, D) with q_mask (Bq, Nq) bool (True = real token; None = all real).
+    d: padded (Bd, Nd, D) with d_mask (Bd, Nd), or packed (total_tokens, D) with d_offsets
+    (Bd + 1,) int32/int64 cumulative starts (0 first, total_tokens last; no padding at all).
+    candidates: (Bq, C) int64 doc indices to rerank (-1 = an empty slot, which scores 0); the
+    result is then (Bq, C), else (Bq, Bd).
+    reduce: "sum" (ColBERT) or "mean" (FILIP's image-to-text direction).
+    Returns float32 scores; a pair where either side has no real token scores 0. Padding
+    (masked tokens) never reaches a score or a gradient, even holding NaN or inf.
+    Differentiable w.r.t. q and d: each max's gradient goes to its arg-max token,
+    deterministically. Memory: the docs are streamed in chunks of at most 2^26 similarities.
+    """
+    _check("maxsim", q, d, q_mask, d_mask, d_offsets, reduce)
+    if candidates is not None:
+        expect(isinstance(candidates, Tensor) and candidates.dtype == torch.int64 and candidates.dim() == 2
+               and candidates.shape[0] == q.shape[0], "maxsim", "candidates",
+               f"must be an int64 tensor of shape (Bq, C) with Bq = {q.shape[0]}, got "
+               f"{getattr(candidates, 'dtype', type(candidates).__name__)} {tuple(getattr(candidates, 'shape', ()))}")
+        expect(candidates.device == q.device, "maxsim", "candidates", f"is on {candidates.device} but q is on {q.device}")
+    _backend.resolve("maxsim", backend, q.device)  # only the torch backend exists yet: others raise
+    return torch.ops.skillkern.maxsim_fwd_torch(q, d, q_mask, d_mask, d_offsets, candidates, reduce == "mean")
+
+
+def maxsim_topk(q: Tensor, d: Tensor, k: int, q_mask: Optional[Tensor] = None, d_mask: Optional[Tensor] = None, *,
+                d_offsets: Optional[Tensor] = None, reduce: str = "sum", chunk: Optional[int] = None,
+                backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """The k best docs of every query under maxsim's scores, without holding the score matrix:
+    docs are scored `chunk` at a time (default 8192) and merged into a running top-k on the
+    device (no host sync per chunk), so at most Bq * (chunk + k) scores exist beyond the inputs.
+    Returns values (Bq, k) float32, sorted descending, and indices (Bq, k) int64; ties go to the
+    lower doc index. k > the number of docs is a ValueError. Arguments as in maxsim."""
+    _check("maxsim_topk", q, d, q_mask, d_mask, d_offsets, reduce)
+    n_docs = _num_docs(d, d_offsets)
+    expect(isinstance(k, int) and not isinstance(k, bool), "maxsim_topk", "k", f"must be an int, got {type(k).__name__}",
+           TypeError)
+    expect(0 <= k <= n_docs, "maxsim_topk", "k", f"must be in [0, {n_docs}] (the number of docs), got {k}")
+    chunk = _DEFAULT_CHUNK if chunk is None else chunk
+    expect(isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 1, "maxsim_topk", "chunk",
+           f"must be a positive int (docs per step) or None, got {chunk!r}")
+    _backend.resolve("maxsim", backend, q.device)
+    return torch.ops.skillkern.maxsim_topk_torch(q, d, k, q_mask, d_mask, d_offsets, reduce == "mean", chunk)
