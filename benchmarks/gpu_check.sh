@@ -41,7 +41,8 @@
 # in the call's carry), fetched on the CPU machine with
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux2014_x86_64 -d .whl late-interaction-kernels==0.4.5 flash-maxsim==0.3.0 \
-#       liger-kernel==0.8.5
+#       liger-kernel==0.8.5 nvidia-cutlass==4.2.0.0
+# (nvidia-cutlass: the CUTLASS headers the sm_90 build needs; the GPU machine has no network.)
 # The tree arrives without .git: pass the commit in BENCH_GIT_COMMIT.
 # Nothing here changes clocks, power or MIG; nvidia-smi is only queried.
 
@@ -80,7 +81,7 @@ fi
 BUILD_LOG=/tmp/skillkern_build.log
 BUILD_RC=skipped
 if has build; then
-    ( TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=8 timeout "${BUILD_S:-180}" python3 setup.py build_ext --inplace \
+    ( PYTHONPATH="$PEER_SITE:$PYTHONPATH" TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=8 timeout "${BUILD_S:-180}" python3 setup.py build_ext --inplace \
         > "$BUILD_LOG" 2>&1; echo $? > /tmp/skillkern_build.rc ) &
     BUILD_PID=$!
 fi

@@ -52,11 +52,12 @@ def main() -> None:
     extra = sk_setup.wheel_include_dirs(torch, torch.version.cuda.split(".")[0])
     sys_includes = [flag for d in extra for flag in ("-isystem", d)]
     token = "_".join(a.replace(".", "") for a in args.arch.replace(";", " ").split())
+    os.environ["TORCH_CUDA_ARCH_LIST"], sm90_flags = sk_setup.sm90_build(args.arch)
     cpp_extension.load(
         name=name, sources=sources, build_directory=out, is_python_module=False, verbose=True,
         extra_include_paths=[os.path.join(ROOT, "csrc")],
         extra_cflags=["-O2", f"-DSKILLKERN_CUDA_ARCHS={token}"] + sys_includes,
-        extra_cuda_cflags=["-O3", "-lineinfo"] + sys_includes,
+        extra_cuda_cflags=["-O3", "-lineinfo"] + sys_includes + sm90_flags,
     )
     print(os.path.join(out, f"{name}.so"))
 

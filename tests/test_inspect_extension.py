@@ -218,13 +218,17 @@ def test_extension_records(arch):
     assert reason is None, reason
     expected = _source_kernels()
     assert {"_skill_up_fwd_kernel", "_route_hist_kernel", "token_reduce_bwd_kernel"} <= expected  # the scan works
+    if E.extension_records(90)[1] is not None:  # no sm_90 in this build: sm90_grouped_fwd.cu is stubs
+        expected.discard("_grouped_args_kernel")
     assert expected <= {r["kernel"] for r in records}
     for r in records:
         assert set(I.KERNEL_KEYS) <= set(r)
         assert r["arch"] == arch and r["sm"] in (f"sm_{arch}", f"sm_{arch}a")
         assert r["op"] in ("skill_ffn", "skill_route", "token_similarity", "token_reduce"), r
         assert r["regs"] > 0 and r["threads"] and r["blocks_per_sm"] >= 1, r
-        assert r["mma"] in ("mma.sync", "none")  # the extension has no wgmma today
+        if r["kernel"].startswith("cutlass_grouped_"):  # test_sm90_grouped_gemms
+            continue
+        assert r["mma"] in ("mma.sync", "none")  # wgmma only in the CUTLASS GEMMs
         if r["kernel"] in GEMMS and r["config"].startswith(("bf16", "fp16")):
             assert r["mma"] == "mma.sync" and r["mma_shape"].startswith("16816"), r
             assert r["loads"] == "cp.async" and r["sass_counts"]["HMMA"] > 0, r
@@ -232,6 +236,36 @@ def test_extension_records(arch):
     assert {("_skill_up_fwd_kernel", "fwd"), ("_skill_up_bwd_kernel", "bwd"), ("_skill_wgrad_kernel", "bwd"),
             ("_route_scatter_kernel", "route"), ("_token_similarity_bwd_kernel", "bwd"),
             ("token_reduce_fwd_kernel", "fwd")} <= phases
+
+
+@needs_extension
+def test_sm90_grouped_gemms():
+    """The skill FFN's sm_90 forward GEMMs (CUTLASS ptr-array grouped, csrc/skill_ffn/
+    sm90_grouped_fwd.cu; built whenever the arch list has 9.0): wgmma (HGMMA) fed by TMA
+    (UTMALDG), both dtypes and both GEMMs, no spill and no stack."""
+    records, reason = E.extension_records(90)
+    if reason is not None:
+        pytest.skip(reason)
+    grouped = [r for r in records if r["kernel"].startswith("cutlass_grouped_")]
+    assert sorted((r["kernel"], r["config"]) for r in grouped) == [
+        (f"cutlass_grouped_{g}", f"{t}, cooperative, 12 warps") for g in ("down", "up") for t in ("bf16", "fp16")]
+    for r in grouped:
+        assert (r["op"], r["phase"], r["mma"], r["loads"]) == ("skill_ffn", "fwd", "wgmma", "tma"), r
+        assert r["sass_counts"]["HGMMA"] > 0 and r["sass_counts"]["UTMALDG"] > 0, r
+        assert r["spill_bytes"] == 0 and r["stack_bytes"] == 0 and r["local_bytes"] == 0, r
+    # the sm_80 code of the same file: CUTLASS's placeholders (no MMA), never launched
+    for r in E.extension_records(80)[0]:
+        if r["kernel"].startswith("cutlass_grouped_"):
+            assert r["mma"] == "none" and r["sass_counts"]["HMMA"] == 0, r
+
+
+def test_cutlass_name():
+    up = ("_ZN7cutlass13device_kernelINS_4gemm6kernel13GemmUniversalINS1_17GroupProblemShapeIN4cute5tupleIJiiiEEEE"
+          "NS_10bfloat16_tE43KernelPtrArrayTmaWarpSpecializedCooperative8SkillAct")
+    assert E.cutlass_name(up) == ("cutlass_grouped_up", ["bf16", "cooperative"])
+    down = up.replace("10bfloat16_t", "6half_t").replace("8SkillAct", "10multiplies")
+    assert E.cutlass_name(down) == ("cutlass_grouped_down", ["fp16", "cooperative"])
+    assert E.cutlass_name(GEMM) is None and E.cutlass_name(SCAN) is None
 
 
 @needs_extension
@@ -246,3 +280,17 @@ def test_extension_cached_and_missing_arch(monkeypatch):
     assert reason is None and again == first
     records, reason = E.extension_records(100)
     assert records == [] and "no sm_100 code" in reason
+
+
+def test_sm90_build_arch_list(monkeypatch):
+    """setup.py: 9.0 in the arch list builds as sm_90a with the CUTLASS headers (a "+PTX" entry
+    keeps compute_90 PTX beside it); without 9.0 nothing changes; 9.0 without the headers is a
+    clear error, not a silent build without the sm_90 GEMMs."""
+    import setup
+    monkeypatch.setattr(setup, "cutlass_include", lambda: "/inc")
+    assert setup.sm90_build("8.0;9.0") == ("8.0;9.0a", ["-DSKILLKERN_SM90_GROUPED", "-isystem", "/inc"])
+    assert setup.sm90_build("9.0+PTX")[0] == "9.0a;9.0+PTX"
+    assert setup.sm90_build("8.0 8.6") == ("8.0 8.6", [])
+    monkeypatch.setattr(setup, "cutlass_include", lambda: None)
+    with pytest.raises(SystemExit, match="nvidia-cutlass"):
+        setup.sm90_build("8.0;9.0")

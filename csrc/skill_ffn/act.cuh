@@ -1,10 +1,10 @@
 // Activations of the skill FFN in fp32, value and derivative, selected at run time by the
-// codes of ffn.h (one kernel instantiation serves all of them; the switch is uniform across a
+// codes of act_codes.h (one kernel instantiation serves all of them; the switch is uniform across a
 // block, so it costs a few scalar instructions per tile). Math of reference.py::activation_ref:
 // gelu is the exact erf form (no fast-math anywhere in csrc/), gelu_tanh torch's tanh form.
 #pragma once
 
-#include "skill_ffn/ffn.h"
+#include "skill_ffn/act_codes.h"
 
 namespace skillkern {
 namespace ffn {

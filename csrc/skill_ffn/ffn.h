@@ -24,14 +24,11 @@
 #include <string>
 
 #include "common.h"
+#include "skill_ffn/act_codes.h"
 #include "skill_ffn/route.h"
 
 namespace skillkern {
 namespace ffn {
-
-// Activation codes, a runtime switch inside the GEMM epilogues (one template instantiation
-// serves all five).
-enum Act : int { kGelu = 0, kGeluTanh = 1, kRelu = 2, kSilu = 3, kSwiglu = 4 };
 
 inline int activation_code(c10::string_view activation) {
   const std::string a(activation.data(), activation.size());

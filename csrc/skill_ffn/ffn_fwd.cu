@@ -19,6 +19,9 @@
 //
 // Code: fwd.cuh (GEMM1 kernel, run_forward), down.cuh (GEMM2, combine), gemm.cuh (tiles),
 // csrc/ptx.cuh (the CUDA-only primitives; csrc/emu/ runs the rest on the CPU in the tests).
+// On compute capability 9.0 (a build with sm_90a and the CUTLASS headers), 16-bit inputs and
+// the one-input activations take fwd_sm90.cuh instead: x gathered into sorted order, then
+// CUTLASS ptr-array grouped GEMMs with TMA and wgmma (sm90_grouped_fwd.cu), then the combine.
 // Tiling (gemm.cuh): 128 x 128 x BK blocks, 8 warps, mma.sync bf16/fp16 -> fp32 on ldmatrix
 // fragments (fp32 inputs: SIMT fmaf, exact fp32), 3-stage cp.async pipeline, 57-61 KB of
 // shared memory; swiglu's GEMM1 uses 128 x 64 tiles (two accumulators per thread).
@@ -27,8 +30,8 @@
 //
 // Floor (goal shape d = 1024, h = 4096, E = 6, T = 32k, k = 1, bf16): 2 GEMMs x 2*T*d*h =
 // 0.55 TFLOP -> ~0.7 ms at the ~790 TFLOP/s of wgmma on an H100/H200; memory (x, w, hid
-// written + read, y) ~0.4 GB -> ~0.13 ms, so compute-bound. This kernel uses mma.sync (no
-// wgmma / TMA), whose ceiling on Hopper is roughly 60% of that peak.
+// written + read, y) ~0.4 GB -> ~0.13 ms, so compute-bound. The mma.sync kernels (no wgmma /
+// TMA) top out near 60% of that peak on Hopper: hence the sm_90 path above.
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -41,6 +44,7 @@
 #include "cuda_device.h"
 #include "skill_ffn/ffn.h"
 #include "skill_ffn/fwd.cuh"
+#include "skill_ffn/fwd_sm90.cuh"
 #include "skill_ffn/route.h"
 
 namespace skillkern {
@@ -68,7 +72,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> skill_ffn_fwd_cuda(
 
   at::Tensor order, offsets;
   std::tie(order, offsets) = skill_route_cuda(skill_ids, E);
-  const at::Tensor y = run_forward(x, scale, w1, w2, b1, b2, act, order, offsets, at::cuda::getCurrentCUDAStream());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const at::Tensor y = sm90_path(x, w1, w2, b1, b2, act)
+                           ? run_forward_sm90(x, scale, w1, w2, b1, b2, act, order, offsets, stream)
+                           : run_forward(x, scale, w1, w2, b1, b2, act, order, offsets, stream);
   return {y, order, offsets};
 }
 

@@ -51,8 +51,8 @@ _RESERVED_SMEM = 1024
 _ATTRS = ("MAX_THREADS", "REQNTID", "MAXREG_COUNT")  # the .nv.info attributes kept
 _OPS = {"skill_ffn": "skill_ffn", "token_similarity": "token_similarity", "token_reduce": "token_reduce"}
 _NAMESPACE_OPS = {"ffn": "skill_ffn", "toksim": "token_similarity", "tokred": "token_reduce"}
-_TYPES = {"__nv_bfloat16": "bf16", "__half": "fp16", "float": "fp32", "double": "fp64", "int": "int32",
-          "long": "int64", "unsigned char": "uint8"}
+_TYPES = {"__nv_bfloat16": "bf16", "__half": "fp16", "bfloat16_t": "bf16", "half_t": "fp16", "float": "fp32",
+          "double": "fp64", "int": "int32", "long": "int64", "unsigned char": "uint8"}
 _LOCAL_WIDTH = {"U8": 1, "S8": 1, "U16": 2, "S16": 2, "64": 8, "128": 16}  # STL / LDL bytes by suffix
 
 
@@ -237,6 +237,20 @@ def split_name(demangled: str) -> tuple[str, str, list[str]]:
     return scope, name, args
 
 
+def cutlass_name(mangled: str) -> tuple[str, list[str]] | None:
+    """(a readable name, its config) of one of the CUTLASS grouped GEMMs of
+    csrc/skill_ffn/sm90_grouped_fwd.cu, read from markers in the mangled name (the demanglers
+    give up on names this long), or None for any other kernel: cutlass_grouped_up (GEMM1, its
+    activation epilogue) or cutlass_grouped_down (GEMM2, the slot scale), the element type and
+    the schedule."""
+    if not (mangled.startswith("_ZN7cutlass13device_kernel") and "GemmUniversal" in mangled):
+        return None
+    which = "up" if "SkillAct" in mangled else "down" if "multiplies" in mangled else "gemm"
+    dtype = "bf16" if "bfloat16_t" in mangled else "fp16" if "half_t" in mangled else "?"
+    sched = "cooperative" if "Cooperative" in mangled else "pingpong" if "Pingpong" in mangled else "?"
+    return f"cutlass_grouped_{which}", [dtype, sched]
+
+
 def _op_of(scope: str, name: str, source: str | None) -> str | None:
     parts = (source or "").replace("\\", "/").split("/")
     folder = parts[-2] if len(parts) >= 2 else ""
@@ -308,6 +322,9 @@ def _cached_facts(lib: str, sm: str) -> list[dict]:
 def record_of(f: dict, cc: int, gpu: str | None = None) -> dict:
     """One kernel record (the keys of inspect.KERNEL_KEYS, plus the extension's own) from parse_dump's facts."""
     scope, name, targs = split_name(f.get("demangled") or f["name"])
+    named = cutlass_name(f["name"])
+    if named:
+        scope, (name, targs) = "cutlass", named
     dims = f["attrs"].get("MAX_THREADS") or f["attrs"].get("REQNTID")
     threads = dims[0] * dims[1] * dims[2] if dims and len(dims) == 3 else None
     warps = -(-threads // 32) if threads else None

@@ -1,0 +1,141 @@
+// The skill-FFN forward on Hopper (ffn_fwd.cu picks it where sm90_path() holds): the two GEMMs
+// are CUTLASS grouped GEMMs with TMA and wgmma (sm90_grouped_fwd.cu), which need their A rows
+// contiguous per skill. So, after routing:
+//   1. gather (one pass): xs[p] = x[order[p] / k] and ss[p] = scale[order[p]] for the active
+//      sorted positions p < offsets[E], and inv[order[p]] = p for every p (the inverse
+//      permutation). 67 MB at the goal shape (T = 32k, d = 1024), ~22 us at 3 TB/s: cheaper
+//      than giving up TMA for the whole GEMM (the mma.sync path gathers while it loads).
+//   2. GEMM1: hid = act(xs @ w1[e] + b1[e]), sorted rows.
+//   3. GEMM2: ys = ss * (hid @ w2[e] + b2[e]), sorted rows, in x's dtype (as the mma.sync path
+//      rounds its slot rows).
+//   4. combine: y[t] = sum over j < k of ys[inv[t k + j]] in slot order in fp32, an empty
+//      slot (inv >= offsets[E]) adding nothing: a fixed order, so bitwise reproducible.
+// No host sync anywhere: offsets is read on the device only. The backward is the mma.sync one
+// (it recomputes from x, order and offsets).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
+
+#include <cstdint>
+#include <optional>
+
+#include "common.h"
+#include "skill_ffn/down.cuh"
+#include "skill_ffn/ffn.h"
+#include "skill_ffn/sm90_grouped.h"
+
+namespace skillkern {
+namespace ffn {
+namespace {
+
+// Whether the forward runs on the CUTLASS kernels: built for sm_90a, a compute capability 9.0
+// device, 16-bit, one of the one-input activations, d and h multiples of 8 and every tensor
+// 16-byte aligned (TMA's rows and bases; a contiguous view may still start at an odd offset).
+// Otherwise the mma.sync path (fwd.cuh) runs.
+inline bool sm90_path(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2,
+                      const std::optional<at::Tensor>& b1, const std::optional<at::Tensor>& b2, int act) {
+  if (!sm90::built() || act == kSwiglu) return false;
+  if (x.scalar_type() != at::kBFloat16 && x.scalar_type() != at::kHalf) return false;
+  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(x.get_device());
+  if (prop->major != 9 || prop->minor != 0 || x.size(1) % 8 != 0 || w2.size(1) % 8 != 0) return false;
+  auto ok = [](const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0; };
+  return ok(x) && ok(w1) && ok(w2) && (!b1.has_value() || ok(*b1)) && (!b2.has_value() || ok(*b2));
+}
+
+// Step 1. One thread per 16 bytes of a sorted row (d % 8 == 0, so rows are whole vectors).
+template <typename T>
+__global__ void __launch_bounds__(256)
+    _gather_sorted_kernel(const T* __restrict__ x, const float* __restrict__ scale, const int32_t* __restrict__ order,
+                          const int32_t* __restrict__ offsets, int E, int k, int64_t N, int64_t d, T* __restrict__ xs,
+                          float* __restrict__ ss, int32_t* __restrict__ inv) {
+  const int64_t vecs = d / 8;
+  const int64_t active = offsets[E];
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < N * vecs; i += stride) {
+    const int64_t p = i / vecs, c = (i % vecs) * 8;
+    const int32_t slot = order[p];
+    if (c == 0) {
+      inv[slot] = int32_t(p);
+      if (p < active) ss[p] = scale[slot];
+    }
+    if (p < active)
+      *reinterpret_cast<uint4*>(xs + p * d + c) = *reinterpret_cast<const uint4*>(x + (slot / k) * d + c);
+  }
+}
+
+// Step 4. One thread per 8 columns of a token.
+template <typename T>
+__global__ void __launch_bounds__(256)
+    _combine_sorted_kernel(const T* __restrict__ ys, const int32_t* __restrict__ inv, const int32_t* __restrict__ offsets,
+                           int E, int64_t n_tok, int k, int64_t d, T* __restrict__ y) {
+  const int64_t vecs = d / 8;
+  const int64_t active = offsets[E];
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n_tok * vecs; i += stride) {
+    const int64_t t = i / vecs, c = (i % vecs) * 8;
+    float s[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    for (int j = 0; j < k; ++j) {
+      const int64_t p = inv[t * k + j];
+      if (p >= active) continue;  // an empty slot (its skill id out of range)
+      const T* src = ys + p * d + c;
+#pragma unroll
+      for (int q = 0; q < 8; ++q) s[q] += to_f32(src[q]);
+    }
+    store8(y + t * d + c, s, 8, true);
+  }
+}
+
+inline void check_sm90(cudaError_t err, const char* what) {
+  TORCH_CHECK(err == cudaSuccess, "skill_ffn: the sm_90 grouped GEMM (", what, ") failed: ", cudaGetErrorString(err));
+}
+
+inline at::Tensor run_forward_sm90(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& w1,
+                                   const at::Tensor& w2, const std::optional<at::Tensor>& b1,
+                                   const std::optional<at::Tensor>& b2, int act, const at::Tensor& order,
+                                   const at::Tensor& offsets, cudaStream_t stream) {
+  const int64_t n_tok = x.size(0), d = x.size(1), k = scale.size(1);
+  const int64_t E = w1.size(0), h = w2.size(1);
+  const int64_t N = n_tok * k;
+  at::Tensor y = at::empty({n_tok, d}, x.options());
+  if (N == 0) return y;
+  TORCH_CHECK(d <= INT32_MAX && h <= INT32_MAX, "skill_ffn: d and h must fit in int32");
+  const auto f32 = x.options().dtype(at::kFloat);
+  at::Tensor xs = at::empty({N, d}, x.options());
+  at::Tensor ss = at::empty({N}, f32);
+  at::Tensor inv = at::empty({N}, x.options().dtype(at::kInt));
+  at::Tensor hid = at::empty({N, h}, x.options());
+  at::Tensor ys = at::empty({N, d}, x.options());
+  const int sms = at::cuda::getDeviceProperties(x.get_device())->multiProcessorCount;
+  at::Tensor ws = at::empty({int64_t(sm90::workspace_bytes(int(E), sms))}, x.options().dtype(at::kByte));
+  const sm90::Dtype dt = x.scalar_type() == at::kBFloat16 ? sm90::Dtype::kBf16 : sm90::Dtype::kFp16;
+  const int32_t* off = offsets.const_data_ptr<int32_t>();
+  auto opt_ptr = [](const std::optional<at::Tensor>& t) { return t.has_value() ? t->const_data_ptr() : nullptr; };
+  SK_DISPATCH_FLOAT(x.scalar_type(), "skill_ffn", [&] {
+    using T = scalar_t;
+    if constexpr (sizeof(T) == 2) {
+      const int64_t grid = std::min<int64_t>(cdiv(N * (d / 8), 256), int64_t(1) << 20);  // grid-stride past that
+      auto gather = _gather_sorted_kernel<T>;
+      SK_LAUNCH(gather, unsigned(grid), 256, 0, stream, reinterpret_cast<const T*>(x.const_data_ptr()),
+                scale.const_data_ptr<float>(), order.const_data_ptr<int32_t>(), off, int(E), int(k), N, d,
+                reinterpret_cast<T*>(xs.mutable_data_ptr()), ss.mutable_data_ptr<float>(),
+                inv.mutable_data_ptr<int32_t>());
+      check_sm90(sm90::up(dt, xs.const_data_ptr(), w1.const_data_ptr(), opt_ptr(b1), hid.mutable_data_ptr(), off,
+                          int(E), int(d), int(h), act, sms, ws.mutable_data_ptr(), stream),
+                 "GEMM1");
+      check_sm90(sm90::down(dt, hid.const_data_ptr(), w2.const_data_ptr(), opt_ptr(b2), ss.const_data_ptr<float>(),
+                            ys.mutable_data_ptr(), off, int(E), int(h), int(d), sms, ws.mutable_data_ptr(), stream),
+                 "GEMM2");
+      const int64_t cgrid = std::min<int64_t>(cdiv(n_tok * (d / 8), 256), int64_t(1) << 20);
+      auto combine = _combine_sorted_kernel<T>;
+      SK_LAUNCH(combine, unsigned(cgrid), 256, 0, stream, reinterpret_cast<const T*>(ys.const_data_ptr()),
+                inv.const_data_ptr<int32_t>(), off, int(E), n_tok, int(k), d, reinterpret_cast<T*>(y.mutable_data_ptr()));
+    }
+  });
+  return y;
+}
+
+}  // namespace
+}  // namespace ffn
+}  // namespace skillkern
