@@ -73,9 +73,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> skill_ffn_fwd_cuda(
   at::Tensor order, offsets;
   std::tie(order, offsets) = skill_route_cuda(skill_ids, E);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const at::Tensor y = sm90_path(x, w1, w2, b1, b2, act)
-                           ? run_forward_sm90(x, scale, w1, w2, b1, b2, act, order, offsets, stream)
-                           : run_forward(x, scale, w1, w2, b1, b2, act, order, offsets, stream);
+  at::Tensor y;
+  if (sm90_path(x, w1, w2, b1, b2, act)) {
+    y = at::empty({x.size(0), x.size(1)}, x.options());
+    run_forward_sm90(y, x, scale, w1, w2, b1, b2, act, order, offsets, stream);
+  } else {
+    y = run_forward(x, scale, w1, w2, b1, b2, act, order, offsets, stream);
+  }
   return {y, order, offsets};
 }
 

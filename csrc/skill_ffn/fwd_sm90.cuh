@@ -91,15 +91,13 @@ inline void check_sm90(cudaError_t err, const char* what) {
   TORCH_CHECK(err == cudaSuccess, "skill_ffn: the sm_90 grouped GEMM (", what, ") failed: ", cudaGetErrorString(err));
 }
 
-inline at::Tensor run_forward_sm90(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& w1,
-                                   const at::Tensor& w2, const std::optional<at::Tensor>& b1,
-                                   const std::optional<at::Tensor>& b2, int act, const at::Tensor& order,
-                                   const at::Tensor& offsets, cudaStream_t stream) {
-  const int64_t n_tok = x.size(0), d = x.size(1), k = scale.size(1);
-  const int64_t E = w1.size(0), h = w2.size(1);
-  const int64_t N = n_tok * k;
-  at::Tensor y = at::empty({n_tok, d}, x.options());
-  if (N == 0) return y;
+// Writes y (T, d), x's dtype and device; the same inputs as run_forward (fwd.cuh).
+inline void run_forward_sm90(at::Tensor& y, const at::Tensor& x, const at::Tensor& scale, const at::Tensor& w1,
+                             const at::Tensor& w2, const std::optional<at::Tensor>& b1,
+                             const std::optional<at::Tensor>& b2, int act, const at::Tensor& order,
+                             const at::Tensor& offsets, cudaStream_t stream) {
+  const int64_t n_tok = y.size(0), d = y.size(1), k = scale.size(1), N = n_tok * k, E = w1.size(0), h = w2.size(1);
+  if (N == 0) return;
   TORCH_CHECK(d <= INT32_MAX && h <= INT32_MAX, "skill_ffn: d and h must fit in int32");
   const auto f32 = x.options().dtype(at::kFloat);
   at::Tensor xs = at::empty({N, d}, x.options());
@@ -133,7 +131,6 @@ inline at::Tensor run_forward_sm90(const at::Tensor& x, const at::Tensor& scale,
                 inv.const_data_ptr<int32_t>(), off, int(E), n_tok, int(k), d, reinterpret_cast<T*>(y.mutable_data_ptr()));
     }
   });
-  return y;
 }
 
 }  // namespace
