@@ -31,7 +31,7 @@ namespace ffn {
 namespace {
 
 // Whether the forward runs on the CUTLASS kernels: built for sm_90a, a compute capability 9.0
-// device, 16-bit, one of the one-input activations, d and h multiples of 8 and every tensor
+// device, 16-bit, one of the one-input activations, d and h positive multiples of 8, every tensor
 // 16-byte aligned (TMA's rows and bases; a contiguous view may still start at an odd offset).
 // Otherwise the mma.sync path (fwd.cuh) runs.
 inline bool sm90_path(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2,
@@ -39,7 +39,8 @@ inline bool sm90_path(const at::Tensor& x, const at::Tensor& w1, const at::Tenso
   if (!sm90::built() || act == kSwiglu) return false;
   if (x.scalar_type() != at::kBFloat16 && x.scalar_type() != at::kHalf) return false;
   const cudaDeviceProp* prop = at::cuda::getDeviceProperties(x.get_device());
-  if (prop->major != 9 || prop->minor != 0 || x.size(1) % 8 != 0 || w2.size(1) % 8 != 0) return false;
+  const int64_t d = x.size(1), h = w2.size(1);
+  if (prop->major != 9 || prop->minor != 0 || d == 0 || h == 0 || d % 8 != 0 || h % 8 != 0) return false;
   auto ok = [](const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0; };
   return ok(x) && ok(w1) && ok(w2) && (!b1.has_value() || ok(*b1)) && (!b2.has_value() || ok(*b2));
 }
