@@ -58,9 +58,11 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(VPY) -m model.train
 
-# Order-only: needs an installed venv but does not reinstall it; the stamp is refreshed so
-# the next `make test` does not rebuild what was just built.
-build: | $(STAMP)
+# Needs an installed venv but does not reinstall it (an order-only prerequisite would: make
+# still remakes an out-of-date one, i.e. a full `pip install -e` after any csrc/ edit); the
+# stamp is refreshed so the next `make test` does not rebuild what was just built.
+build:
+	test -f $(STAMP) || $(MAKE) venv
 	$(VPY) setup.py build_ext --inplace
 	touch $(STAMP)
 
