@@ -182,22 +182,7 @@ __global__ void __launch_bounds__(kThreads, 1) token_reduce_bwd_kernel(const Bwd
       cp_async_wait<0>();
     }
     if (new_item) {  // d_out[bi] rows into dos (read by GEMM3 and GEMM5)
-      if (p.y_vec) {
-        constexpr int kE = 16 / sizeof(T);
-        const int vpr = D / kE;
-        for (int i = threadIdx.x; i < S * vpr; i += kThreads) {
-          const int s = i / vpr;
-          const int c = (i - s * vpr) * kE;
-          *reinterpret_cast<uint4*>(dos + s * ldx + c) =
-              *reinterpret_cast<const uint4*>(dout + (bi * S + s) * D + c);
-        }
-      } else {
-        for (int i = threadIdx.x; i < S * D; i += kThreads) {
-          const int s = i / D;
-          const int c = i - s * D;
-          dos[s * ldx + c] = dout[(bi * S + s) * D + c];
-        }
-      }
+      copy_rows<T>(dos, ldx, dout + bi * S * D, D, S, D, p.y_vec);
     }
     if (threadIdx.x < TN) {
       const int n = n0 + threadIdx.x;

@@ -69,6 +69,29 @@ __device__ __forceinline__ void load_x_tile(T* dst, const T* __restrict__ x, con
   }
 }
 
+// rows x width elements from src (row stride src_ld) to dst (row stride dst_ld) by the block's
+// threads: 16-byte copies when vec (width * sizeof(T) a multiple of 16, both sides 16-byte
+// aligned at every row), element copies otherwise. Staging rows to global memory and back.
+template <typename T>
+__device__ __forceinline__ void copy_rows(T* __restrict__ dst, int64_t dst_ld, const T* __restrict__ src,
+                                          int64_t src_ld, int rows, int width, bool vec) {
+  if (vec) {
+    constexpr int kE = 16 / sizeof(T);
+    const int vpr = width / kE;
+    for (int i = threadIdx.x; i < rows * vpr; i += kThreads) {
+      const int r = i / vpr;
+      const int c = (i - r * vpr) * kE;
+      *reinterpret_cast<uint4*>(dst + r * dst_ld + c) = *reinterpret_cast<const uint4*>(src + r * src_ld + c);
+    }
+  } else {
+    for (int i = threadIdx.x; i < rows * width; i += kThreads) {
+      const int r = i / width;
+      const int c = i - r * width;
+      dst[r * dst_ld + c] = src[r * src_ld + c];
+    }
+  }
+}
+
 // Mean and 1/std over D of the ROWS rows of a smem tile, warp per row, two passes (no
 // cancellation for large means). 16-byte smem reads; pad columns [D, dp) are skipped.
 template <typename T, int ROWS>
@@ -347,22 +370,8 @@ __global__ void __launch_bounds__(kThreads, 1) token_reduce_fwd_kernel(const Fwd
     __syncthreads();
 
     T* out = static_cast<T*>(pass == 0 ? p.out : p.out_lo);
-    if (p.out_vec) {
-      constexpr int kE = 16 / sizeof(T);
-      const int vpr = width / kE;  // width * sizeof(T) is a multiple of 16 when out_vec
-      for (int i = threadIdx.x; i < S * vpr; i += kThreads) {
-        const int s = i / vpr;
-        const int c = (i - s * vpr) * kE;
-        *reinterpret_cast<uint4*>(out + (b * S + s) * D + c0 + c) =
-            *reinterpret_cast<const uint4*>(os + s * ldx + c);
-      }
-    } else {
-      for (int i = threadIdx.x; i < S * width; i += kThreads) {
-        const int s = i / width;
-        const int c = i - s * width;
-        out[(b * S + s) * D + c0 + c] = os[s * ldx + c];
-      }
-    }
+    // width * sizeof(T) is a multiple of 16 when out_vec
+    copy_rows<T>(out + b * S * D + c0, D, os, ldx, S, width, p.out_vec);
   }
   if (chunk == 0 && static_cast<int>(threadIdx.x) < S) {
     const int s = threadIdx.x;
