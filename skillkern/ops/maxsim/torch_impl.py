@@ -96,13 +96,13 @@ def _query(q, q_mask, mean: bool):
     return qf, w.reshape(-1)
 
 
-def doc_scores(q, table: Table, docs: torch.Tensor, q_mask, mean: bool) -> torch.Tensor:
-    """(Bq, len(docs)) float32 scores against the docs `docs` (CPU int64 doc indices)."""
-    Bq, Nq = q.shape[:2]
-    out = torch.zeros(Bq, len(docs), dtype=torch.float32, device=q.device)
+def doc_scores(qf, w, Bq: int, table: Table, docs: torch.Tensor) -> torch.Tensor:
+    """(Bq, len(docs)) float32 scores of the queries _query prepared (qf, w) against the docs
+    `docs` (CPU int64 doc indices)."""
+    Nq = qf.shape[0] // max(1, Bq)
+    out = torch.zeros(Bq, len(docs), dtype=torch.float32, device=qf.device)
     if Bq == 0 or Nq == 0 or len(docs) == 0 or table.tok.shape[0] == 0:
         return out
-    qf, w = _query(q, q_mask, mean)
     for a, b, L in plan(table.length[docs], Bq * Nq):
         best, _, _, _, nonempty, _ = _chunk(qf, table, docs[a:b], L)
         best = torch.where(nonempty[None, :], best, 0.0) * w[:, None]  # -inf of an empty doc never multiplies
@@ -111,8 +111,8 @@ def doc_scores(q, table: Table, docs: torch.Tensor, q_mask, mean: bool) -> torch
 
 
 def doc_grads(g, q, d, table: Table, docs: torch.Tensor, q_mask, mean: bool):
-    """(dq, dd) for the gradient g (Bq, len(docs)) of doc_scores(q, table, docs, ...), where
-    `docs` holds distinct docs (so every token row belongs to one column)."""
+    """(dq, dd) for the gradient g (Bq, len(docs)) of the scores against `docs` (doc_scores),
+    where `docs` holds distinct docs (so every token row belongs to one column)."""
     Bq, Nq, D = q.shape
     dq = torch.zeros(Bq * Nq, D, dtype=torch.float32, device=q.device)
     dtok = torch.zeros(table.tok.shape, dtype=torch.float32, device=q.device)
@@ -145,10 +145,11 @@ def candidate_docs(candidates: torch.Tensor, Bd: int):
 
 def maxsim_fwd(q, d, q_mask, d_mask, d_offsets, candidates, mean: bool) -> torch.Tensor:
     table = Table(d, d_mask, d_offsets)
+    qf, w = _query(q, q_mask, mean)
     if candidates is None:
-        return doc_scores(q, table, torch.arange(table.docs), q_mask, mean)
+        return doc_scores(qf, w, q.shape[0], table, torch.arange(table.docs))
     docs, pos, used = candidate_docs(candidates, table.docs)
-    scores = doc_scores(q, table, docs, q_mask, mean)
+    scores = doc_scores(qf, w, q.shape[0], table, docs)
     if scores.shape[1] == 0:
         return torch.zeros(candidates.shape, dtype=torch.float32, device=q.device)
     return torch.where(used, scores.gather(1, pos), 0.0)
@@ -174,11 +175,12 @@ def maxsim_topk(q, d, k: int, q_mask, d_mask, d_offsets, mean: bool, chunk: int)
     lower doc index (a stable sort over [running best, the chunk's docs in index order])."""
     table = Table(d, d_mask, d_offsets)
     Bq = q.shape[0]
+    qf, w = _query(q, q_mask, mean)  # once for every chunk
     vals = torch.empty(Bq, 0, dtype=torch.float32, device=q.device)
     idx = torch.empty(Bq, 0, dtype=torch.int64, device=q.device)
     for a in range(0, table.docs, chunk):
         docs = torch.arange(a, min(a + chunk, table.docs))
-        s = doc_scores(q, table, docs, q_mask, mean)
+        s = doc_scores(qf, w, Bq, table, docs)
         vals = torch.cat([vals, s], 1)
         idx = torch.cat([idx, docs.to(q.device)[None, :].expand(Bq, -1)], 1)
         order = torch.sort(vals, dim=1, descending=True, stable=True).indices[:, :k]

@@ -325,8 +325,9 @@ def _token_reduce_bwd_kernel(
     Also stored: d_scores = dz (SCORES_GIVEN); else dz' = dz * rstd (dz without LayerNorm) for
     _token_reduce_dw_kernel ((B * N, S) fp32), and with LayerNorm the item's sums of dz' mean
     and of dz (vec_part, (B, 2, S_PAD)), which turn x^T dz' into dw_score on the host side.
-    wf_ptr: W' (the folded score matrix) for pass 1; w_ptr: w_score itself (in x's type) for du. dx and
-    d_out share x's / out's strides; every position < N gets its dx (exact zeros where masked)."""
+    wf_ptr: W' (the folded score matrix) for pass 1; w_ptr: w_score itself (in x's type) for
+    du. dx and d_out share x's / out's strides; every position < N gets its dx (exact zeros
+    where masked)."""
     b = tl.program_id(0).to(tl.int64)
     n_tiles = tl.cdiv(N, BLOCK_N)
     ss = tl.arange(0, S_PAD)
@@ -374,6 +375,7 @@ def _token_reduce_bwd_kernel(
         if SCORES_GIVEN:
             tl.store(dsc_ptr + sc_off[:, None] + ss[None, :], dz.to(dsc_ptr.dtype.element_ty), mask=smask)
         else:
+            dzp = dz
             if HAS_LN:
                 # s1 and t2 from the same weights, so that t2 - mean * s1 cancels the mean exactly
                 s1 = tl.sum(dz_lp.to(tl.float32) * col_w[None, :], axis=1)
@@ -393,8 +395,6 @@ def _token_reduce_bwd_kernel(
                     t_sum += tl.load(vp + S_PAD)
                 tl.store(vp, m_sum)
                 tl.store(vp + S_PAD, t_sum)
-            else:
-                dzp = dz
             rows = b * N + n0 + tl.arange(0, BLOCK_N)
             tl.store(dz_ptr + rows[:, None] * S + ss[None, :], dzp, mask=smask)
         # pass 2: this tile's dx, BLOCK_D features at a time

@@ -108,8 +108,8 @@ def _bwd_blocks(N: int, D: int, S: int, fp32: bool) -> dict:
     rows, feats, stages = (32, 16, 3) if fp32 else (64, 32, 6)
     block_n = 16 if interpreting() else max(16, min(rows, triton.next_power_of_2(N)))
     block_d = max(16, min(feats, triton.next_power_of_2(D)))
-    return dict(BLOCK_N=block_n, S_PAD=s_pad, BLOCK_D=block_d, LOAD_D=max(16, min(32, triton.next_power_of_2(D))), num_warps=8,
-                num_stages=stages)
+    load_d = max(16, min(32, triton.next_power_of_2(D)))
+    return dict(BLOCK_N=block_n, S_PAD=s_pad, BLOCK_D=block_d, LOAD_D=load_d, num_warps=8, num_stages=stages)
 
 
 # the dw_score GEMM: (128 features x S_PAD) per program, 64 positions per step
