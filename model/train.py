@@ -4,6 +4,7 @@
     python -m model.train --model base --backend triton --steps 2000
     python -m model.train --resume                # continue runs/<name> from its last checkpoint
     torchrun --nproc_per_node 2 -m model.train    # DDP (nccl on GPUs, gloo on CPUs)
+    torchrun --nproc_per_node 8 -m model.train --fsdp --resume   # FSDP2, resumed from any world size
     python -m model.train --set lr=5e-4 skill_every=2 task_weights='{"image_text": 2}'
 
 Each optimiser step trains one task, drawn by a fixed weighted schedule (TrainConfig.task_weights)
@@ -15,12 +16,22 @@ decay; bf16 autocast on a GPU; gradient accumulation and clipping; `--backend` r
 layer (SkillFFN, TokenReduction, FILIP loss, evaluation's token similarity).
 
 Outputs in runs/<name>/: metrics.jsonl (one JSON object per step and per evaluation),
-curves.png, ckpt/step_NNNNNN/ (model.safetensors, train_state.pt, rng_rankR.pt, config.json)
-with ckpt/latest naming the newest. A checkpoint is written to a temporary folder and renamed
-(the rename is atomic), so a run killed at any moment leaves the previous checkpoint intact.
-Resuming restores the weights, the optimiser and scheduler, the step, every RNG (python, numpy,
-torch, CUDA, the task sampler, each task's data order) and the metrics so far: a run killed and
-resumed gives the same loss curve as one that was not (bitwise on CPU).
+curves.png, ckpt/step_NNNNNN/ (model.checkpoint describes the files: DCP shards of the model and
+optimiser, JSON, weights-only RNG files, model.safetensors, and manifest.json with checksums,
+written last) with ckpt/latest naming the newest. A checkpoint is written to a temporary folder
+and renamed (the rename is atomic), so a run killed at any moment leaves the previous checkpoint
+intact. Nothing in a checkpoint is loaded by a free unpickler: a checkpoint cannot run code.
+
+Resuming (--resume) takes the newest checkpoint that matches its manifest (saying which newer ones
+it skipped and why) and restores the weights, the optimiser and scheduler, the step, every RNG
+(python, numpy, torch, CUDA, the task sampler) and each task's data position (a global sample
+count) and the metrics so far. With the same world size a killed and resumed run gives the same
+loss curve as one that was not (bitwise on CPU); on a different world size the model and
+optimiser are resharded by torch.distributed.checkpoint and the data continues the same global
+stream, equal up to floating-point summation order.
+
+SIGTERM or SIGUSR1 (Slurm, Kubernetes) make every rank finish its step, write one checkpoint
+together and exit with status 75 (model.dist.EXIT_PREEMPTED); rerun with --resume.
 """
 from __future__ import annotations
 
@@ -51,6 +62,9 @@ from model.config import (
     to_dict,
     train_config,
 )
+from model import checkpoint as ckpt_io
+from model.checkpoint import CheckpointError
+from model.dist import EXIT_PREEMPTED, Preemption, canonical_name, full_tensor, shard_model
 from model.params import peak_flops, step_flops
 from model.wukong import SkillNetWukong, specs_from_tasks
 
@@ -91,33 +105,55 @@ class TaskSampler:
 
 
 class BatchOrder:
-    """A task's training order: a seeded permutation per epoch, consumed batch by batch (the
-    tail that does not fill a batch is dropped, so every batch has the same shape)."""
+    """A task's training order, a function of (seed, task, global sample count) alone: epoch e is
+    the e-th permutation drawn from PCG64([seed, 9001, task_index]), cut into global batches (the
+    tail that does not fill a batch is dropped, so every batch has the same shape). Its state is
+    the number of samples consumed, so a run resumed on any number of ranks continues the same
+    global stream (each rank then takes its slice of every global batch)."""
 
     def __init__(self, n: int, batch: int, seed: int, task_index: int, task: str):
         if n < batch:
             raise DataError(f"{task}: the train split has {n} examples, fewer than one global batch of "
                             f"{batch}; lower --batch-size or build a larger benchmark (--data-size mini)")
-        self.n, self.batch = n, batch
-        self.rng = np.random.Generator(np.random.PCG64([seed, 9001, task_index]))
-        self.epoch, self.pos = 0, 0
-        self.perm = self.rng.permutation(n)
+        self.n, self.batch, self.task = n, batch, task
+        self.seed_key = [seed, 9001, task_index]
+        self.per_epoch = (n // batch) * batch  # samples used per epoch
+        self.samples = 0
+        self._rng, self._perm, self._perm_epoch = None, None, -1
+
+    @property
+    def epoch(self) -> int:
+        """The epoch of the batch drawn last (0 before the first)."""
+        return max(0, self.samples - 1) // self.per_epoch
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        """Epoch `epoch`'s permutation; the generator is replayed from the seed when it is not
+        the next one (after a resume), so the order never depends on how the run got here."""
+        if epoch != self._perm_epoch:
+            if self._rng is None or epoch != self._perm_epoch + 1:
+                self._rng, self._perm_epoch = np.random.Generator(np.random.PCG64(self.seed_key)), -1
+            while self._perm_epoch < epoch:
+                self._perm = self._rng.permutation(self.n)
+                self._perm_epoch += 1
+        return self._perm
 
     def next(self) -> torch.Tensor:
-        if self.pos + self.batch > self.n:
-            self.epoch, self.pos = self.epoch + 1, 0
-            self.perm = self.rng.permutation(self.n)
-        idx = self.perm[self.pos:self.pos + self.batch]
-        self.pos += self.batch
+        epoch, pos = divmod(self.samples, self.per_epoch)
+        idx = self._permutation(epoch)[pos:pos + self.batch]
+        self.samples += self.batch
         return torch.from_numpy(idx.copy())
 
     def state_dict(self) -> dict:
-        return {"rng": self.rng.bit_generator.state, "epoch": self.epoch, "pos": self.pos,
-                "perm": torch.from_numpy(self.perm.copy())}
+        return {"samples": self.samples, "batch": self.batch}
 
     def load_state_dict(self, s: dict) -> None:
-        self.rng.bit_generator.state = s["rng"]
-        self.epoch, self.pos, self.perm = s["epoch"], s["pos"], s["perm"].numpy().copy()
+        samples = s.get("samples") if isinstance(s, dict) else None
+        if not isinstance(samples, int) or samples < 0:
+            raise ValueError(f"{self.task}: a data position must hold a sample count >= 0, got {s!r}")
+        if s.get("batch", self.batch) != self.batch:
+            raise ValueError(f"{self.task}: the checkpoint's global batch is {s['batch']}, this run's is "
+                             f"{self.batch}; resume with the same --batch-size (any number of ranks)")
+        self.samples = samples
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -210,10 +246,13 @@ class Trainer:
 
     tasks: {name: Task} as model.data gives them; None loads the benchmark (the only source of
     data the command line uses). device: default cuda when available (LOCAL_RANK's GPU under
-    torchrun)."""
+    torchrun). fsdp: shard with FSDP2 (model.dist.shard_model) instead of DDP when there are
+    several ranks. After fit(), `preempted` names the signal that stopped the run early (None
+    when it ran to its end)."""
 
     def __init__(self, mcfg: ModelConfig, tcfg: TrainConfig, tasks: dict | None = None, *,
-                 device: torch.device | str | None = None, resume: bool = False, log=print, progress: bool = True):
+                 device: torch.device | str | None = None, resume: bool = False, fsdp: bool = False, log=print,
+                 progress: bool = True):
         tcfg.validate()
         if device is None:
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
@@ -264,7 +303,15 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
 
         self.ddp = None
-        if self.world > 1:
+        self.fsdp = fsdp and self.world > 1
+        if fsdp and self.world == 1:
+            self.log("--fsdp with one process: nothing to shard, training unsharded")
+        if self.fsdp:
+            if mcfg.lit:
+                raise ValueError("--fsdp: LiT (`lit`=True) locks rows of the skill banks in place, which "
+                                 "sharded parameters do not support; train LiT with DDP (without --fsdp)")
+            shard_model(self.model, self.device, bf16=self.device.type == "cuda" and tcfg.amp)
+        elif self.world > 1:
             # one task per step leaves the other tasks' embedders and heads unused
             self.ddp = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
@@ -279,6 +326,7 @@ class Trainer:
             raise ValueError(f"TrainConfig: `batch_size`={tcfg.batch_size} must be divisible by grad_accum x "
                              f"world size = {tcfg.grad_accum} x {self.world}")
         self.step = 0
+        self.preempted: str | None = None
         self.metrics: list[dict] = []
         self.peak = peak_flops(self.device)
         self.autocast = self.device.type == "cuda" and tcfg.amp
@@ -385,6 +433,8 @@ class Trainer:
         for i, batch in enumerate(micro):
             sync = i == len(micro) - 1
             ctx = model.no_sync() if (self.ddp is not None and not sync) else contextlib.nullcontext()
+            if self.fsdp:  # FSDP2: reduce-scatter the gradients on the last micro-step only
+                self.model.set_requires_gradient_sync(sync)
             with ctx, torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
                 out = model(task, batch, self.group)
                 (out["loss"] / len(micro)).backward()
@@ -396,8 +446,8 @@ class Trainer:
             value = value.clone()
             dist.all_reduce(value)
             value /= self.world
-        gnorm = (nn.utils.clip_grad_norm_(self.model.parameters(), self.tcfg.grad_clip)
-                 if self.tcfg.grad_clip > 0 else _grad_norm(self.model))
+        gnorm = full_tensor(nn.utils.clip_grad_norm_(self.model.parameters(), self.tcfg.grad_clip)
+                            if self.tcfg.grad_clip > 0 else _grad_norm(self.model))
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
@@ -418,21 +468,32 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def fit(self, stop_at: int | None = None) -> list[float]:
         """Train to TrainConfig.steps (or stop after step `stop_at`, as a killed run would).
-        Returns the losses of the steps run here."""
+        Returns the losses of the steps run here. SIGTERM / SIGUSR1 on any rank stop every rank
+        after the same step, with a checkpoint of it (model.dist.Preemption); `preempted` then
+        names the signal."""
         cfg = self.tcfg
         last = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
         bar = self._bar(last)
         losses = []
         t_start = time.perf_counter()
-        while self.step < last:
-            row = self.train_step()
-            losses.append(row["loss"])
-            self._record(row)
-            self._show(bar, row, t_start)
-            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
-                self._record_eval(self.evaluate("val"), "val")
-            if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
-                self.save_checkpoint()
+        with Preemption() as signals:
+            while self.step < last:
+                row = self.train_step()
+                losses.append(row["loss"])
+                self._record(row)
+                self._show(bar, row, t_start)
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                    self._record_eval(self.evaluate("val"), "val")
+                saved = self.step % cfg.ckpt_every == 0 or self.step == cfg.steps
+                if saved:
+                    self.save_checkpoint()
+                if signals.agreed(self.group, self.device):  # every rank stops after the same step
+                    if not saved:
+                        self.save_checkpoint()
+                    self.preempted = signals.signal or "a signal to another rank"
+                    self.log(f"stopped after step {self.step} on {self.preempted}: checkpoint written; "
+                             f"exit status {EXIT_PREEMPTED}, continue with --resume")
+                    break
         if bar is not None:
             bar.close()
         return losses
@@ -512,21 +573,51 @@ class Trainer:
         return torch.cat(i2t), torch.cat(t2i)
 
     # ------------------------------------------------------------------ checkpoints
-    def _train_state(self) -> dict:
-        return {"step": self.step, "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
-                "orders": {n: o.state_dict() for n, o in self.orders.items()},
-                "metrics": self.metrics, "world": self.world}
+    def _param_names(self) -> dict[int, str]:
+        """id(parameter) -> its name in the plain model (model.dist.canonical_name: the same under
+        DDP, FSDP2 and one process, so a checkpoint moves between them)."""
+        return {id(p): canonical_name(n)[0] for n, p in self.model.named_parameters()}
 
-    def _rng_state(self) -> dict:
-        s = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            s["cuda"] = torch.cuda.get_rng_state(self.device)
-        return s
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The whole weights under their plain names and shapes, on the CPU (under FSDP2 gathered
+        from the shards: a collective, every rank calls it)."""
+        out = {}
+        for k, v in self.model.state_dict().items():
+            name, lifted = canonical_name(k)
+            t = full_tensor(v).detach().cpu()
+            out[name] = (t.reshape(()) if lifted else t).contiguous()
+        return out
+
+    def _tensor_state(self) -> dict:
+        """What DCP saves: model/<name> (weights and buffers) and optim/<name>/<key> (AdamW's
+        moments and step), as tensors or, under FSDP2, this rank's DTensor shards; 0-dim tensors
+        as 1-element vectors (the shape FSDP2 gives them), so every layout reads every other."""
+        out = {f"model/{canonical_name(k)[0]}": _stored(v) for k, v in self.model.state_dict().items()}
+        names = self._param_names()
+        for p, st in self.optimizer.state.items():
+            for k, v in st.items():
+                if not isinstance(v, torch.Tensor):
+                    raise TypeError(f"save_checkpoint: optimiser state {names[id(p)]}/{k} is a "
+                                    f"{type(v).__name__}, not a tensor")
+                out[f"optim/{names[id(p)]}/{k}"] = _stored(v)
+        return out
+
+    def _train_state(self) -> dict:
+        """The rest of the state, as plain JSON."""
+        names = self._param_names()
+        groups = [{**{k: list(v) if isinstance(v, tuple) else v for k, v in g.items() if k != "params"},
+                   "params": [names[id(p)] for p in g["params"]]} for g in self.optimizer.param_groups]
+        return {"format": ckpt_io.FORMAT, "step": self.step, "world": self.world, "fsdp": self.fsdp,
+                "optim_groups": groups,
+                "optim_state": {names[id(p)]: {k: "param" if v.shape == p.shape else list(v.shape)
+                                                for k, v in sorted(st.items())}
+                                for p, st in self.optimizer.state.items()},
+                "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
+                "orders": {n: o.state_dict() for n, o in self.orders.items()}, "metrics": self.metrics}
 
     def save_checkpoint(self) -> str:
-        """Write ckpt/step_NNNNNN atomically (temporary folder, fsync, rename) and point
-        ckpt/latest at it; keep the newest keep_ckpts."""
+        """Write ckpt/step_NNNNNN atomically (temporary folder, fsync, manifest last, rename), point
+        ckpt/latest at it and keep the newest keep_ckpts. A collective: every rank calls it."""
         from safetensors.torch import save_file
         name = f"step_{self.step:06d}"
         final = os.path.join(self.ckpt_dir, name)
@@ -535,62 +626,96 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed while writing
             os.makedirs(tmp)
         _barrier()
-        _save_fsync(lambda f: torch.save(self._rng_state(), f), os.path.join(tmp, f"rng_rank{self.rank}.pt"))
+        ckpt_io.save_tensors(self._tensor_state(), tmp, self.group)
+        rng_path = os.path.join(tmp, f"rng_rank{self.rank}.pt")
+        torch.save(ckpt_io.rng_state(self.device), rng_path)
+        ckpt_io.fsync_path(rng_path)
+        # the full weights for init_from / inspection (gathered from the shards under FSDP2)
+        weights = self.full_state_dict() if self.fsdp or self.rank == 0 else None
+        if self.rank == 0:
+            save_file(weights, os.path.join(tmp, "model.safetensors"))
+            ckpt_io.fsync_path(os.path.join(tmp, "model.safetensors"))
+            ckpt_io.write_json(os.path.join(tmp, "train_state.json"), self._train_state())
+            ckpt_io.write_json(os.path.join(tmp, "config.json"), {
+                "model": to_dict(self.mcfg), "train": to_dict(self.tcfg), "step": self.step, "world": self.world})
+        del weights
         _barrier()
         if self.rank == 0:
-            state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
-            save_file(state, os.path.join(tmp, "model.safetensors"))
-            _fsync_path(os.path.join(tmp, "model.safetensors"))
-            _save_fsync(lambda f: torch.save(self._train_state(), f), os.path.join(tmp, "train_state.pt"))
-            cfg = {"model": to_dict(self.mcfg), "train": to_dict(self.tcfg), "step": self.step, "world": self.world}
-            _save_fsync(lambda f: f.write(json.dumps(cfg, indent=1).encode()), os.path.join(tmp, "config.json"))
+            ckpt_io.write_manifest(tmp)  # last: a folder with a manifest is complete
             if os.path.isdir(final):  # the same step again (a resumed run re-saving): replace it
                 shutil.rmtree(final)
             os.replace(tmp, final)
-            _save_fsync(lambda f: f.write(name.encode()), os.path.join(self.ckpt_dir, "latest.tmp"))
+            ckpt_io.write_bytes(os.path.join(self.ckpt_dir, "latest.tmp"), name.encode())
             os.replace(os.path.join(self.ckpt_dir, "latest.tmp"), os.path.join(self.ckpt_dir, "latest"))
-            old = sorted(d for d in os.listdir(self.ckpt_dir) if d.startswith("step_") and not d.endswith(".tmp"))
-            for d in old[:-self.tcfg.keep_ckpts]:
+            ckpt_io.fsync_path(self.ckpt_dir)
+            # prune the older ones; a newer folder (left behind when --resume fell back past it)
+            # is not counted, so the valid chain behind this checkpoint is what is kept
+            old = [d for d in ckpt_io.step_folders(self.ckpt_dir) if d <= name][self.tcfg.keep_ckpts:]
+            for d in old:
                 shutil.rmtree(os.path.join(self.ckpt_dir, d), ignore_errors=True)
         _barrier()
         return final
 
+    def _choose_checkpoint(self) -> str:
+        """The folder --resume continues from: the newest one that matches its manifest. Rank 0
+        checks (and says which newer ones it skipped and why) and tells the other ranks."""
+        found, why, step = None, [], -1
+        if self.rank == 0:
+            found, why = ckpt_io.newest_valid(self.ckpt_dir)
+            for reason in why:
+                self.log(f"--resume: skipping an invalid checkpoint: {reason}")
+            if found is not None:
+                step = int(os.path.basename(found)[len("step_"):])
+                if why:
+                    self.log(f"--resume: falling back to {found}, the newest valid checkpoint")
+        if self.group is not None:
+            t = torch.tensor([step], dtype=torch.int64, device=self.device)
+            dist.broadcast(t, src=0, group=self.group)
+            step = int(t.item())
+        if step >= 0:
+            return os.path.join(self.ckpt_dir, f"step_{step:06d}")
+        if self.rank == 0 and why:
+            raise CheckpointError(f"--resume: no valid checkpoint in {self.ckpt_dir}:\n  " + "\n  ".join(why))
+        if self.rank == 0 or not os.path.isdir(self.ckpt_dir):
+            raise FileNotFoundError(f"--resume: no checkpoint in {self.ckpt_dir} (no 'latest' file); "
+                                    "run without --resume to start this run")
+        raise CheckpointError(f"--resume: rank 0 found no valid checkpoint in {self.ckpt_dir} (see its error)")
+
     def load_checkpoint(self, path: str | None = None) -> None:
-        """Restore everything save_checkpoint wrote (ckpt/latest by default)."""
-        from safetensors.torch import load_file
+        """Restore everything save_checkpoint wrote: `path`, or the newest valid checkpoint of this
+        run (falling back past corrupted or partial ones). The checkpoint may come from any number
+        of ranks, with or without FSDP2: DCP reshards the model and optimiser to this run."""
         if path is None:
-            latest = os.path.join(self.ckpt_dir, "latest")
-            if not os.path.isfile(latest):
-                raise FileNotFoundError(f"--resume: no checkpoint in {self.ckpt_dir} (no 'latest' file); "
-                                        "run without --resume to start this run")
-            with open(latest) as f:
-                path = os.path.join(self.ckpt_dir, f.read().strip())
-        rng_path = os.path.join(path, f"rng_rank{self.rank}.pt")
-        state = torch.load(os.path.join(path, "train_state.pt"), map_location="cpu", weights_only=False)
-        if state["world"] != self.world or not os.path.isfile(rng_path):
-            raise ValueError(f"--resume: {path} was written by {state['world']} rank(s), this run has "
-                             f"{self.world}; exact resume needs the same world size")
-        with open(os.path.join(path, "config.json")) as f:
-            saved = json.load(f)
-        if saved["model"] != to_dict(self.mcfg):
+            path = self._choose_checkpoint()
+        else:
+            ckpt_io.verify(path)
+        saved = ckpt_io.read_json(os.path.join(path, "config.json"))
+        if saved.get("model") != to_dict(self.mcfg):
             diff = {k: (saved["model"].get(k), v) for k, v in to_dict(self.mcfg).items() if saved["model"].get(k) != v}
             raise ValueError(f"--resume: the model config differs from the checkpoint's (saved, now): {diff}")
-        self.model.load_state_dict(load_file(os.path.join(path, "model.safetensors"), device=str(self.device)))
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.sampler.load_state_dict(state["sampler"])
-        for n, o in self.orders.items():
-            if n not in state["orders"]:
-                raise ValueError(f"--resume: task {n!r} was not in the checkpointed run ({sorted(state['orders'])})")
-            o.load_state_dict(state["orders"][n])
-        self.step = state["step"]
-        self.metrics = list(state["metrics"])
-        rng = torch.load(rng_path, map_location="cpu", weights_only=False)
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and self.device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        state_path = os.path.join(path, "train_state.json")
+        state = ckpt_io.read_json(state_path)
+        if not isinstance(state, dict) or state.get("format") != ckpt_io.FORMAT:
+            raise CheckpointError(f"{state_path}: not a format-{ckpt_io.FORMAT} train state")
+        live = self.model.state_dict()  # DCP loads into these (views of the weights) in place
+        targets, optim = self._load_targets(path, state, live)
+        ckpt_io.load_tensors(targets, path, self.group)
+        self.model.load_state_dict(live)
+        self._load_optimizer(state, optim, state_path)
+        try:
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.sampler.load_state_dict(state["sampler"])
+            for n, o in self.orders.items():
+                if n not in state["orders"]:
+                    raise ValueError(f"--resume: task {n!r} was not in the checkpointed run "
+                                     f"({sorted(state['orders'])})")
+                o.load_state_dict(state["orders"][n])
+            self.step = int(state["step"])
+            self.metrics = list(state["metrics"])
+            saved_world = int(state["world"])
+        except (KeyError, TypeError) as e:
+            raise CheckpointError(f"{state_path}: incomplete train state ({type(e).__name__}: {e})") from None
+        self._load_rng(path, saved_world)
         if self.mcfg.lit:
             self.model.snapshot_locked()  # the locked skills as the checkpoint has them
         if self.rank == 0:  # metrics.jsonl = the checkpoint's rows (a killed run may have logged more)
@@ -598,27 +723,73 @@ class Trainer:
                 for r in self.metrics:
                     f.write(json.dumps(r) + "\n")
             os.replace(self.metrics_path + ".tmp", self.metrics_path)
-        self.log(f"resumed {path} at step {self.step}")
+        how = ("" if saved_world == self.world else
+               f"; saved by {saved_world} rank(s), resharded to {self.world} (equal up to summation order, "
+               "bitwise only on the same world size)")
+        self.log(f"resumed {path} at step {self.step}{how}")
+
+    def _load_targets(self, path: str, state: dict, live: dict) -> tuple[dict, dict]:
+        """(what DCP loads into, {name: {key: optimiser state tensor}}): views of the live
+        weights, and fresh optimiser moments / steps (DTensor shards under FSDP2) for the
+        parameters the checkpoint has state for, in the layout _tensor_state saves."""
+        md = ckpt_io.read_dcp_metadata(os.path.join(path, ".metadata")).state_dict_metadata
+        targets = {f"model/{canonical_name(k)[0]}": _stored(v) for k, v in live.items()}
+        params = {canonical_name(n)[0]: p for n, p in self.model.named_parameters()}
+        optim = {}
+        for name, keys in (state.get("optim_state") or {}).items():
+            if name not in params:
+                raise ValueError(f"--resume: the checkpoint has optimiser state for {name!r}, "
+                                 "which this model does not have")
+            p = params[name].detach()
+            optim[name] = {}
+            for k, shape in keys.items():
+                key = f"optim/{name}/{k}"
+                if key not in md or not hasattr(md[key], "properties"):
+                    raise CheckpointError(f"{os.path.join(path, '.metadata')}: no tensor {key!r}")
+                dtype = md[key].properties.dtype
+                t = torch.zeros_like(p, dtype=dtype) if shape == "param" else torch.zeros(shape, dtype=dtype)
+                optim[name][k] = t
+                targets[key] = _stored(t)
+        return targets, optim
+
+    def _load_optimizer(self, state: dict, loaded: dict, state_path: str) -> None:
+        """AdamW's state from the loaded tensors and the JSON hyper-parameters; the parameter
+        groups must name the same parameters (by name) as this run's."""
+        names = self._param_names()
+        index, sd_groups = {}, []
+        saved_groups = state.get("optim_groups", [])
+        if len(saved_groups) != len(self.optimizer.param_groups):
+            raise ValueError(f"--resume: {state_path} has {len(saved_groups)} optimiser groups, this run "
+                             f"{len(self.optimizer.param_groups)}")
+        for g_saved, g in zip(saved_groups, self.optimizer.param_groups):
+            now = [names[id(p)] for p in g["params"]]
+            if g_saved["params"] != now:
+                diff = sorted(set(g_saved["params"]) ^ set(now))
+                raise ValueError(f"--resume: the trainable parameters differ from the checkpoint's: {diff[:8]}")
+            ids = list(range(len(index), len(index) + len(now)))
+            index.update(zip(now, ids))
+            sd_groups.append({**{k: tuple(v) if k == "betas" else v for k, v in g_saved.items()}, "params": ids})
+        opt_state = {index[n]: st for n, st in loaded.items()}
+        self.optimizer.load_state_dict({"state": opt_state, "param_groups": sd_groups})
+
+    def _load_rng(self, path: str, saved_world: int) -> None:
+        """This rank's RNG states; a rank the checkpoint did not have seeds them from
+        (seed, step, rank)."""
+        rng_path = os.path.join(path, f"rng_rank{self.rank}.pt")
+        if self.rank < saved_world:
+            ckpt_io.set_rng_state(ckpt_io.load_tensors_file(rng_path), self.device, rng_path)
+        else:
+            ckpt_io.seed_rng(self.tcfg.seed, self.step, self.rank)
+
+
+def _stored(t: torch.Tensor) -> torch.Tensor:
+    """How a checkpoint stores a tensor: a 0-dim one as a 1-element view (FSDP2's shape for it)."""
+    return t.reshape(1) if t.dim() == 0 else t
 
 
 def _grad_norm(model: nn.Module) -> torch.Tensor:
     gs = [p.grad for p in model.parameters() if p.grad is not None]
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in gs])) if gs else torch.zeros(())
-
-
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _save_fsync(write, path: str) -> None:
-    with open(path, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
+    return nn.utils.get_total_norm(gs) if gs else torch.zeros(())
 
 
 # ----------------------------------------------------------------------------- report
@@ -669,7 +840,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--data-size", default=None, choices=("mini", "tiny"))
     ap.add_argument("--data-root", default=None, help="benchmark cache folder (default: model.data's)")
     ap.add_argument("--lit", action="store_true", help="LiT: lock the image tower (use with --set init_from=...)")
-    ap.add_argument("--resume", action="store_true", help="continue runs/<name> from its latest checkpoint")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue runs/<name> from its newest valid checkpoint (written on any number of ranks)")
+    ap.add_argument("--fsdp", action="store_true",
+                    help="under torchrun: shard with FSDP2 (fully_shard per Transformer block; bf16 compute on "
+                         "a GPU) instead of DDP")
     ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     ap.add_argument("--no-plot", action="store_true", help="skip curves.png")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -696,8 +871,10 @@ def configs_from_args(args) -> tuple[ModelConfig, TrainConfig]:
     return model_config(args.model, **model_over), train_config(args.model, **train_over)
 
 
-def _finish(trainer: Trainer, t0: float, plot: bool) -> dict:
+def _finish(trainer: Trainer, t0: float, plot: bool) -> dict | None:
     trainer.fit()
+    if trainer.preempted:
+        return None
     results = trainer.evaluate("test")
     _add_chance(trainer, results, "test")
     if trainer.rank == 0:
@@ -721,25 +898,30 @@ def main(argv=None) -> int:
         print(f"model.train: {e}", file=sys.stderr)
         return 2
     try:
-        run_main(mcfg, tcfg, resume=args.resume, device=args.device, plot=not args.no_plot)
-    except (DataError, FileNotFoundError, skillkern.BackendUnavailable) as e:
+        results = run_main(mcfg, tcfg, resume=args.resume, device=args.device, plot=not args.no_plot,
+                           fsdp=args.fsdp)
+    except (DataError, FileNotFoundError, CheckpointError, skillkern.BackendUnavailable) as e:
         print(f"model.train: {e}", file=sys.stderr)
         return 2
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
-    return 0
+    return EXIT_PREEMPTED if results is None else 0
 
 
-def run_main(mcfg: ModelConfig, tcfg: TrainConfig, *, resume=False, device=None, plot=True, tasks=None) -> dict:
-    """Train (on the benchmark unless `tasks` is given), evaluate on test, print the table, plot."""
+def run_main(mcfg: ModelConfig, tcfg: TrainConfig, *, resume=False, device=None, plot=True, tasks=None,
+             fsdp=False) -> dict | None:
+    """Train (on the benchmark unless `tasks` is given), evaluate on test, print the table, plot.
+    Returns the test results, or None when a preemption signal stopped the run (after its
+    checkpoint; main() then exits with EXIT_PREEMPTED)."""
     t0 = time.perf_counter()
-    trainer = Trainer(mcfg, tcfg, tasks, device=device, resume=resume)
+    trainer = Trainer(mcfg, tcfg, tasks, device=device, resume=resume, fsdp=fsdp)
     if trainer.rank == 0:
         n = sum(p.numel() for p in trainer.model.parameters())
         trainer.log(f"model {mcfg.preset}: {n / 1e6:.2f} M parameters | tasks {sorted(trainer.tasks)} | "
                     f"{tcfg.steps} steps x batch {tcfg.batch_size} | backend {tcfg.backend} -> "
                     f"{_resolved(trainer)} | {trainer.device}" + (f" x {trainer.world}" if trainer.world > 1 else "")
+                    + (" (FSDP2)" if trainer.fsdp else " (DDP)" if trainer.world > 1 else "")
                     + (" | bf16 autocast" if trainer.autocast else ""))
     return _finish(trainer, t0, plot)
 

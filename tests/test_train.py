@@ -119,8 +119,9 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
     assert [r["loss"] for r in rows_a] == [r["loss"] for r in rows_b] == losses
     assert [r["task"] for r in rows_a] == [r["task"] for r in rows_b]
     assert sorted(os.listdir(ckpt)) == ["latest", "step_000003", "step_000006"]
-    assert set(os.listdir(ckpt / "step_000006")) == {"model.safetensors", "train_state.pt", "rng_rank0.pt",
-                                                     "config.json"}
+    assert set(os.listdir(ckpt / "step_000006")) == {"model.safetensors", "train_state.json", "rng_rank0.pt",
+                                                     "config.json", ".metadata", "__0_0.distcp",
+                                                     "manifest.json"}
 
 
 def test_resume_refuses_a_different_model(tmp_path):
