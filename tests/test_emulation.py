@@ -104,9 +104,20 @@ FFN_CASES = [
 ]
 
 
-def check_skill_ffn(emu, case, bug=None):
+# The Hopper path's cases (fwd_sm90.cuh / bwd_sm90.cuh with csrc/emu/sm90_host.cc's GEMMs): 16-bit,
+# one-input activations, d and h multiples of 8, aligned tensors
+SM90_CASES = [
+    ("bf16 gelu_tanh, k=2", 300, 2, 4, 72, 136, "gelu_tanh", torch.bfloat16, True, "uniform", 0),
+    ("fp16 silu, empty skills, k=2", 90, 2, 6, 24, 40, "silu", torch.float16, True, "sparse", 0),
+    ("bf16 relu, one skill, no bias", 64, 1, 3, 32, 48, "relu", torch.bfloat16, False, "one", 0),
+    ("fp16 gelu, many skills with few rows, k=3", 60, 3, 23, 16, 24, "gelu", torch.float16, True, "uniform", 0),
+]
+
+
+def check_skill_ffn(emu, case, bug=None, sm90=False):
     """skill_ffn's kernels against the float64 reference on the same (rounded) inputs: y and
-    every gradient within 2x PyTorch's own error in the dtype (+ a floor)."""
+    every gradient within 2x PyTorch's own error in the dtype (+ a floor). sm90: the Hopper
+    path's orchestration instead of the mma.sync kernels."""
     _, T, k, E, d, h, activation, dtype, bias, routing, offset = case
     # the inputs and routings of the compute-sanitizer script (float64 masters, ids with holes)
     master, ids = skill_ffn_sanitize().make_case(T, k, E, d, h, activation, bias, routing, torch.device("cpu"))
@@ -127,9 +138,10 @@ def check_skill_ffn(emu, case, bug=None):
     base = reference(dtype)  # torch's own error in this dtype
     args = {n: _guarded(master[n].to(dtype), offset) for n in names}
     scale = slot_scale(ids, E, sw.float())
-    y, order, offsets = emulate(emu, emu.skill_ffn_fwd, args["x"], ids, scale, args["w1"], args["w2"],
+    fwd, bwd = (emu.skill_ffn_fwd_sm90, emu.skill_ffn_bwd_sm90) if sm90 else (emu.skill_ffn_fwd, emu.skill_ffn_bwd)
+    y, order, offsets = emulate(emu, fwd, args["x"], ids, scale, args["w1"], args["w2"],
                                 args.get("b1"), args.get("b2"), activation, bug=bug)
-    grads = emulate(emu, emu.skill_ffn_bwd, _guarded(dy.to(dtype), offset), args["x"], scale, args["w1"],
+    grads = emulate(emu, bwd, _guarded(dy.to(dtype), offset), args["x"], scale, args["w1"],
                     args["w2"], args.get("b1"), args.get("b2"), order, offsets, activation, True, bug=bug)
     dx, dw1, dw2, db1, db2, dscale = grads
     got = [y, dx, dw1, dw2] + ([db1, db2] if bias else []) + [dscale]
@@ -148,6 +160,13 @@ def check_skill_ffn(emu, case, bug=None):
 @pytest.mark.parametrize("case", FFN_CASES, ids=[c[0] for c in FFN_CASES])
 def test_skill_ffn(emu, case):
     check_skill_ffn(emu, case)
+
+
+@pytest.mark.parametrize("case", SM90_CASES, ids=[c[0] for c in SM90_CASES])
+def test_skill_ffn_sm90_path(emu, case):
+    """The Hopper path around the CUTLASS GEMMs (gather, the backward's row kernel, bias sums,
+    combine, unused skills' zeros), with the GEMMs as host loops of their contract."""
+    check_skill_ffn(emu, case, sm90=True)
 
 
 @pytest.mark.parametrize("ids_dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64])

@@ -218,8 +218,8 @@ def test_extension_records(arch):
     assert reason is None, reason
     expected = _source_kernels()
     assert {"_skill_up_fwd_kernel", "_route_hist_kernel", "token_reduce_bwd_kernel"} <= expected  # the scan works
-    if E.extension_records(90)[1] is not None:  # no sm_90 in this build: sm90_grouped_fwd.cu is stubs
-        expected.discard("_grouped_args_kernel")
+    if E.extension_records(90)[1] is not None:  # no sm_90 in this build: sm90_grouped.cu is stubs
+        expected -= {"_grouped_args_kernel", "_zero_empty_skills_kernel"}
     assert expected <= {r["kernel"] for r in records}
     for r in records:
         assert set(I.KERNEL_KEYS) <= set(r)
@@ -240,17 +240,19 @@ def test_extension_records(arch):
 
 @needs_extension
 def test_sm90_grouped_gemms():
-    """The skill FFN's sm_90 forward GEMMs (CUTLASS ptr-array grouped, csrc/skill_ffn/
-    sm90_grouped_fwd.cu; built whenever the arch list has 9.0): wgmma (HGMMA) fed by TMA
-    (UTMALDG), both dtypes and both GEMMs, no spill and no stack."""
+    """The skill FFN's sm_90 GEMMs (CUTLASS ptr-array grouped, csrc/skill_ffn/sm90_grouped.cu;
+    built whenever the arch list has 9.0): wgmma (HGMMA) fed by TMA (UTMALDG), both dtypes and
+    all four GEMMs, no spill and no stack."""
     records, reason = E.extension_records(90)
     if reason is not None:
         pytest.skip(reason)
     grouped = [r for r in records if r["kernel"].startswith("cutlass_grouped_")]
     assert sorted((r["kernel"], r["config"]) for r in grouped) == [
-        (f"cutlass_grouped_{g}", f"{t}, cooperative, 12 warps") for g in ("down", "up") for t in ("bf16", "fp16")]
+        (f"cutlass_grouped_{g}", f"{t}, cooperative, 12 warps")
+        for g in ("dgrad", "down", "up", "wgrad") for t in ("bf16", "fp16")]
     for r in grouped:
-        assert (r["op"], r["phase"], r["mma"], r["loads"]) == ("skill_ffn", "fwd", "wgmma", "tma"), r
+        phase = "bwd" if r["kernel"].endswith("grad") else "fwd"
+        assert (r["op"], r["phase"], r["mma"], r["loads"]) == ("skill_ffn", phase, "wgmma", "tma"), r
         assert r["sass_counts"]["HGMMA"] > 0 and r["sass_counts"]["UTMALDG"] > 0, r
         assert r["spill_bytes"] == 0 and r["stack_bytes"] == 0 and r["local_bytes"] == 0, r
     # the sm_80 code of the same file: CUTLASS's placeholders (no MMA), never launched
@@ -265,6 +267,9 @@ def test_cutlass_name():
     assert E.cutlass_name(up) == ("cutlass_grouped_up", ["bf16", "cooperative"])
     down = up.replace("10bfloat16_t", "6half_t").replace("8SkillAct", "10multiplies")
     assert E.cutlass_name(down) == ("cutlass_grouped_down", ["fp16", "cooperative"])
+    for which in ("dgrad", "wgrad"):
+        tagged = up.replace("8SkillAct", f"10{which.capitalize()}Store")
+        assert E.cutlass_name(tagged) == (f"cutlass_grouped_{which}", ["bf16", "cooperative"])
     assert E.cutlass_name(GEMM) is None and E.cutlass_name(SCAN) is None
 
 

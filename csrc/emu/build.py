@@ -19,7 +19,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.dirname(HERE)
 ROOT = os.path.dirname(CSRC)
-SOURCES = ["ops.cc", "skill_ffn.cc", "token_similarity.cc", "token_similarity_kernels.cc",
+SOURCES = ["ops.cc", "skill_ffn.cc", "sm90_host.cc", "token_similarity.cc", "token_similarity_kernels.cc",
            "token_similarity_bwd_kernels.cc", "token_reduce.cc", "token_reduce_kernels.cc",
            "token_reduce_bwd_kernels.cc"]
 SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]

@@ -30,6 +30,10 @@ TORCH_LIBRARY(skillkern_emu, m) {
         "str activation) -> (Tensor, Tensor, Tensor)");
   m.def("skill_ffn_bwd(Tensor dy, Tensor x, Tensor scale, Tensor w1, Tensor w2, Tensor? b1, Tensor? b2, "
         "Tensor order, Tensor offsets, str activation, bool need_dscale) -> Tensor[]");
+  m.def("skill_ffn_fwd_sm90(Tensor x, Tensor skill_ids, Tensor scale, Tensor w1, Tensor w2, Tensor? b1, "
+        "Tensor? b2, str activation) -> (Tensor, Tensor, Tensor)");
+  m.def("skill_ffn_bwd_sm90(Tensor dy, Tensor x, Tensor scale, Tensor w1, Tensor w2, Tensor? b1, Tensor? b2, "
+        "Tensor order, Tensor offsets, str activation, bool need_dscale) -> Tensor[]");
   m.def("token_similarity_fwd(Tensor img, Tensor txt, Tensor? img_mask, Tensor? txt_mask) -> "
         "(Tensor, Tensor, Tensor, Tensor)");
   m.def("token_similarity_bwd(Tensor g_i2t, Tensor g_t2i, Tensor img, Tensor txt, Tensor? img_mask, "

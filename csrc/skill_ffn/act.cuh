@@ -22,6 +22,7 @@ __device__ __forceinline__ float act_fwd(float z, int act) {
     case kGelu: return 0.5f * z * (1.f + erff(z * kSqrt1_2));
     case kGeluTanh: return 0.5f * z * (1.f + tanhf(kTanhC * (z + kTanhA * z * z * z)));
     case kRelu: return z > 0.f ? z : 0.f;
+    case kIdentity: return z;
     default: return z * sigmoid(z);  // kSilu
   }
 }

@@ -153,7 +153,7 @@ using WgradShape = TileShape<T, 128, 128, 2, 4>;
 // the token of slot order[p] (by_token) or p itself (a sorted buffer). db (if not null):
 // db[e] = sum_p s_p * b[row_b(p)], s_p = scale[order[p]] (db_scaled) or 1.
 template <typename T>
-__global__ void __launch_bounds__(WgradShape<T>::THREADS)
+__global__ void __launch_bounds__(WgradShape<T>::THREADS, kTwoBlocks<T>)
     _skill_wgrad_kernel(const T* __restrict__ a, const T* __restrict__ b, const float* __restrict__ scale,
                         T* __restrict__ dw, T* __restrict__ db, const int32_t* __restrict__ order,
                         const int32_t* __restrict__ offsets, int64_t P, int64_t Q, int k, bool a_by_token,

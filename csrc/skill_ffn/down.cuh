@@ -27,7 +27,7 @@ template <typename T>
 using DownShape = TileShape<T, 128, 128, 2, 4>;
 
 template <typename T, bool B_COL>
-__global__ void __launch_bounds__(DownShape<T>::THREADS)
+__global__ void __launch_bounds__(DownShape<T>::THREADS, B_COL ? kTwoBlocks<T> : 1)
     _skill_down_kernel(const T* __restrict__ a, const T* __restrict__ w, const T* __restrict__ bias,
                        const float* __restrict__ scale, T* __restrict__ out, const int32_t* __restrict__ order,
                        const int32_t* __restrict__ offsets, int64_t N, int E, int64_t K, int64_t n_out,

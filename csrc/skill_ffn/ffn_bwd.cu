@@ -19,6 +19,9 @@
 //      per slot in a fixed order (0 for empty slots).
 //
 // Code: bwd.cuh (kernels 1, 2, 4 and run_backward), down.cuh (3); this file is the entry point.
+// On compute capability 9.0 (a build with sm_90a and the CUTLASS headers), 16-bit inputs and the
+// one-input activations take bwd_sm90.cuh instead: the same five GEMMs as CUTLASS grouped GEMMs
+// with TMA and wgmma (sm90_grouped.cu) on rows gathered into sorted order.
 // Determinism: no atomics; every sum has a fixed order. Precision: fp32 accumulation
 // everywhere; fp32 inputs take the SIMT fmaf path (exact fp32, see gemm.cuh).
 // Shared memory: up_bwd 128 x 64 tiles, 3 stages of A + 2 B tiles = 57 KB (16-bit and fp32);
@@ -35,8 +38,10 @@
 #include <vector>
 
 #include "skill_ffn/bwd.cuh"
+#include "skill_ffn/bwd_sm90.cuh"
 #include "cuda_device.h"
 #include "skill_ffn/ffn.h"
+#include "skill_ffn/sm90_path.h"
 
 namespace skillkern {
 namespace ffn {
@@ -64,8 +69,10 @@ std::vector<at::Tensor> skill_ffn_bwd_cuda(const at::Tensor& dy_in, const at::Te
   const std::optional<at::Tensor> b2 = contiguous_opt(b2_in);
   SK_CHECK_ARG(scale.numel() <= std::numeric_limits<int32_t>::max(), "skill_ffn", "scale",
                "has too many slots (T*k = ", scale.numel(), "; order is int32, so at most 2^31 - 1)");
-  return run_backward(dy, x, scale, w1, w2, b1, b2, order, offsets, act, need_dscale,
-                      at::cuda::getCurrentCUDAStream());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  if (sm90_path(x, w1, w2, b1, b2, act, {&dy}))
+    return run_backward_sm90(dy, x, scale, w1, w2, b1, b2, order, offsets, act, need_dscale, sm_count(x), stream);
+  return run_backward(dy, x, scale, w1, w2, b1, b2, order, offsets, act, need_dscale, stream);
 }
 
 }  // namespace

@@ -21,7 +21,7 @@
 // csrc/ptx.cuh (the CUDA-only primitives; csrc/emu/ runs the rest on the CPU in the tests).
 // On compute capability 9.0 (a build with sm_90a and the CUTLASS headers), 16-bit inputs and
 // the one-input activations take fwd_sm90.cuh instead: x gathered into sorted order, then
-// CUTLASS ptr-array grouped GEMMs with TMA and wgmma (sm90_grouped_fwd.cu), then the combine.
+// CUTLASS ptr-array grouped GEMMs with TMA and wgmma (sm90_grouped.cu), then the combine.
 // Tiling (gemm.cuh): 128 x 128 x BK blocks, 8 warps, mma.sync bf16/fp16 -> fp32 on ldmatrix
 // fragments (fp32 inputs: SIMT fmaf, exact fp32), 3-stage cp.async pipeline, 57-61 KB of
 // shared memory; swiglu's GEMM1 uses 128 x 64 tiles (two accumulators per thread).
@@ -45,6 +45,7 @@
 #include "skill_ffn/ffn.h"
 #include "skill_ffn/fwd.cuh"
 #include "skill_ffn/fwd_sm90.cuh"
+#include "skill_ffn/sm90_path.h"
 #include "skill_ffn/route.h"
 
 namespace skillkern {
@@ -76,7 +77,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> skill_ffn_fwd_cuda(
   at::Tensor y;
   if (sm90_path(x, w1, w2, b1, b2, act)) {
     y = at::empty({x.size(0), x.size(1)}, x.options());
-    run_forward_sm90(y, x, scale, w1, w2, b1, b2, act, order, offsets, stream);
+    run_forward_sm90(y, x, scale, w1, w2, b1, b2, act, order, offsets, sm_count(x), stream);
   } else {
     y = run_forward(x, scale, w1, w2, b1, b2, act, order, offsets, stream);
   }

@@ -14,7 +14,8 @@
 // 4-bank groups, so the ldmatrix phases (8 rows x 16 bytes) are conflict-free.
 // Smem per stage: A BM x (BK + pad) + B BK x (BN + pad) (or BN x (BK + pad) when B is read
 // transposed). 128 x 128, 16-bit: 10,240 + 8,704 (10,240) bytes -> 3 stages = 56.8 (61.4) KB,
-// so 3 blocks fit an H100 SM (227 KB) and 2 an A100 SM (164 KB).
+// so shared memory would let 3 blocks share an H100 SM (227 KB) and 2 an A100 SM (164 KB);
+// registers allow that only where kTwoBlocks (below) holds.
 //
 // Operand layouts in shared memory ("row" = the second index is contiguous):
 //   A row: [BM][BK + pad], A(m, k) = As[m * lda + k]   (activations, gathered by row)
@@ -51,6 +52,15 @@ template <typename T>
 constexpr int kVec = 16 / int(sizeof(T));  // elements per 16-byte copy
 template <typename T>
 constexpr int kBK = 64 / int(sizeof(T));   // K step: 64-byte operand rows
+// __launch_bounds__'s minimum blocks per SM for the kernels that take it. 2 caps an 8-warp
+// kernel at 128 registers, so that two blocks share an SM (shared memory allows 2 on an A100 and
+// 3 on an H100, above). Only the kernels that fit 128 registers without spilling take it (read
+// from the machine code, sm_80 and sm_90): the 16-bit weight-gradient and dX kernels. GEMM1 with
+// its activation epilogue, GEMM2 with its fp32 row staging and the backward's two-accumulator
+// up kernel spill 16-1200 B at 128 (the fp32 SIMT kernels 90-1600 B), so they keep 164-205
+// registers and one block of 8 warps per SM.
+template <typename T>
+constexpr int kTwoBlocks = kTensorCore<T> ? 2 : 1;
 
 __host__ __device__ constexpr int round_up128(int bytes) { return (bytes + 127) / 128 * 128; }
 

@@ -239,13 +239,15 @@ def split_name(demangled: str) -> tuple[str, str, list[str]]:
 
 def cutlass_name(mangled: str) -> tuple[str, list[str]] | None:
     """(a readable name, its config) of one of the CUTLASS grouped GEMMs of
-    csrc/skill_ffn/sm90_grouped_fwd.cu, read from markers in the mangled name (the demanglers
-    give up on names this long), or None for any other kernel: cutlass_grouped_up (GEMM1, its
-    activation epilogue) or cutlass_grouped_down (GEMM2, the slot scale), the element type and
-    the schedule."""
+    csrc/skill_ffn/sm90_grouped.cu, read from markers in the mangled name (the demanglers give
+    up on names this long), or None for any other kernel: cutlass_grouped_up (GEMM1, its
+    activation epilogue; also the backward's recompute), cutlass_grouped_down (GEMM2, the slot
+    scale), cutlass_grouped_dgrad (the backward's G and dX) or cutlass_grouped_wgrad (dW1, dW2),
+    the element type and the schedule."""
     if not (mangled.startswith("_ZN7cutlass13device_kernel") and "GemmUniversal" in mangled):
         return None
-    which = "up" if "SkillAct" in mangled else "down" if "multiplies" in mangled else "gemm"
+    markers = (("SkillAct", "up"), ("multiplies", "down"), ("DgradStore", "dgrad"), ("WgradStore", "wgrad"))
+    which = next((w for m, w in markers if m in mangled), "gemm")
     dtype = "bf16" if "bfloat16_t" in mangled else "fp16" if "half_t" in mangled else "?"
     sched = "cooperative" if "Cooperative" in mangled else "pingpong" if "Pingpong" in mangled else "?"
     return f"cutlass_grouped_{which}", [dtype, sched]
@@ -262,7 +264,10 @@ def _op_of(scope: str, name: str, source: str | None) -> str | None:
 
 
 def _phase_of(name: str, source: str | None) -> str | None:
-    """fwd / bwd / route from the kernel's name, else from its source file's name, else None."""
+    """fwd / bwd / route from the kernel's name, else from its source file's name, else None.
+    The CUTLASS GEMMs (cutlass_name): up and down are the forward's, dgrad and wgrad the backward's."""
+    if name.startswith("cutlass_grouped_"):
+        return "bwd" if name.endswith("grad") else "fwd"
     stem = os.path.basename(source or "").split(".")[0]
     for text in (f"_{name.lower()}_", f"_{stem}_"):
         if "route" in text or "_scan_" in text:
