@@ -5,6 +5,8 @@ skillkern-triton's fwd+bwd row at each goal shape (the op's "goal" preset):
   token_similarity  >= 2x LIK's two calls, >= 10x naive, >= 50 % of the matmul ceiling and
                     <= 200 MB of peak extra memory
   token_reduce      >= 80 % of the copy ceiling on the minimum bytes and >= 3x eager-wukong
+  maxsim            >= flash-maxsim (1x) and >= 2x late-interaction-kernels; the scoring shapes
+                    are judged forward only (no gradient there), the training batch fwd+bwd
 
 benchmarks/bench.py prints them after its table; for rows recorded by `skillkern bench` (each
 op's <op>.jsonl under SKILLKERN_RESULTS_DIR):  python benchmarks/goals.py ROWS.jsonl...
@@ -48,26 +50,38 @@ def _token_reduce(r: dict):
             _part(r["speedup"].get("eager-wukong"), 3.0, "eager-wukong")]
 
 
-VERDICTS = {"skill_ffn": _skill_ffn, "token_similarity": _token_similarity, "token_reduce": _token_reduce}
+def _maxsim(r: dict):
+    return [_part(r["speedup"].get("flash-maxsim"), 1.0, "flash-maxsim"), _part(r["speedup"].get("lik"), 2.0, "LIK")]
+
+
+VERDICTS = {"skill_ffn": _skill_ffn, "token_similarity": _token_similarity, "token_reduce": _token_reduce,
+            "maxsim": _maxsim}
+
+
+def goal_mode(op: str, shape) -> str:
+    """The mode a goal shape is judged in: fwd+bwd, except maxsim's retrieval shapes (no gradient)."""
+    return "fwd" if op == "maxsim" and not shape.grad else "fwd+bwd"
 
 
 def goal_lines(op: str, rows: list[dict], cpu: bool) -> list[str]:
     """One line per goal shape, then (several goal shapes) the op's verdict."""
-    head = f"GPU goal ({op}, fwd+bwd, skillkern-triton"
+    head = f"GPU goal ({op}, skillkern-triton"
     if cpu:
         return [f"{head}): n/a on CPU (the goal shapes are measured on an H100/H200: bash benchmarks/gpu_check.sh)"]
     shapes = runner.spec_of(op).presets["goal"]()
     lines, n_met, measured = [], 0, 0
     for shape in shapes:
+        mode = goal_mode(op, shape)
         r = next((r for r in rows if r.get("label") == shape.label() and r.get("provider") == "skillkern-triton"
-                  and r.get("mode") == "fwd+bwd" and r.get("status") == "ok"), None)
+                  and r.get("mode") == mode and r.get("status") == "ok"), None)
         if r is None:
-            lines.append(f"{head}, {shape.label()}): not measured in this run (needs that shape, provider and mode)")
+            lines.append(f"{head}, {shape.label()}, {mode}): not measured in this run (needs that shape, provider "
+                         "and mode)")
             continue
         parts = VERDICTS[op](r)
         measured += 1
         n_met += all(ok for _, ok in parts)
-        lines.append(f"{head}, {shape.label()}): {r['ms']:.3f} ms = " + "; ".join(text for text, _ in parts))
+        lines.append(f"{head}, {shape.label()}, {mode}): {r['ms']:.3f} ms = " + "; ".join(text for text, _ in parts))
     if len(shapes) > 1:
         verdict = met(n_met == measured == len(shapes)) if measured else "not measured"
         lines.append(f"{head}): {verdict} - every part met at {n_met} of {len(shapes)} goal shapes ({measured} measured)")

@@ -532,7 +532,7 @@ class Trainer:
     def evaluate(self, split: str = "test") -> dict[str, dict]:
         """Per task: {"n", "accuracy"} or {"n", "i2t_R@1", ..., "t2i_R@10", "mean_R"}, on the
         whole split, computed by every rank alike (no collectives)."""
-        from model.data import accuracy, retrieval_metrics
+        from model.data import accuracy
         self.model.eval()
         out = {}
         bs = self.tcfg.eval_batch
@@ -547,30 +547,33 @@ class Trainer:
                     out[name] = {"n": n, "accuracy": accuracy(logits.cpu(), s["label"])}
                     continue
                 feats = [self.model.retrieval_features(name, _take(s, c, self.device)) for c in chunks]
-            i2t, t2i = self._similarity(feats)
-            m_i2t, m_t2i = retrieval_metrics(i2t.cpu()), retrieval_metrics(t2i.cpu())
-            res = {k: v for k, v in m_i2t.items() if k.startswith("i2t")}
-            res.update({k: v for k, v in m_t2i.items() if k.startswith("t2i")})
+            res = self._retrieval(feats, n)
             res["mean_R"] = sum(res.values()) / len(res)
             out[name] = {"n": n, **res}
         self.model.train()
         return out
 
-    def _similarity(self, feats: list) -> tuple[torch.Tensor, torch.Tensor]:
-        """FILIP similarities (N, N) of every item with every text, both directions, in blocks of
-        items (the torch backend materialises a block x N x n x L tensor)."""
+    def _retrieval(self, feats: list, n: int) -> dict[str, float]:
+        """R@K both ways over the whole gallery, the Wukong protocol: FILIP's token-wise scores
+        (mean over the query's tokens of the max over the candidate's) through
+        skillkern.maxsim_topk, which streams the candidates and keeps each query's best
+        max K + 1 on the device, so no (N, N) score matrix is ever held. Items rank texts (i2t)
+        and texts rank items (t2i); ties count against the match (model.data.topk_recall)."""
+        from model.data import topk_recall
+        from model.data.metrics import RECALL_KS
+
         def cat(i):
             parts = [f[i] for f in feats]
             return None if parts[0] is None else torch.cat(parts)
         img, img_m, txt, txt_m = cat(0), cat(1), cat(2), cat(3)
-        i2t, t2i = [], []
-        step = max(1, self.tcfg.eval_batch // 2)
-        for a in range(0, img.shape[0], step):
-            r = skillkern.token_similarity(img[a:a + step], txt, None if img_m is None else img_m[a:a + step], txt_m,
-                                           backend=self.tcfg.backend)
-            i2t.append(r[0])
-            t2i.append(r[1])
-        return torch.cat(i2t), torch.cat(t2i)
+        k = min(n, max(RECALL_KS) + 1)
+        # maxsim has torch and Triton kernels; a run on the CUDA extension scores on the default one
+        backend = self.tcfg.backend if self.tcfg.backend in ("torch", "triton") else "auto"
+        res = {}
+        for prefix, q, q_m, d, d_m in (("i2t", img, img_m, txt, txt_m), ("t2i", txt, txt_m, img, img_m)):
+            values, indices = skillkern.maxsim_topk(q.float(), d.float(), k, q_m, d_m, reduce="mean", backend=backend)
+            res.update(topk_recall(values, indices, n, prefix))
+        return res
 
     # ------------------------------------------------------------------ checkpoints
     def _param_names(self) -> dict[int, str]:

@@ -21,7 +21,8 @@ change while the text side (its embeddings, its skill, its projection) and the t
 Use it with weights from a trained model (train --set init_from=...).
 
 `backend` ("auto", "torch", "triton", "cuda") reaches every fused layer through set_backend():
-each SkillFFN, TokenReduction and FILIPLoss, and the token_similarity of evaluation.
+each SkillFFN, TokenReduction and FILIPLoss (evaluation scores through skillkern.maxsim_topk, on the
+torch or Triton backend).
 """
 from __future__ import annotations
 

@@ -35,12 +35,8 @@ _AUTO_ORDER = {
     "token_similarity": ("triton", "cuda", "torch"),
     "token_reduce": ("triton", "cuda", "torch"),
     "token_pool": ("triton", "cuda", "torch"),
-    "maxsim": ("torch",),
+    "maxsim": ("triton", "torch"),
 }
-
-# Ops whose only backend so far is torch (kernels to come): backend='triton' / 'cuda' says so.
-_TORCH_ONLY = {"maxsim": "skillkern.maxsim / maxsim_topk have no Triton or CUDA kernels yet; use backend='torch' "
-                         "(streamed over the docs, memory-bounded) or 'auto'"}
 
 # Public op -> the torch.ops.skillkern entry that the compiled extension provides for it.
 _CUDA_OPS = {
@@ -170,8 +166,6 @@ def resolve(op: str, backend: str, device: torch.device) -> str:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "torch":
         return "torch"
-    if backend != "auto" and op in _TORCH_ONLY:
-        raise BackendUnavailable(f"backend={backend!r}: {_TORCH_ONLY[op]}")
     if backend == "triton":
         reason = _triton_reason(device)
         if reason is not None:
@@ -201,8 +195,6 @@ def available_backends(op: str, device: torch.device | str = "cuda") -> list[str
     """The backends that could run `op` on `device` here (used by info/benchmarks)."""
     device = torch.device(device)
     out = ["torch"]
-    if op in _TORCH_ONLY:
-        return out
     if _triton_reason(device) is None:
         out.append("triton")
     if device.type == "cuda" and _cuda_reason(op) is None:

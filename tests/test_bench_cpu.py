@@ -44,6 +44,7 @@ TINY = {
     "skill_ffn": ["--shapes", "T=24:d=16:h=32:E=3:k=2", "--peak-size", "32"],
     "token_similarity": ["--shapes", "B=3:Ni=5:Nt=4:D=16:tmin=2:imin=2", "--peak-size", "32"],
     "token_reduce": ["--shapes", "B=2:N=5:D=16:S=3:G=4:lmin=2", "--copy-gb", "0.0001"],
+    "maxsim": ["--shapes", "Bq=3:Nq=5:Bd=6:dmin=0:dmax=7:D=16:grad=1:qmin=2", "--peak-size", "32"],
 }
 PEER_MODULES = {"liger-moe": "liger_kernel", "lik": "late_interaction_kernels", "flash-maxsim": "flash_maxsim"}
 
@@ -89,7 +90,7 @@ def fake_cuda(monkeypatch):
     # other modes' plumbing is the same for every op (token_reduce times all three)
     ("skill_ffn", ("--activation", "swiglu", "--no-bias", "--modes", "fwd+bwd"), None),
     ("skill_ffn", ("--activation", "gelu"), ["skill-loop", "grouped-mm", "dense-cublas", "skillkern-cuda"]),  # biases
-    ("token_similarity", (), None), ("token_reduce", (), None)])
+    ("token_similarity", (), None), ("token_reduce", (), None), ("maxsim", (), None)])
 def test_every_provider_path(op, extra, providers, tmp_path, fake_cuda):
     """Every provider is built, checked, timed in every mode and recorded; the cuda provider
     included. Only a peer package that is not installed is unavailable."""
@@ -218,6 +219,13 @@ def test_goal_lines():
     assert len(lines) == 4 and "not measured" in lines[2] and lines[3].startswith("GPU goal (token_reduce")
     assert "MISSED - every part met at 2 of 3 goal shapes (2 measured)" in lines[3]
     assert "n/a on CPU" in goals.goal_lines("token_similarity", [], cpu=True)[0]
+    # maxsim: the retrieval shape is judged forward only, the training batch fwd+bwd
+    score, train = runner.spec_of("maxsim").presets["goal"]()
+    rows = [dict(row, label=score.label(), mode="fwd", speedup={"flash-maxsim": 1.1, "lik": 2.5}),
+            dict(row, label=train.label(), mode="fwd", speedup={"flash-maxsim": 9.0, "lik": 9.0})]
+    lines = goals.goal_lines("maxsim", rows, cpu=False)
+    assert ", fwd): 2.000 ms" in lines[0] and lines[0].count("MET") == 2 and "MISSED" not in lines[0]
+    assert "fwd+bwd): not measured" in lines[1] and "MISSED" in lines[2]
 
 
 # ----------------------------------------------------------------------------- reference paths

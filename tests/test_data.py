@@ -484,6 +484,46 @@ def test_retrieval_metrics_bad_input(sim):
         retrieval_metrics(sim)
 
 
+@pytest.mark.parametrize("n", [3, 11, 12, 40])
+def test_topk_recall_equals_the_full_matrix(n):
+    """The evaluation's streamed R@K (maxsim_topk + topk_recall) equals retrieval_metrics on the
+    full FILIP score matrix: random features with padded texts, exact ties (duplicate texts and
+    items) and a constant gallery (every match ties with everything: no credit)."""
+    import skillkern
+    from model.data import topk_recall
+
+    gen = torch.Generator().manual_seed(n)
+    img = torch.nn.functional.normalize(torch.randn(n, 5, 8, generator=gen), dim=-1)
+    txt = torch.nn.functional.normalize(torch.randn(n, 6, 8, generator=gen), dim=-1)
+    txt_m = torch.arange(6) < torch.randint(1, 7, (n, 1), generator=gen)
+    txt[~txt_m] = float("nan")                       # padding never reaches a score
+    if n > 4:
+        txt[3], txt_m[3], img[2] = txt[1], txt_m[1], img[0]   # duplicates: exact ties
+    for case in ("random", "constant"):
+        if case == "constant":
+            img, txt, txt_m = torch.ones(n, 5, 8), torch.ones(n, 6, 8), None
+        k = min(n, 11)
+        i2t = skillkern.maxsim(img, txt, None, txt_m, reduce="mean", backend="torch")
+        t2i = skillkern.maxsim(txt, img, txt_m, None, reduce="mean", backend="torch").t()
+        want = {key: v for key, v in retrieval_metrics(i2t).items() if key.startswith("i2t")}
+        want.update({key: v for key, v in retrieval_metrics(t2i).items() if key.startswith("t2i")})
+        got = topk_recall(*skillkern.maxsim_topk(img, txt, k, None, txt_m, reduce="mean", backend="torch"), n, "i2t")
+        got.update(topk_recall(*skillkern.maxsim_topk(txt, img, k, txt_m, None, reduce="mean", backend="torch"), n,
+                               "t2i"))
+        assert got == pytest.approx(want, abs=0), case
+        if case == "constant" and n > 10:
+            assert all(v == 0.0 for v in got.values())
+
+
+def test_topk_recall_bad_input():
+    from model.data import topk_recall
+
+    with pytest.raises(ValueError, match="^values / indices"):
+        topk_recall(torch.zeros(4, 3), torch.zeros(4, 3, dtype=torch.int64), 20, "i2t")  # needs 11 columns
+    with pytest.raises(ValueError, match="^values: contains NaN"):
+        topk_recall(torch.full((2, 2), float("nan")), torch.zeros(2, 2, dtype=torch.int64), 2, "i2t")
+
+
 def test_accuracy():
     logits = torch.tensor([[2.0, 1.0], [0.0, 3.0], [1.0, 0.0], [0.0, 1.0]])
     assert accuracy(logits, torch.tensor([0, 1, 1, 1])) == 0.75

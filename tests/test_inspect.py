@@ -88,7 +88,7 @@ def sm80(tmp_path_factory):
 @pytest.mark.parametrize("arch", [90, 80])
 def test_every_config_compiles_at_the_goal_shapes(arch, request):
     rows = request.getfixturevalue(f"sm{arch}")
-    check_records(rows, {"skill_ffn", "token_similarity", "token_reduce"}, arch)
+    check_records(rows, {"skill_ffn", "token_similarity", "token_reduce", "maxsim"}, arch)
     ks = kernels(rows)
     ffn = [r for r in ks if r["op"] == "skill_ffn"]
     assert sum(r["tuned"] for r in ffn) >= 20  # every autotune config of every skill-FFN launch
@@ -123,6 +123,13 @@ def test_token_similarity_priced_configs_fit(sm90):
     assert spilling([r for r in sm90 if r.get("op") == "token_similarity"]) == []
 
 
+@needs_tools
+def test_maxsim_priced_configs_fit_and_use_wgmma(sm90):
+    rows = [r for r in sm90 if r.get("op") == "maxsim"]
+    assert spilling(rows) == []
+    assert all("wgmma" in r["mma"] for r in kernels(rows) if r["kernel"] != "_maxsim_dq_kernel"), rows
+
+
 VARIANTS = [  # (op, options): dtypes, activations, masks, LayerNorm paths and odd sizes
     ("skill_ffn", ("--activation", "swiglu")),
     ("skill_ffn", ("--recompute", "--shape", "T=4096,d=512,h=1024,k=2")),
@@ -131,6 +138,7 @@ VARIANTS = [  # (op, options): dtypes, activations, masks, LayerNorm paths and o
     ("token_similarity", ("--dtype", "fp32", "--shape", "Bi=64,Bt=64,Ni=257,Nt=77,imin=100")),
     ("token_similarity", ("--dtype", "fp16", "--shape", "Bi=33,Bt=20,Ni=3000,Nt=200,tmin=1")),
     ("token_similarity", ("--shape", "Bi=20,Bt=33,Ni=40,Nt=300,imin=7")),  # roles exchanged
+    ("maxsim", ("--dtype", "fp32", "--shape", "Bq=5,Nq=20,Bd=50,dmin=0,dmax=70,D=96,grad=1,qmin=3")),
     ("token_reduce", ("--dtype", "fp32", "--shape", "B=64,N=50,D=33,S=1,G=3,lmin=4")),
     ("token_reduce", ("--shape", "B=256,N=256,D=768,S=24,values=input")),
 ]

@@ -10,7 +10,7 @@ task is made of and which package provides it.
 """
 from ._common import SourceMissing
 from .benchmark import TASKS, Task, build_benchmark, default_root
-from .metrics import accuracy, retrieval_metrics
+from .metrics import accuracy, retrieval_metrics, topk_recall
 from .tokenizer import WordPieceTokenizer
 
 __all__ = [
@@ -22,4 +22,5 @@ __all__ = [
            "build_benchmark",
            "default_root",
            "retrieval_metrics",
+           "topk_recall",
 ]

@@ -1,6 +1,8 @@
 """Benchmark metrics: classification accuracy and retrieval recall at K in both directions."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 RECALL_KS = (1, 5, 10)
@@ -34,6 +36,30 @@ def retrieval_metrics(sim: torch.Tensor) -> dict[str, float]:
         for k in RECALL_KS:
             out[f"{prefix}_R@{k}"] = (ranks < k).float().mean().item()
     out["mean_R"] = sum(out.values()) / len(out)
+    return out
+
+
+def topk_recall(values: torch.Tensor, indices: torch.Tensor, n: int, prefix: str) -> dict[str, float]:
+    """"{prefix}_R@K" for K in RECALL_KS from each query's best scores over all n candidates
+    (skillkern.maxsim_topk's output with k = min(n, max K + 1): values sorted descending, the
+    candidates' indices), where query i's match is candidate i: the gallery need not fit as an
+    (N, N) matrix. The same pessimistic ranks as retrieval_metrics: the match is at rank < K only
+    if fewer than K OTHER candidates score at least as high, i.e. if it is among the listed ones
+    and the (K+1)-th best score is below its own. Its score is read from the same list, so it is
+    the very number its rivals were compared with."""
+    if values.dim() != 2 or values.shape != indices.shape or values.shape[1] != min(n, max(RECALL_KS) + 1):
+        raise ValueError(f"values / indices: expected two (Q, {min(n, max(RECALL_KS) + 1)}) tensors (top "
+                         f"min(n, {max(RECALL_KS) + 1}) of n = {n}), got {tuple(values.shape)} / {tuple(indices.shape)}")
+    if torch.isnan(values).any():
+        raise ValueError("values: contains NaN")
+    values, indices = values.detach().float().cpu(), indices.detach().cpu()
+    match = indices == torch.arange(values.shape[0]).unsqueeze(1)
+    own = torch.where(match, values, torch.full_like(values, -math.inf)).max(dim=1).values
+    found = match.any(dim=1)
+    out = {}
+    for k in RECALL_KS:
+        hit = torch.ones_like(found) if n <= k else found & (values[:, k] < own)
+        out[f"{prefix}_R@{k}"] = hit.float().mean().item()
     return out
 
 

@@ -1,5 +1,5 @@
 """skillkern's benchmark harness: one runner (runner.py) that the op benchmarks declare
-themselves to (skill_ffn.py, token_similarity.py, token_reduce.py: shapes, providers, reference,
+themselves to (skill_ffn.py, token_similarity.py, token_reduce.py, maxsim.py: shapes, providers, reference,
 FLOPs / bytes), the device ceilings, the history file and the charts behind the `skillkern
 bench` and `skillkern profile` commands; and the static profile behind `skillkern inspect`
 (inspect.py; Python API: inspect.inspect_op(op, shape, dtype, arch) -> (op-call record, kernel
@@ -27,6 +27,7 @@ BUILTIN = {
     "skill_ffn": "skillkern.bench.skill_ffn",
     "token_similarity": "skillkern.bench.token_similarity",
     "token_reduce": "skillkern.bench.token_reduce",
+    "maxsim": "skillkern.bench.maxsim",
 }
 
 

@@ -27,7 +27,7 @@ import torch
 from skillkern.bench import machine_code as mc
 from skillkern.bench import roofline
 
-OPS = ("skill_ffn", "token_similarity", "token_reduce")
+OPS = ("skill_ffn", "token_similarity", "token_reduce", "maxsim")
 KERNEL_KEYS = ("op", "phase", "kernel", "config", "arch", "chosen", "pruned", "regs", "spill_bytes",
                "stack_bytes", "smem_bytes", "smem_limit", "blocks_per_sm", "warps_per_sm", "occupancy_limiter",
                "mma", "mma_shape", "wgmma_pipelined", "loads", "tma", "programs", "flops", "hbm_bytes",

@@ -1,9 +1,17 @@
 """skillkern.maxsim / skillkern.maxsim_topk: argument checks, the registered ops, the backend.
 
-Registered (torch backend; fake kernels, so torch.compile(fullgraph=True) traces them):
+Registered (fake kernels, so torch.compile(fullgraph=True) traces them):
     skillkern::maxsim_fwd_torch(q, d, q_mask, d_mask, d_offsets, candidates, mean) -> scores
     skillkern::maxsim_bwd_torch(g, q, d, q_mask, d_mask, d_offsets, candidates, mean) -> (dq, dd)
     skillkern::maxsim_topk_torch(q, d, k, q_mask, d_mask, d_offsets, mean, chunk) -> (values, indices)
+and the Triton backend's (triton_impl.py):
+    skillkern::maxsim_scores_triton(q, d, q_mask, d_mask, d_offsets, candidates, mean) -> scores
+        (no gradient wanted: no arg-max state)
+    skillkern::maxsim_fwd_triton(...same...) -> (scores, arg)   arg (Bq * Nq, cols) int32
+    skillkern::maxsim_bwd_triton(g, q, d, q_mask, d_mask, d_offsets, candidates, arg, mean) -> (dq, dd)
+    skillkern::maxsim_topk_triton(q, d, k, q_mask, d_mask, d_offsets, mean, chunk) -> (values, indices)
+The torch backend recomputes the arg-max in its backward; the Triton one keeps it from the
+forward (4 bytes per query token and column: 8 MB at Bq = Bd = 256, Nq = 32).
 The checks here are the ones a shape can answer; the values of d_offsets and candidates are
 checked where they are read (torch_impl), still before any result is produced.
 """
@@ -92,6 +100,61 @@ def _backward(ctx, g):
 torch.library.register_autograd("skillkern::maxsim_fwd_torch", _backward, setup_context=_setup_context)
 
 
+@torch.library.custom_op("skillkern::maxsim_scores_triton", mutates_args=())
+def _scores_triton(q: Tensor, d: Tensor, q_mask: Optional[Tensor], d_mask: Optional[Tensor],
+                   d_offsets: Optional[Tensor], candidates: Optional[Tensor], mean: bool) -> Tensor:
+    from skillkern.ops.maxsim import triton_impl
+    return triton_impl.maxsim_fwd(q, d, q_mask, d_mask, d_offsets, candidates, mean, False)[0]
+
+
+@_scores_triton.register_fake
+def _(q, d, q_mask, d_mask, d_offsets, candidates, mean):
+    cols = candidates.shape[1] if candidates is not None else _num_docs(d, d_offsets)
+    return q.new_empty(q.shape[0], cols, dtype=torch.float32)
+
+
+@torch.library.custom_op("skillkern::maxsim_fwd_triton", mutates_args=())
+def _fwd_triton(q: Tensor, d: Tensor, q_mask: Optional[Tensor], d_mask: Optional[Tensor],
+                d_offsets: Optional[Tensor], candidates: Optional[Tensor], mean: bool) -> tuple[Tensor, Tensor]:
+    from skillkern.ops.maxsim import triton_impl
+    return triton_impl.maxsim_fwd(q, d, q_mask, d_mask, d_offsets, candidates, mean, True)
+
+
+@_fwd_triton.register_fake
+def _(q, d, q_mask, d_mask, d_offsets, candidates, mean):
+    cols = candidates.shape[1] if candidates is not None else _num_docs(d, d_offsets)
+    return (q.new_empty(q.shape[0], cols, dtype=torch.float32),
+            q.new_empty(q.shape[0] * q.shape[1], cols, dtype=torch.int32))
+
+
+@torch.library.custom_op("skillkern::maxsim_bwd_triton", mutates_args=())
+def _bwd_triton(g: Tensor, q: Tensor, d: Tensor, q_mask: Optional[Tensor], d_mask: Optional[Tensor],
+                d_offsets: Optional[Tensor], candidates: Optional[Tensor], arg: Tensor, mean: bool
+                ) -> tuple[Tensor, Tensor]:
+    from skillkern.ops.maxsim import triton_impl
+    return triton_impl.maxsim_bwd(g, q, d, q_mask, d_mask, d_offsets, candidates, arg, mean)
+
+
+@_bwd_triton.register_fake
+def _(g, q, d, q_mask, d_mask, d_offsets, candidates, arg, mean):
+    return torch.empty_like(q), torch.empty_like(d)
+
+
+def _setup_triton(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:6], output[1])
+    ctx.mean = inputs[6]
+
+
+def _backward_triton(ctx, g, _g_arg):
+    q, d, q_mask, d_mask, d_offsets, candidates, arg = ctx.saved_tensors
+    dq, dd = torch.ops.skillkern.maxsim_bwd_triton(g.contiguous(), q, d, q_mask, d_mask, d_offsets, candidates,
+                                                   arg, ctx.mean)
+    return dq, dd, None, None, None, None, None
+
+
+torch.library.register_autograd("skillkern::maxsim_fwd_triton", _backward_triton, setup_context=_setup_triton)
+
+
 @torch.library.custom_op("skillkern::maxsim_topk_torch", mutates_args=())
 def _topk_op(q: Tensor, d: Tensor, k: int, q_mask: Optional[Tensor], d_mask: Optional[Tensor],
              d_offsets: Optional[Tensor], mean: bool, chunk: int) -> tuple[Tensor, Tensor]:
@@ -101,6 +164,31 @@ def _topk_op(q: Tensor, d: Tensor, k: int, q_mask: Optional[Tensor], d_mask: Opt
 @_topk_op.register_fake
 def _(q, d, k, q_mask, d_mask, d_offsets, mean, chunk):
     return q.new_empty(q.shape[0], k, dtype=torch.float32), q.new_empty(q.shape[0], k, dtype=torch.int64)
+
+
+@torch.library.custom_op("skillkern::maxsim_topk_triton", mutates_args=())
+def _topk_triton(q: Tensor, d: Tensor, k: int, q_mask: Optional[Tensor], d_mask: Optional[Tensor],
+                 d_offsets: Optional[Tensor], mean: bool, chunk: int) -> tuple[Tensor, Tensor]:
+    from skillkern.ops.maxsim import triton_impl
+    return triton_impl.maxsim_topk(q, d, k, q_mask, d_mask, d_offsets, mean, chunk)
+
+
+@_topk_triton.register_fake
+def _(q, d, k, q_mask, d_mask, d_offsets, mean, chunk):
+    return q.new_empty(q.shape[0], k, dtype=torch.float32), q.new_empty(q.shape[0], k, dtype=torch.int64)
+
+
+def _which(where: str, backend: str, q: Tensor) -> str:
+    """The backend that runs: _backend's choice, except that 'auto' sends queries the Triton
+    kernels do not hold (triton_impl.fits) to torch, and 'triton' refuses them by name."""
+    which = _backend.resolve("maxsim", backend, q.device)
+    if which == "triton":
+        from skillkern.ops.maxsim.triton_impl import fits
+        why = fits(q.shape[1], q.shape[2])
+        if why is not None:
+            expect(backend != "triton", where, "q", f"{why}; use backend='torch' (or 'auto')")
+            return "torch"
+    return which
 
 
 # ----------------------------------------------------------------------------- public API
@@ -123,7 +211,11 @@ def maxsim(q: Tensor, d: Tensor, q_mask: Optional[Tensor] = None, d_mask: Option
     Returns float32 scores; a pair where either side has no real token scores 0. Padding
     (masked tokens) never reaches a score or a gradient, even holding NaN or inf.
     Differentiable w.r.t. q and d: each max's gradient goes to its arg-max token,
-    deterministically. Memory: the docs are streamed in chunks of at most 2^26 similarities.
+    deterministically. Memory: no similarity matrix is held (torch: chunks of at most 2^26
+    similarities; triton: tiles, plus the arg-max state, 4 bytes per query token and column,
+    when a gradient is wanted). backend: "auto" (triton on CUDA tensors, torch elsewhere or for
+    queries the Triton kernels do not hold: more than 256 tokens or D > 256), "triton", "torch";
+    "cuda" raises BackendUnavailable (no CUDA C++ kernel).
     """
     _check("maxsim", q, d, q_mask, d_mask, d_offsets, reduce)
     if candidates is not None:
@@ -132,8 +224,11 @@ def maxsim(q: Tensor, d: Tensor, q_mask: Optional[Tensor] = None, d_mask: Option
                f"must be an int64 tensor of shape (Bq, C) with Bq = {q.shape[0]}, got "
                f"{getattr(candidates, 'dtype', type(candidates).__name__)} {tuple(getattr(candidates, 'shape', ()))}")
         expect(candidates.device == q.device, "maxsim", "candidates", f"is on {candidates.device} but q is on {q.device}")
-    _backend.resolve("maxsim", backend, q.device)  # only the torch backend exists yet: others raise
-    return torch.ops.skillkern.maxsim_fwd_torch(q, d, q_mask, d_mask, d_offsets, candidates, reduce == "mean")
+    if _which("maxsim", backend, q) == "torch":
+        return torch.ops.skillkern.maxsim_fwd_torch(q, d, q_mask, d_mask, d_offsets, candidates, reduce == "mean")
+    if torch.is_grad_enabled() and (q.requires_grad or d.requires_grad):
+        return torch.ops.skillkern.maxsim_fwd_triton(q, d, q_mask, d_mask, d_offsets, candidates, reduce == "mean")[0]
+    return torch.ops.skillkern.maxsim_scores_triton(q, d, q_mask, d_mask, d_offsets, candidates, reduce == "mean")
 
 
 def maxsim_topk(q: Tensor, d: Tensor, k: int, q_mask: Optional[Tensor] = None, d_mask: Optional[Tensor] = None, *,
@@ -152,5 +247,6 @@ def maxsim_topk(q: Tensor, d: Tensor, k: int, q_mask: Optional[Tensor] = None, d
     chunk = _DEFAULT_CHUNK if chunk is None else chunk
     expect(isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 1, "maxsim_topk", "chunk",
            f"must be a positive int (docs per step) or None, got {chunk!r}")
-    _backend.resolve("maxsim", backend, q.device)
-    return torch.ops.skillkern.maxsim_topk_torch(q, d, k, q_mask, d_mask, d_offsets, reduce == "mean", chunk)
+    if _which("maxsim_topk", backend, q) == "torch":
+        return torch.ops.skillkern.maxsim_topk_torch(q, d, k, q_mask, d_mask, d_offsets, reduce == "mean", chunk)
+    return torch.ops.skillkern.maxsim_topk_triton(q, d, k, q_mask, d_mask, d_offsets, reduce == "mean", chunk)
