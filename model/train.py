@@ -799,29 +799,46 @@ def _grad_norm(model: nn.Module) -> torch.Tensor:
 
 
 def eval_table(results: dict, split: str, step: int) -> str:
-    """The final table: accuracy for classification, R@1/5/10 both ways for retrieval, with
-    chance (1/n classes; K/n for R@K over a gallery of n)."""
+    """The final table: accuracy for classification, R@1/5/10 both ways for retrieval; beside
+    them the reference points when _add_reference_points put them in: chance (the majority class;
+    1/n for R@1 over a gallery of n), the model's mean R@1 (both ways) in multiples of chance, and
+    the task's trivial baseline (model.baselines) on the same split, with whether the model beats it."""
     lines = [f"eval on {split} (step {step})",
              f"{'task':12s} {'n':>5s} {'acc':>6s} {'i2t R@1':>8s} {'R@5':>6s} {'R@10':>6s} "
-             f"{'t2i R@1':>8s} {'R@5':>6s} {'R@10':>6s} {'mean R':>7s}  chance"]
+             f"{'t2i R@1':>8s} {'R@5':>6s} {'R@10':>6s} {'mean R':>7s} | {'chance':>6s} {'x chance':>8s} | "
+             f"{'baseline':>8s} {'(method)':22s} beats"]
     lines.append("-" * len(lines[1]))
     for task in sorted(results):
         r = results[task]
+        base = r.get("baseline")
         if "accuracy" in r:
-            lines.append(f"{task:12s} {r['n']:5d} {r['accuracy']:6.3f} {'':>8s} {'':>6s} {'':>6s} {'':>8s} "
-                         f"{'':>6s} {'':>6s} {'':>7s}  acc {r.get('chance', float('nan')):.3f}")
+            score, chance = r["accuracy"], r.get("chance", float("nan"))
+            row = (f"{task:12s} {r['n']:5d} {score:6.3f} {'':>8s} {'':>6s} {'':>6s} {'':>8s} "
+                   f"{'':>6s} {'':>6s} {'':>7s} | {chance:6.3f} {'':>8s} |")
+            base_score = base["accuracy"] if base else None
         else:
-            lines.append(f"{task:12s} {r['n']:5d} {'':>6s} {r['i2t_R@1']:8.3f} {r['i2t_R@5']:6.3f} "
-                         f"{r['i2t_R@10']:6.3f} {r['t2i_R@1']:8.3f} {r['t2i_R@5']:6.3f} {r['t2i_R@10']:6.3f} "
-                         f"{r['mean_R']:7.3f}  R@1 {1 / r['n']:.3f}")
+            score, chance = (r["i2t_R@1"] + r["t2i_R@1"]) / 2, 1 / r["n"]
+            row = (f"{task:12s} {r['n']:5d} {'':>6s} {r['i2t_R@1']:8.3f} {r['i2t_R@5']:6.3f} "
+                   f"{r['i2t_R@10']:6.3f} {r['t2i_R@1']:8.3f} {r['t2i_R@5']:6.3f} {r['t2i_R@10']:6.3f} "
+                   f"{r['mean_R']:7.3f} | {chance:6.3f} {score / chance:7.1f}x |")
+            base_score = base["mean_R@1"] if base else None
+        if base is not None:
+            row += f" {base_score:8.3f} {'(' + base['name'] + ')':22s} {'yes' if score > base_score else 'NO'}"
+        lines.append(row)
+    lines.append("retrieval: x chance and the baseline compare the mean of i2t and t2i R@1")
     return "\n".join(lines)
 
 
-def _add_chance(trainer: Trainer, results: dict, split: str) -> None:
+def _add_reference_points(trainer: Trainer, results: dict, split: str) -> None:
+    """Chance (majority class) for classification and each task's trivial baseline on the split."""
+    from model.baselines import baseline
+    vocab = trainer.mcfg.vocab_size
     for name, r in results.items():
+        splits = trainer.tasks[name].splits
         if "accuracy" in r:
-            labels = trainer.tasks[name].splits[split]["label"]
+            labels = splits[split]["label"]
             r["chance"] = float(torch.bincount(labels).max()) / len(labels)  # majority class
+        r["baseline"] = baseline(name, splits, split, vocab)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -879,7 +896,7 @@ def _finish(trainer: Trainer, t0: float, plot: bool) -> dict | None:
     if trainer.preempted:
         return None
     results = trainer.evaluate("test")
-    _add_chance(trainer, results, "test")
+    _add_reference_points(trainer, results, "test")
     if trainer.rank == 0:
         trainer._record_eval(results, "test")
         print("\n" + eval_table(results, "test", trainer.step))

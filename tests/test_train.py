@@ -323,8 +323,11 @@ def test_run_writes_metrics_plot_checkpoint_and_eval_table(tmp_path, capsys):
     for task, r in results.items():
         if task != "text_cls":
             assert r["i2t_R@1"] <= r["i2t_R@5"] <= r["i2t_R@10"] == 1.0   # 10 items: R@10 is 1
+    table = out.split("eval on test")[1]
     for task in TASK_MODALITIES:
-        assert task in out.split("eval on test")[1]
+        row = next(line for line in table.splitlines() if line.startswith(task))
+        assert row.rstrip().endswith(("yes", "NO")), row          # beside its trivial baseline
+        assert results[task]["baseline"]["name"] in row
     run = tmp_path / "main"
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["type"] == "train"] == [1, 2, 3, 4]
