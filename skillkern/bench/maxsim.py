@@ -34,16 +34,14 @@ Examples:
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 import skillkern as sk
-from skillkern._backend import interpreting
-from skillkern.bench._common import MODE_FLOP_FACTOR, Unavailable, backend_reason, first_line
-from skillkern.bench.runner import OpSpec, Provider, Reference, interpreter_autotune_shim, parse_spec
+from skillkern.bench._common import MODE_FLOP_FACTOR, Unavailable, backend_reason
+from skillkern.bench.runner import OpSpec, Provider, Reference, parse_spec, peer_module
 from skillkern.ops.maxsim.reference import maxsim_ref
 
 TOLERANCE = {torch.bfloat16: 5e-2, torch.float16: 5e-2, torch.float32: 1e-2}  # floors
@@ -192,14 +190,7 @@ def _peer(name: str, call):
     """A peer's provider on the padded docs: call(mod, c, docs, mask) -> scores or top-k values."""
     def build(c: Case, args) -> Provider:
         cpu = not c.q.is_cuda
-        if cpu and not interpreting():
-            raise Unavailable(f"{name} runs Triton kernels: CUDA, or TRITON_INTERPRET=1 (forward only) on CPU")
-        try:
-            mod = importlib.import_module(PEERS[name])
-        except ImportError as e:
-            raise Unavailable(f"{PEERS[name]} not importable ({first_line(e)}): pip install {PEERS[name].replace('_', '-')}")
-        if cpu:
-            interpreter_autotune_shim()
+        mod = peer_module(name, PEERS[name], cuda=not cpu)
         docs, mask = c.padded()
         return _provider(c, lambda: call(mod, c, docs, mask), (c.q, docs), _packed_grads(c),
                          getattr(mod, "__version__", None), "the peer's backward kernels need CUDA" if cpu else None)

@@ -153,6 +153,24 @@ def interpreter_autotune_shim():
     _SHIMMED.append(True)
 
 
+def peer_module(name: str, module: str, cuda: bool):
+    """The module of peer provider `name`, or Unavailable saying why: the peers run Triton
+    kernels, so on CPU only under TRITON_INTERPRET=1 (forward only), with the autotune shim."""
+    import importlib
+
+    from skillkern._backend import interpreting
+
+    if not cuda and not interpreting():
+        raise Unavailable(f"{name} runs Triton kernels: CUDA, or TRITON_INTERPRET=1 (forward only) on CPU")
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        raise Unavailable(f"{module} not importable ({first_line(e)}): pip install {module.replace('_', '-')}")
+    if not cuda:
+        interpreter_autotune_shim()
+    return mod
+
+
 # ----------------------------------------------------------------------------- command line
 
 

@@ -29,16 +29,14 @@ Examples:
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 import skillkern as sk
-from skillkern._backend import interpreting
-from skillkern.bench._common import MODE_FLOP_FACTOR, Unavailable, backend_reason, first_line
-from skillkern.bench.runner import OpSpec, Provider, Reference, errors, interpreter_autotune_shim, parse_spec
+from skillkern.bench._common import MODE_FLOP_FACTOR, Unavailable, backend_reason
+from skillkern.bench.runner import OpSpec, Provider, Reference, errors, parse_spec, peer_module
 from skillkern.ops.token_similarity.reference import token_similarity_ref
 
 TOLERANCE = {torch.bfloat16: 5e-2, torch.float16: 5e-2, torch.float32: 1e-2}  # floors
@@ -167,15 +165,8 @@ def _peer(name: str, fn_name: str, call):
     tokens, divided here by the real counts for FILIP's mean."""
     def build(c: Case, args) -> Provider:
         cpu = not c.img.is_cuda
-        if cpu and not interpreting():
-            raise Unavailable(f"{name} runs Triton kernels: CUDA, or TRITON_INTERPRET=1 (forward only) on CPU")
-        try:
-            mod = importlib.import_module(PEERS[name])
-        except ImportError as e:
-            raise Unavailable(f"{PEERS[name]} not importable ({first_line(e)}): pip install {PEERS[name].replace('_', '-')}")
+        mod = peer_module(name, PEERS[name], cuda=not cpu)
         fn = getattr(mod, fn_name)
-        if cpu:
-            interpreter_autotune_shim()
 
         def forward():
             s_it, s_ti = call(fn, c)

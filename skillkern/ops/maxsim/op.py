@@ -161,9 +161,12 @@ def _topk_op(q: Tensor, d: Tensor, k: int, q_mask: Optional[Tensor], d_mask: Opt
     return torch_impl.maxsim_topk(q, d, k, q_mask, d_mask, d_offsets, mean, chunk)
 
 
-@_topk_op.register_fake
-def _(q, d, k, q_mask, d_mask, d_offsets, mean, chunk):
+def _topk_fake(q, d, k, q_mask, d_mask, d_offsets, mean, chunk):
+    """Both backends' top-k: values (Bq, k) float32, indices (Bq, k) int64."""
     return q.new_empty(q.shape[0], k, dtype=torch.float32), q.new_empty(q.shape[0], k, dtype=torch.int64)
+
+
+_topk_op.register_fake(_topk_fake)
 
 
 @torch.library.custom_op("skillkern::maxsim_topk_triton", mutates_args=())
@@ -173,9 +176,7 @@ def _topk_triton(q: Tensor, d: Tensor, k: int, q_mask: Optional[Tensor], d_mask:
     return triton_impl.maxsim_topk(q, d, k, q_mask, d_mask, d_offsets, mean, chunk)
 
 
-@_topk_triton.register_fake
-def _(q, d, k, q_mask, d_mask, d_offsets, mean, chunk):
-    return q.new_empty(q.shape[0], k, dtype=torch.float32), q.new_empty(q.shape[0], k, dtype=torch.int64)
+_topk_triton.register_fake(_topk_fake)
 
 
 def _which(where: str, backend: str, q: Tensor) -> str:
