@@ -423,3 +423,21 @@ def test_agrees_with_late_interaction_kernels(backend):
     ours = skillkern.maxsim(q, d, q_mask, d_mask, candidates=cand, backend=backend)
     theirs = lik.maxsim(q, d[cand], q_mask, d_mask[cand])
     assert rel_err(ours, theirs.float()) <= tol
+
+
+def test_triton_topk_memory_bound(monkeypatch):
+    """The Triton top-k scores `chunk` docs per launch into a Bq x chunk buffer (the only score
+    buffer besides the running Bq x k), one launch per chunk: 10 docs at chunk 3 are 4 launches."""
+    if DEVICE.type == "cpu" and not skillkern._backend.interpreting():
+        pytest.skip("the Triton backend on CPU needs the interpreter")
+    q, qm, d, off = corpus([5, 3, 8, 1, 4, 6, 2, 7, 3, 3], Bq=3)
+    buffers = []
+    real = triton_impl.launch_fwd
+
+    def launch(q_, w, table, plan, s, *a, **kw):
+        buffers.append(tuple(s.shape))
+        return real(q_, w, table, plan, s, *a, **kw)
+
+    monkeypatch.setattr(triton_impl, "launch_fwd", launch)
+    values, _ = skillkern.maxsim_topk(q.float(), d.float(), 2, qm, d_offsets=off, chunk=3, backend="triton")
+    assert buffers == [(3, 3), (3, 3), (3, 3), (3, 1)] and values.shape == (3, 2)
