@@ -137,8 +137,9 @@ _SHIMMED: list = []
 
 def interpreter_autotune_shim():
     """Under TRITON_INTERPRET=1 there is no device benchmarker, so a peer's @triton.autotune
-    fails ('0 active drivers'): every autotuner takes its first config untimed (CPU runs of
-    the peers only; skillkern's kernels carry one config there)."""
+    fails ('0 active drivers'): every autotuner without a do_bench of its own takes its first
+    config untimed (CPU runs of the peers only; skillkern's kernels carry one config there).
+    Process-wide once installed."""
     if _SHIMMED:
         return
     from triton.runtime import autotuner
@@ -149,7 +150,9 @@ def interpreter_autotune_shim():
         t = float(next(order))  # increasing "times": the first config benched wins
         return [t] * len(quantiles) if quantiles else t
 
-    autotuner.Autotuner.do_bench = property(lambda self: first_config_wins)
+    # only where the driver's benchmarker would be used: an autotuner given its own do_bench
+    # (a test's fake timings) keeps it, in this process and after
+    autotuner.Autotuner.do_bench = property(lambda self: getattr(self, "_do_bench", None) or first_config_wins)
     _SHIMMED.append(True)
 
 
