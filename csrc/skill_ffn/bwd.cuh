@@ -259,15 +259,8 @@ __global__ void __launch_bounds__(256)
     if (p < n_active) {
       for (int64_t t = lane; t < n_ct; t += 32) s += dc_part[p * n_ct + t];
       if (b2 != nullptr) {
-        // skill of p: the last e with offsets[e] <= p (empty skills share their offset with
-        // the next one; p < offsets[E] makes the last such e the one that holds p)
-        int e_lo = 0, e_hi = E - 1;
-        while (e_lo < e_hi) {
-          const int mid = (e_lo + e_hi + 1) / 2;
-          if (offsets[mid] <= p) e_lo = mid; else e_hi = mid - 1;
-        }
         const T* dy_row = dy + (slot / k) * d;
-        const T* b2_row = b2 + int64_t(e_lo) * d;
+        const T* b2_row = b2 + int64_t(skill_of_row(offsets, E, p)) * d;
         for (int64_t c = lane; c < d; c += 32) s += to_f32(dy_row[c]) * to_f32(b2_row[c]);
       }
     }

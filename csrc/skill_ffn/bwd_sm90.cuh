@@ -50,17 +50,6 @@ __device__ __forceinline__ void load8(const T* src, float (&v)[8]) {
   for (int q = 0; q < 8; ++q) v[q] = to_f32(t[q]);
 }
 
-// The skill of sorted row p < offsets[E]: the last e with offsets[e] <= p (an empty skill shares
-// its offset with the next one, so the last such e is the one that holds p).
-__device__ __forceinline__ int skill_of_row(const int32_t* __restrict__ offsets, int E, int64_t p) {
-  int lo = 0, hi = E - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (offsets[mid] <= p) lo = mid; else hi = mid - 1;
-  }
-  return lo;
-}
-
 // Step 4. One warp per sorted row p; each lane takes 8 columns at a time (h % 8 == 0).
 template <typename T>
 __global__ void __launch_bounds__(256)

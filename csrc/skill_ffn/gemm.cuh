@@ -373,6 +373,17 @@ __device__ __forceinline__ RowTile row_tile(const int32_t* __restrict__ offsets,
   return t;
 }
 
+// The skill of sorted row p < offsets[E]: the last e with offsets[e] <= p (an empty skill shares
+// its offset with the next one, so the last such e is the one that holds p).
+__device__ __forceinline__ int skill_of_row(const int32_t* __restrict__ offsets, int E, int64_t p) {
+  int lo = 0, hi = E - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (offsets[mid] <= p) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
 // ----------------------------------------------------------------------------- epilogue I/O
 
 __device__ __forceinline__ unsigned bits16(__half v) { return __half_as_ushort(v); }
