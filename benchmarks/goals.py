@@ -58,11 +58,6 @@ VERDICTS = {"skill_ffn": _skill_ffn, "token_similarity": _token_similarity, "tok
             "maxsim": _maxsim}
 
 
-def goal_mode(op: str, shape) -> str:
-    """The mode a goal shape is judged in: fwd+bwd, except maxsim's retrieval shapes (no gradient)."""
-    return "fwd" if op == "maxsim" and not shape.grad else "fwd+bwd"
-
-
 def goal_lines(op: str, rows: list[dict], cpu: bool) -> list[str]:
     """One line per goal shape, then (several goal shapes) the op's verdict."""
     head = f"GPU goal ({op}, skillkern-triton"
@@ -71,7 +66,7 @@ def goal_lines(op: str, rows: list[dict], cpu: bool) -> list[str]:
     shapes = runner.spec_of(op).presets["goal"]()
     lines, n_met, measured = [], 0, 0
     for shape in shapes:
-        mode = goal_mode(op, shape)
+        mode = runner.goal_mode(op, shape)
         r = next((r for r in rows if r.get("label") == shape.label() and r.get("provider") == "skillkern-triton"
                   and r.get("mode") == mode and r.get("status") == "ok"), None)
         if r is None:

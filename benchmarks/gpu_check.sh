@@ -44,6 +44,9 @@
 #       liger-kernel==0.8.5 nvidia-cutlass==4.2.0.0
 # (nvidia-cutlass: the CUTLASS headers the sm_90 build needs; the GPU machine has no network.)
 # The tree arrives without .git: pass the commit in BENCH_GIT_COMMIT.
+# Afterwards, on the CPU machine: append the returned *.jsonl rows to benchmarks/results/, then
+#   python -m skillkern.bench.auto_order benchmarks/results/*.jsonl --write
+# and commit skillkern/_measured.py: backend="auto" follows it on that GPU model.
 # Nothing here changes clocks, power or MIG; nvidia-smi is only queried.
 
 set -u  # no -e: one failing step must not stop the others

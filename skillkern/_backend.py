@@ -8,7 +8,8 @@ Backends:
   "triton" - Triton kernels; CUDA tensors, or CPU tensors when TRITON_INTERPRET=1 was set
              before skillkern was imported (the Triton interpreter, used by the tests).
   "cuda"   - the compiled extension skillkern._C (csrc/, built by setup.py).
-  "auto"   - the fastest backend available for the tensors' device (see _AUTO_ORDER).
+  "auto"   - the fastest backend available for the tensors' device, by measurement where its GPU
+             model was measured (see auto_order).
 
 Nothing here touches CUDA or imports Triton at import time.
 """
@@ -22,13 +23,11 @@ import torch
 
 BACKENDS = ("auto", "torch", "triton", "cuda")
 
-# Per op, the order in which "auto" tries backends on a CUDA device; "cuda" is what runs where
-# Triton cannot. The H200 goal-shape runs of 2026-12-04 (benchmarks/NOTES.md, "GPU results",
-# bf16 fwd+bwd) keep triton first for skill_ffn (5.12 ms against cuda's 23.7) and
-# token_similarity (32.4 against 35.0). For token_reduce cuda was faster at all three goal
-# shapes (1.39 / 2.15 / 4.64 ms against 1.85 / 2.64 / 15.0), but it takes S <= 32 and a
-# shared-memory-bounded D, and auto is chosen per op, not per call: triton stays first until
-# its redesign (or a per-call fit check here) settles it.
+# Per op, the order in which "auto" tries backends on a CUDA device whose model has no
+# measurement in skillkern/_measured.py (written from goal-shape bench rows by
+# `python -m skillkern.bench.auto_order`); "cuda" is what runs where Triton cannot. Triton
+# first: it takes every input, and on the one GPU measured so far (H200, 2026-12-04) it was
+# the faster for skill_ffn and token_similarity.
 _AUTO_ORDER = {
     "skill_ffn": ("triton", "cuda", "torch"),
     "skill_route": ("triton", "cuda", "torch"),
@@ -37,6 +36,29 @@ _AUTO_ORDER = {
     "token_pool": ("triton", "cuda", "torch"),
     "maxsim": ("triton", "torch"),
 }
+
+# Ops whose CUDA path takes only part of the inputs (token_reduce: S <= 32 and a shared-memory
+# bound on D; it raises beyond): auto, chosen per op and not per call, never puts cuda before
+# triton for them, whatever the measurement.
+_CUDA_PARTIAL = frozenset({"token_reduce", "token_pool"})
+
+
+@functools.lru_cache(maxsize=None)
+def _device_name(index: int) -> str:
+    return torch.cuda.get_device_name(index)
+
+
+def auto_order(op: str, device: torch.device) -> tuple:
+    """The backends "auto" tries for op on a CUDA device, in order: the measured order for this
+    GPU model (skillkern/_measured.py) when there is one, else _AUTO_ORDER's."""
+    from skillkern._measured import MEASURED
+
+    default = _AUTO_ORDER.get(op, ("torch",))
+    if not MEASURED or not torch.cuda.is_available():
+        return default
+    name = _device_name(device.index if device.index is not None else torch.cuda.current_device())
+    return tuple(MEASURED.get(name, {}).get(op, {}).get("order", default))
+
 
 # Public op -> the torch.ops.skillkern entry that the compiled extension provides for it.
 _CUDA_OPS = {
@@ -181,7 +203,7 @@ def resolve(op: str, backend: str, device: torch.device) -> str:
     # auto: the fastest that can run on this device; interpreted Triton is never "fastest".
     if device.type != "cuda":
         return "torch"
-    for cand in _AUTO_ORDER.get(op, ("torch",)):
+    for cand in auto_order(op, device):
         if cand == "torch":
             return "torch"
         if cand == "triton" and _triton_reason(device) is None:

@@ -105,12 +105,14 @@ FFN_CASES = [
 
 
 # The Hopper path's cases (fwd_sm90.cuh / bwd_sm90.cuh with csrc/emu/sm90_host.cc's GEMMs): 16-bit,
-# one-input activations, d and h multiples of 8, aligned tensors
+# d and h multiples of 8, aligned tensors
 SM90_CASES = [
     ("bf16 gelu_tanh, k=2", 300, 2, 4, 72, 136, "gelu_tanh", torch.bfloat16, True, "uniform", 0),
     ("fp16 silu, empty skills, k=2", 90, 2, 6, 24, 40, "silu", torch.float16, True, "sparse", 0),
     ("bf16 relu, one skill, no bias", 64, 1, 3, 32, 48, "relu", torch.bfloat16, False, "one", 0),
     ("fp16 gelu, many skills with few rows, k=3", 60, 3, 23, 16, 24, "gelu", torch.float16, True, "uniform", 0),
+    ("bf16 swiglu, k=2", 200, 2, 4, 40, 72, "swiglu", torch.bfloat16, True, "uniform", 0),
+    ("fp16 swiglu, empty skills, no bias, k=3", 90, 3, 6, 24, 16, "swiglu", torch.float16, False, "sparse", 0),
 ]
 
 

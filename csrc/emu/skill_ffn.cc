@@ -5,7 +5,7 @@
 // torch.ops.skillkern_emu.skill_ffn_fwd / _bwd with the arguments of skill_ffn_fwd_cuda /
 // _bwd_cuda, on CPU tensors. skill_ffn_fwd_sm90 / _bwd_sm90 run the Hopper path instead
 // (fwd_sm90.cuh, bwd_sm90.cuh) with sm90_host.cc's loops in place of the CUTLASS GEMMs, for the
-// inputs that path takes (16-bit, not swiglu, d and h multiples of 8) (contiguous, as the tests pass them: views at chosen offsets reach
+// inputs that path takes (16-bit, d and h multiples of 8) (contiguous, as the tests pass them: views at chosen offsets reach
 // both the 16-byte and the element-wise copy paths).
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
@@ -67,10 +67,10 @@ std::vector<at::Tensor> emu_backward(const at::Tensor& dy, const at::Tensor& x, 
                       need_dscale, /*stream=*/nullptr);
 }
 
-void check_sm90_inputs(const at::Tensor& x, const at::Tensor& w2, int act) {
-  TORCH_CHECK((x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf) && act != kSwiglu &&
+void check_sm90_inputs(const at::Tensor& x, const at::Tensor& w2) {
+  TORCH_CHECK((x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf) &&
                   x.size(1) % 8 == 0 && w2.size(1) % 8 == 0 && x.size(1) > 0 && w2.size(1) > 0,
-              "emulation: the sm_90 path takes 16-bit x, a one-input activation, d and h positive multiples of 8");
+              "emulation: the sm_90 path takes 16-bit x, d and h positive multiples of 8");
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> emu_forward_sm90(const at::Tensor& x, const at::Tensor& skill_ids,
@@ -80,7 +80,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> emu_forward_sm90(const at::Tensor
                                                                 const std::optional<at::Tensor>& b2,
                                                                 c10::string_view activation) {
   const int act = check_ffn_fwd_args(x, skill_ids, scale, w1, w2, b1, b2, activation);
-  check_sm90_inputs(x, w2, act);
+  check_sm90_inputs(x, w2);
   at::Tensor order, offsets;
   std::tie(order, offsets) = route_host(skill_ids, w1.size(0));
   at::Tensor y = at::empty({x.size(0), x.size(1)}, x.options());
@@ -95,7 +95,7 @@ std::vector<at::Tensor> emu_backward_sm90(const at::Tensor& dy, const at::Tensor
                                           const at::Tensor& order, const at::Tensor& offsets,
                                           c10::string_view activation, bool need_dscale) {
   const int act = check_ffn_bwd_args(dy, x, scale, w1, w2, b1, b2, order, offsets, activation);
-  check_sm90_inputs(x, w2, act);
+  check_sm90_inputs(x, w2);
   return run_backward_sm90(dy.contiguous(), x.contiguous(), scale.contiguous(), w1.contiguous(), w2.contiguous(),
                            contiguous_opt(b1), contiguous_opt(b2), order, offsets, act, need_dscale, /*sms=*/1,
                            /*stream=*/nullptr);

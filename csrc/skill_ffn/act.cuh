@@ -16,7 +16,8 @@ constexpr float kTanhA = 0.044715f;
 
 __device__ __forceinline__ float sigmoid(float z) { return 1.f / (1.f + expf(-z)); }
 
-// act(z) for the one-input activations (swiglu combines two values, see act_swiglu).
+// act(z) for the one-input activations (swiglu, silu(gate) * up, combines two values: its
+// callers use kSilu).
 __device__ __forceinline__ float act_fwd(float z, int act) {
   switch (act) {
     case kGelu: return 0.5f * z * (1.f + erff(z * kSqrt1_2));

@@ -3,11 +3,11 @@
 // sorted rows. With Z = x W1 + b1, H = act(Z), y_slot = c (H W2 + b2):
 //   1. gather (fwd_sm90.cuh's kernel, one pass): xs, dys = x and dy rows in sorted order, ss =
 //      the slot scales, inv = the inverse permutation.
-//   2. Z = xs @ w1[e] + b1[e]        GEMM1 with the identity code, rounded to x's dtype
+//   2. Z = xs @ w1[e] + b1[e]        GEMM1 with the identity code, rounded to x's dtype (swiglu:
+//                                    both halves, (N, 2h))
 //   3. G = dys @ w2[e]^T             dgrad (w2 (E, h, d) is w2^T K-major), rounded
-//   4. _act_bwd_rows_kernel, one warp per sorted row, in place: G becomes dZ = c G act'(Z), Z
-//      becomes Hc = c act(Z); dscale[slot] = sum_j G_j H_j + dy . b2[e] with H rounded to x's
-//      dtype as the forward's GEMM2 saw it (0 for an empty slot).
+//   4. _act_bwd_rows_kernel, one warp per sorted row, in place: dZ = c G act'(Z) and Hc = c act(Z)
+//      (for swiglu, dZ of both halves), and dscale.
 //   5. dW1 = xs^T dZ, dW2 = Hc^T dys  wgrad per skill, K = its rows; an unused skill gets zeros.
 //   6. db1 = the column sums of dZ per skill, db2 those of c dy: fixed row splits, then a
 //      fixed-order sum of the splits' partials.
@@ -42,24 +42,22 @@ namespace {
 
 constexpr int kColsumSplits = 32;  // row splits per skill of the bias-gradient column sums
 
-template <typename T>
-__device__ __forceinline__ void load8(const T* src, float (&v)[8]) {
-  const uint4 raw = *reinterpret_cast<const uint4*>(src);
-  const T* t = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-  for (int q = 0; q < 8; ++q) v[q] = to_f32(t[q]);
-}
-
-// Step 4. One warp per sorted row p; each lane takes 8 columns at a time (h % 8 == 0).
+// Step 4. One warp per sorted row p; each lane takes 8 columns at a time (h % 8 == 0). z is Z's
+// buffer (N, h1), g G's (N, h), both rewritten in place. One-input activations: g becomes dZ =
+// c G act'(Z) and z becomes Hc = c act(Z). swiglu (h1 = 2h, Z = [gate | up], H = silu(gate) up):
+// z becomes dZ = [c G up silu'(gate) | c G silu(gate)] and g becomes Hc. dscale[slot] = sum_j G_j
+// H_j + dy . b2[e], with H rounded to x's dtype as the forward's GEMM2 saw it (0 for an empty slot).
 template <typename T>
 __global__ void __launch_bounds__(256)
-    _act_bwd_rows_kernel(T* __restrict__ zh, T* __restrict__ gdz, const float* __restrict__ ss,
+    _act_bwd_rows_kernel(T* __restrict__ z, T* __restrict__ g, const float* __restrict__ ss,
                          const T* __restrict__ dys, const T* __restrict__ b2, const int32_t* __restrict__ order,
                          const int32_t* __restrict__ offsets, int E, int64_t N, int64_t h, int64_t d, int act,
                          float* __restrict__ dscale) {
   const int lane = threadIdx.x % 32;
   const int64_t n_warps = int64_t(gridDim.x) * (blockDim.x / 32);
   const int64_t active = offsets[E];
+  const bool glu = act == kSwiglu;
+  const int64_t h1 = glu ? 2 * h : h;
   for (int64_t p = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32; p < N; p += n_warps) {
     if (p >= active) {  // an empty slot: no rows to write, a zero scale gradient
       if (dscale != nullptr && lane == 0) dscale[order[p]] = 0.f;
@@ -68,18 +66,35 @@ __global__ void __launch_bounds__(256)
     const float c = ss[p];
     float part = 0.f;
     for (int64_t col = int64_t(lane) * 8; col < h; col += 32 * 8) {
-      float z[8], g[8], hc[8], dz[8];
-      load8(zh + p * h + col, z);
-      load8(gdz + p * h + col, g);
+      T* zp = z + p * h1 + col;
+      T* gp = g + p * h + col;
+      float zv[8], gv[8], up[8], hc[8], dz[8], dup[8];
+      load8(zp, zv);
+      load8(gp, gv);
+      if (glu) load8(zp + h, up);
 #pragma unroll
       for (int q = 0; q < 8; ++q) {
-        const float hv = act_fwd(z[q], act);
-        dz[q] = c * g[q] * act_grad(z[q], act);
-        part += g[q] * to_f32(from_f32<T>(hv));  // the H GEMM2 saw
+        float hv;
+        if (glu) {
+          const float s = act_fwd(zv[q], kSilu);
+          hv = s * up[q];
+          dz[q] = c * gv[q] * up[q] * act_grad(zv[q], kSilu);
+          dup[q] = c * gv[q] * s;
+        } else {
+          hv = act_fwd(zv[q], act);
+          dz[q] = c * gv[q] * act_grad(zv[q], act);
+        }
+        part += gv[q] * to_f32(from_f32<T>(hv));  // the H GEMM2 saw
         hc[q] = c * hv;
       }
-      store8(gdz + p * h + col, dz, 8, true);
-      store8(zh + p * h + col, hc, 8, true);
+      if (glu) {
+        store8(zp, dz, 8, true);
+        store8(zp + h, dup, 8, true);
+        store8(gp, hc, 8, true);
+      } else {
+        store8(gp, dz, 8, true);
+        store8(zp, hc, 8, true);
+      }
     }
     if (dscale == nullptr) continue;
     if (b2 != nullptr) {
@@ -147,10 +162,12 @@ inline std::vector<at::Tensor> run_backward_sm90(const at::Tensor& dy, const at:
   const auto f32 = opts.dtype(at::kFloat);
   TORCH_CHECK(d <= INT32_MAX && h <= INT32_MAX, "skill_ffn: d and h must fit in int32");
 
+  const bool glu = act == kSwiglu;
+  const int64_t h1 = glu ? 2 * h : h;  // Z's width (w1 (E, d, h1))
   at::Tensor dx = at::empty({n_tok, d}, opts);
-  at::Tensor dw1 = at::empty({E, d, h}, opts);
+  at::Tensor dw1 = at::empty({E, d, h1}, opts);
   at::Tensor dw2 = at::empty({E, h, d}, opts);
-  at::Tensor db1 = has_b1 ? at::empty({E, h}, opts) : at::empty({0}, opts);
+  at::Tensor db1 = has_b1 ? at::empty({E, h1}, opts) : at::empty({0}, opts);
   at::Tensor db2 = has_b2 ? at::empty({E, d}, opts) : at::empty({0}, opts);
   at::Tensor dscale = need_dscale ? at::empty({n_tok, k}, scale.options()) : at::empty({0}, opts);
   if (N == 0) {  // no slot: every skill unused
@@ -162,9 +179,11 @@ inline std::vector<at::Tensor> run_backward_sm90(const at::Tensor& dy, const at:
   at::Tensor dys = at::empty({N, d}, opts);   // dy rows, sorted
   at::Tensor ss = at::empty({N}, f32);
   at::Tensor inv = at::empty({N}, opts.dtype(at::kInt));
-  at::Tensor zh = at::empty({N, h}, opts);    // Z, then c H
-  at::Tensor gdz = at::empty({N, h}, opts);   // G, then dZ
-  at::Tensor partial = at::empty({E * kColsumSplits * std::max(d, h)}, f32);
+  at::Tensor z = at::empty({N, h1}, opts);      // Z; then Hc (one-input) or dZ (swiglu)
+  at::Tensor g = at::empty({N, h}, opts);       // G; then dZ (one-input) or Hc (swiglu)
+  at::Tensor& dz = glu ? z : g;
+  at::Tensor& hc = glu ? g : z;
+  at::Tensor partial = at::empty({E * kColsumSplits * std::max(d, h1)}, f32);
   at::Tensor ws = at::empty({int64_t(sm90::workspace_bytes(int(E), sms))}, opts.dtype(at::kByte));
   const sm90::Dtype dt = sm90_dtype(x);
   const int32_t* off = offsets.const_data_ptr<int32_t>();
@@ -175,28 +194,28 @@ inline std::vector<at::Tensor> run_backward_sm90(const at::Tensor& dy, const at:
     auto p = [](at::Tensor& t) { return reinterpret_cast<T*>(t.mutable_data_ptr()); };
     launch_gather_sorted<T>(x, reinterpret_cast<const T*>(dy.const_data_ptr()), scale, order, offsets, int(E),
                             int(k), N, d, xs, p(dys), ss, inv, stream);
-    check_sm90(sm90::up(dt, xs.const_data_ptr(), w1.const_data_ptr(), opt_ptr(b1), zh.mutable_data_ptr(), off,
-                        int(E), int(d), int(h), kIdentity, sms, wsp, stream),
+    check_sm90(sm90::up(dt, xs.const_data_ptr(), w1.const_data_ptr(), opt_ptr(b1), z.mutable_data_ptr(), off,
+                        int(E), int(d), int(h1), kIdentity, sms, wsp, stream),
                "backward Z");
-    check_sm90(sm90::dgrad(dt, dys.const_data_ptr(), w2.const_data_ptr(), gdz.mutable_data_ptr(), off, int(E),
+    check_sm90(sm90::dgrad(dt, dys.const_data_ptr(), w2.const_data_ptr(), g.mutable_data_ptr(), off, int(E),
                            int(d), int(h), sms, wsp, stream),
                "backward G");
     const int64_t grid = std::min<int64_t>(cdiv(N, 8), int64_t(1) << 20);  // 8 warps per block
     auto act_bwd = _act_bwd_rows_kernel<T>;
-    SK_LAUNCH(act_bwd, unsigned(grid), 256, 0, stream, p(zh), p(gdz), ss.const_data_ptr<float>(), p(dys),
+    SK_LAUNCH(act_bwd, unsigned(grid), 256, 0, stream, p(z), p(g), ss.const_data_ptr<float>(), p(dys),
               has_b2 ? reinterpret_cast<const T*>(b2->const_data_ptr()) : nullptr, order.const_data_ptr<int32_t>(),
               off, int(E), N, h, d, act, need_dscale ? dscale.mutable_data_ptr<float>() : nullptr);
-    check_sm90(sm90::wgrad(dt, xs.const_data_ptr(), gdz.const_data_ptr(), dw1.mutable_data_ptr(), off, int(E),
-                           int(d), int(h), sms, wsp, stream),
+    check_sm90(sm90::wgrad(dt, xs.const_data_ptr(), dz.const_data_ptr(), dw1.mutable_data_ptr(), off, int(E),
+                           int(d), int(h1), sms, wsp, stream),
                "backward dW1");
-    check_sm90(sm90::wgrad(dt, zh.const_data_ptr(), dys.const_data_ptr(), dw2.mutable_data_ptr(), off, int(E),
+    check_sm90(sm90::wgrad(dt, hc.const_data_ptr(), dys.const_data_ptr(), dw2.mutable_data_ptr(), off, int(E),
                            int(h), int(d), sms, wsp, stream),
                "backward dW2");
     float* pp = partial.mutable_data_ptr<float>();
-    if (has_b1) launch_skill_colsum<T>(p(gdz), nullptr, off, E, h, pp, p(db1), stream);
+    if (has_b1) launch_skill_colsum<T>(p(dz), nullptr, off, E, h1, pp, p(db1), stream);
     if (has_b2) launch_skill_colsum<T>(p(dys), ss.const_data_ptr<float>(), off, E, d, pp, p(db2), stream);
-    check_sm90(sm90::dgrad(dt, gdz.const_data_ptr(), w1.const_data_ptr(), xs.mutable_data_ptr(), off, int(E),
-                           int(h), int(d), sms, wsp, stream),
+    check_sm90(sm90::dgrad(dt, dz.const_data_ptr(), w1.const_data_ptr(), xs.mutable_data_ptr(), off, int(E),
+                           int(h1), int(d), sms, wsp, stream),
                "backward dX");
     launch_combine_sorted<T>(xs, inv, offsets, int(E), n_tok, int(k), d, dx, stream);
   });

@@ -19,8 +19,8 @@
 //      per slot in a fixed order (0 for empty slots).
 //
 // Code: bwd.cuh (kernels 1, 2, 4 and run_backward), down.cuh (3); this file is the entry point.
-// On compute capability 9.0 (a build with sm_90a and the CUTLASS headers), 16-bit inputs and the
-// one-input activations take bwd_sm90.cuh instead: the same five GEMMs as CUTLASS grouped GEMMs
+// On compute capability 9.0 (a build with sm_90a and the CUTLASS headers), 16-bit inputs (every
+// activation) take bwd_sm90.cuh instead: the same five GEMMs as CUTLASS grouped GEMMs
 // with TMA and wgmma (sm90_grouped.cu) on rows gathered into sorted order.
 // Determinism: no atomics; every sum has a fixed order. Precision: fp32 accumulation
 // everywhere; fp32 inputs take the SIMT fmaf path (exact fp32, see gemm.cuh).

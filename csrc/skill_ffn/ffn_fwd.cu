@@ -19,8 +19,8 @@
 //
 // Code: fwd.cuh (GEMM1 kernel, run_forward), down.cuh (GEMM2, combine), gemm.cuh (tiles),
 // csrc/ptx.cuh (the CUDA-only primitives; csrc/emu/ runs the rest on the CPU in the tests).
-// On compute capability 9.0 (a build with sm_90a and the CUTLASS headers), 16-bit inputs and
-// the one-input activations take fwd_sm90.cuh instead: x gathered into sorted order, then
+// On compute capability 9.0 (a build with sm_90a and the CUTLASS headers), 16-bit inputs (every
+// activation) take fwd_sm90.cuh instead: x gathered into sorted order, then
 // CUTLASS ptr-array grouped GEMMs with TMA and wgmma (sm90_grouped.cu), then the combine.
 // Tiling (gemm.cuh): 128 x 128 x BK blocks, 8 warps, mma.sync bf16/fp16 -> fp32 on ldmatrix
 // fragments (fp32 inputs: SIMT fmaf, exact fp32), 3-stage cp.async pipeline, 57-61 KB of

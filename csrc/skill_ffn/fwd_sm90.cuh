@@ -6,7 +6,12 @@
 //      permutation). 67 MB at the goal shape (T = 32k, d = 1024), ~22 us at 3 TB/s: cheaper
 //      than giving up TMA for the whole GEMM (the mma.sync path gathers while it loads). The
 //      backward (bwd_sm90.cuh) gathers dy's rows in the same pass.
-//   2. GEMM1: hid = act(xs @ w1[e] + b1[e]), sorted rows.
+//   2. GEMM1: hid = act(xs @ w1[e] + b1[e]), sorted rows. swiglu (w1[e] is (d, 2h), gate columns
+//      first): GEMM1 with the identity code writes Z = xs @ w1[e] + b1[e] (N, 2h), whose gate and
+//      up columns lie in different output tiles, and _swiglu_rows_kernel makes hid = silu(gate) *
+//      up from it: one more round trip of Z through memory (6 N h bytes, ~0.15 ms at the goal
+//      shape), no more CUTLASS instantiations, and gate and up rounded to x's dtype once before
+//      the product (the mma.sync path keeps them in fp32).
 //   3. GEMM2: ys = ss * (hid @ w2[e] + b2[e]), sorted rows, in x's dtype (as the mma.sync path
 //      rounds its slot rows).
 //   4. combine: y[t] = sum over j < k of ys[inv[t k + j]] in slot order in fp32, an empty
@@ -22,6 +27,7 @@
 #include <optional>
 
 #include "common.h"
+#include "skill_ffn/act.cuh"
 #include "skill_ffn/down.cuh"
 #include "skill_ffn/ffn.h"
 #include "skill_ffn/sm90_grouped.h"
@@ -29,6 +35,14 @@
 namespace skillkern {
 namespace ffn {
 namespace {
+
+template <typename T>
+__device__ __forceinline__ void load8(const T* src, float (&v)[8]) {  // 16 aligned bytes, to fp32
+  const uint4 raw = *reinterpret_cast<const uint4*>(src);
+  const T* t = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+  for (int q = 0; q < 8; ++q) v[q] = to_f32(t[q]);
+}
 
 // Step 1. One thread per 16 bytes of a sorted row (d % 8 == 0, so rows are whole vectors). y,
 // when given (the backward's dy, (T, d) like x), is gathered into ys the same way.
@@ -53,6 +67,26 @@ __global__ void __launch_bounds__(256)
       *reinterpret_cast<uint4*>(xs + p * d + c) = *reinterpret_cast<const uint4*>(x + src);
       if (y != nullptr) *reinterpret_cast<uint4*>(ys + p * d + c) = *reinterpret_cast<const uint4*>(y + src);
     }
+  }
+}
+
+// Step 2 for swiglu: hid[p, j] = silu(z[p, j]) * z[p, h + j] for the active sorted rows, one thread
+// per 8 columns of hid (h % 8 == 0).
+template <typename T>
+__global__ void __launch_bounds__(256)
+    _swiglu_rows_kernel(const T* __restrict__ z, const int32_t* __restrict__ offsets, int E, int64_t h,
+                        T* __restrict__ hid) {
+  const int64_t vecs = h / 8;
+  const int64_t n = int64_t(offsets[E]) * vecs;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const int64_t p = i / vecs, c = (i % vecs) * 8;
+    float g[8], u[8];
+    load8(z + p * 2 * h + c, g);
+    load8(z + p * 2 * h + h + c, u);
+#pragma unroll
+    for (int q = 0; q < 8; ++q) g[q] = act_fwd(g[q], kSilu) * u[q];
+    store8(hid + p * h + c, g, 8, true);
   }
 }
 
@@ -136,7 +170,9 @@ inline void run_forward_sm90(at::Tensor& y, const at::Tensor& x, const at::Tenso
   at::Tensor xs = at::empty({N, d}, x.options());
   at::Tensor ss = at::empty({N}, x.options().dtype(at::kFloat));
   at::Tensor inv = at::empty({N}, x.options().dtype(at::kInt));
+  const bool glu = act == kSwiglu;
   at::Tensor hid = at::empty({N, h}, x.options());
+  at::Tensor z = glu ? at::empty({N, 2 * h}, x.options()) : hid;  // swiglu: GEMM1's Z, both halves
   at::Tensor ys = at::empty({N, d}, x.options());
   at::Tensor ws = at::empty({int64_t(sm90::workspace_bytes(int(E), sms))}, x.options().dtype(at::kByte));
   const sm90::Dtype dt = sm90_dtype(x);
@@ -144,9 +180,16 @@ inline void run_forward_sm90(at::Tensor& y, const at::Tensor& x, const at::Tenso
   dispatch_16bit(x, [&](auto tag) {
     using T = decltype(tag);
     launch_gather_sorted<T>(x, nullptr, scale, order, offsets, int(E), int(k), N, d, xs, nullptr, ss, inv, stream);
-    check_sm90(sm90::up(dt, xs.const_data_ptr(), w1.const_data_ptr(), opt_ptr(b1), hid.mutable_data_ptr(), off,
-                        int(E), int(d), int(h), act, sms, ws.mutable_data_ptr(), stream),
+    check_sm90(sm90::up(dt, xs.const_data_ptr(), w1.const_data_ptr(), opt_ptr(b1), z.mutable_data_ptr(), off,
+                        int(E), int(d), int(glu ? 2 * h : h), glu ? kIdentity : act, sms, ws.mutable_data_ptr(),
+                        stream),
                "GEMM1");
+    if (glu) {
+      const int64_t grid = std::min<int64_t>(cdiv(N * (h / 8), 256), int64_t(1) << 20);
+      auto swiglu = _swiglu_rows_kernel<T>;
+      SK_LAUNCH(swiglu, unsigned(grid), 256, 0, stream, reinterpret_cast<const T*>(z.const_data_ptr()), off, int(E),
+                h, reinterpret_cast<T*>(hid.mutable_data_ptr()));
+    }
     check_sm90(sm90::down(dt, hid.const_data_ptr(), w2.const_data_ptr(), opt_ptr(b2), ss.const_data_ptr<float>(),
                           ys.mutable_data_ptr(), off, int(E), int(h), int(d), sms, ws.mutable_data_ptr(), stream),
                "GEMM2");

@@ -15,7 +15,8 @@
 // them). w (E, K, N) row-major; b (E, N) or null; scale (rows,) fp32 or null (= 1). All 16-bit
 // tensors share one dtype (bf16 or fp16); K, N and M must be positive multiples of 8 and every
 // pointer 16-byte aligned (TMA); otherwise cudaErrorInvalidValue. act: the codes of act_codes.h
-// except kSwiglu, whose gate and up columns sit in different output tiles.
+// except kSwiglu, whose gate and up columns sit in different output tiles (the callers run it
+// as kIdentity over 2h columns and a row kernel).
 #pragma once
 
 #include <cuda_runtime_api.h>  // cudaError_t, cudaStream_t (not cuda_runtime.h: the CPU emulation includes this too)

@@ -15,14 +15,13 @@
 namespace skillkern {
 namespace ffn {
 
-// Built for sm_90a, a compute capability 9.0 device, 16-bit, one of the one-input activations,
-// d and h positive multiples of 8, and every tensor 16-byte aligned (TMA's rows and bases: a
+// Built for sm_90a, a compute capability 9.0 device, 16-bit (any activation), d and h positive multiples of 8, and every tensor 16-byte aligned (TMA's rows and bases: a
 // contiguous view may still start at an odd offset). `more`: further tensors that must be
 // aligned (the backward's dy).
 inline bool sm90_path(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2,
                       const std::optional<at::Tensor>& b1, const std::optional<at::Tensor>& b2, int act,
                       std::initializer_list<const at::Tensor*> more = {}) {
-  if (!sm90::built() || act == kSwiglu) return false;
+  if (!sm90::built()) return false;
   if (x.scalar_type() != at::kBFloat16 && x.scalar_type() != at::kHalf) return false;
   const cudaDeviceProp* prop = at::cuda::getDeviceProperties(x.get_device());
   const int64_t d = x.size(1), h = w2.size(1);

@@ -102,6 +102,11 @@ def spec_of(op: str) -> OpSpec:
     return importlib.import_module(BUILTIN[op]).SPEC
 
 
+def goal_mode(op: str, shape) -> str:
+    """The mode a goal shape is judged in: fwd+bwd, except maxsim's retrieval shapes (no gradient)."""
+    return "fwd" if op == "maxsim" and not shape.grad else "fwd+bwd"
+
+
 @contextlib.contextmanager
 def id_checks(enabled: bool):
     """skillkern's id range check syncs with the host every call: on for the correctness
