@@ -152,8 +152,11 @@ def step_flops(model: SkillNetWukong, task: str, batch: dict) -> float:
         factor = 2.0 if (cfg.lit and m == "image") else 6.0  # forward only, or forward + backward
         total += factor * B * N * (_matrix_params_per_token(model, task, m) + 2 * cfg.n_layers * cfg.d_model * N)
     if model.specs[task].kind == "retrieve":
-        B, L = batch["ids"].shape
-        n = 1 + cfg.reduced_tokens  # [CLS] + the reduced tokens of the other side
+        (m, inp), (_, txt) = model.side_inputs(task, batch)
+        B, L = txt["ids"].shape
+        # the other side's tokens: [CLS] + the reduced ones, or all of them (code is not reduced)
+        n = 1 + cfg.reduced_tokens if m in cfg.reduced_modalities else (
+            int(inp["ids"].shape[1]) if "ids" in inp else cfg.tokens(m))
         total += 3 * 2.0 * B * B * n * L * cfg.proj_dim
     return total
 

@@ -482,7 +482,7 @@ class Trainer:
                 losses.append(row["loss"])
                 self._record(row)
                 self._show(bar, row, t_start)
-                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
                     self._record_eval(self.evaluate("val"), "val")
                 saved = self.step % cfg.ckpt_every == 0 or self.step == cfg.steps
                 if saved:
@@ -891,6 +891,31 @@ def configs_from_args(args) -> tuple[ModelConfig, TrainConfig]:
     return model_config(args.model, **model_over), train_config(args.model, **train_over)
 
 
+def _val_score(m: dict) -> float:
+    """A task's one score: accuracy, or the mean of i2t and t2i R@1 (as the eval table's)."""
+    return m["accuracy"] if "accuracy" in m else (m["i2t_R@1"] + m["t2i_R@1"]) / 2
+
+
+def time_to_quality(rows: list[dict]) -> dict | None:
+    """From a run's metrics rows: training steps/s (optimiser steps over the summed step times,
+    evaluations excluded), and the first val evaluation at which every task had reached its
+    score of the last val evaluation (accuracy, or the mean of i2t and t2i R@1): its step and
+    the training seconds up to it. None without val evaluations."""
+    train = [r for r in rows if r["type"] == "train"]
+    val = [r for r in rows if r["type"] == "eval" and r["split"] == "val"]
+    if not train or not val:
+        return None
+    last = max(r["step"] for r in val)
+    final = {r["task"]: _val_score(r) for r in val if r["step"] == last}
+    by_step: dict = {}
+    for r in val:
+        by_step.setdefault(r["step"], {})[r["task"]] = _val_score(r)
+    step = next(s for s in sorted(by_step) if all(by_step[s].get(t, -1.0) >= v for t, v in final.items()))
+    seconds = sum(r["step_s"] for r in train if r["step"] <= step)
+    return {"steps_per_s": len(train) / sum(r["step_s"] for r in train), "step": step,
+            "train_s": seconds, "final_val": final}
+
+
 def _finish(trainer: Trainer, t0: float, plot: bool) -> dict | None:
     trainer.fit()
     if trainer.preempted:
@@ -900,6 +925,12 @@ def _finish(trainer: Trainer, t0: float, plot: bool) -> dict | None:
     if trainer.rank == 0:
         trainer._record_eval(results, "test")
         print("\n" + eval_table(results, "test", trainer.step))
+        ttq = time_to_quality(trainer.metrics)
+        if ttq is not None:
+            scores = ", ".join(f"{t} {v:.3f}" for t, v in sorted(ttq["final_val"].items()))
+            print(f"\ntime to quality ({trainer.tcfg.backend} -> {_resolved(trainer)}, {trainer.device}): "
+                  f"{ttq['steps_per_s']:.2f} steps/s; the final val scores ({scores}) first reached at step "
+                  f"{ttq['step']}, after {ttq['train_s']:.0f} s of training")
         if plot:
             from model.plot import plot_metrics
             png = os.path.join(trainer.run_dir, "curves.png")

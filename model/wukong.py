@@ -3,7 +3,8 @@
 Retrieval tasks (image/sound/video/code <-> Chinese text), Wukong + FILIP style:
 
     other side:  SkillNet(x; the modality's skills) -> proj_m (d -> 256) -> [CLS] kept aside,
-                 TokenReduction on the other tokens (e.g. 64 image patches -> 12) -> L2 norm
+                 TokenReduction on the other tokens (e.g. 64 image patches -> 12; image, sound
+                 and video: ModelConfig.reduced_modalities; code keeps its tokens) -> L2 norm
     text side:   SkillNet(ids; the text skill(s))  -> proj_text (d -> 256) -> L2 norm (padding masked)
     loss:        skillkern.nn.FILIPLoss (token-wise late interaction, learnable temperature;
                  all-gathered across ranks with a process group)
@@ -99,7 +100,7 @@ class SkillNetWukong(nn.Module):
         self.proj = nn.ModuleDict({m: nn.Linear(cfg.d_model, cfg.proj_dim, bias=False)
                                    for m in sorted(set(other) | ({"text"} if retrieve else set()))})
         self.reduce = nn.ModuleDict({m: skillkern.nn.TokenReduction(cfg.proj_dim, cfg.reduced_tokens, cfg.reduce_groups)
-                                     for m in other})
+                                     for m in other if m in cfg.reduced_modalities})
         for red in self.reduce.values():
             # Wukong's layer pools x and scores LN(x): LN's bias shifts every position's scores
             # by one constant, which the softmax over positions cancels. Its true gradient is 0,
@@ -168,10 +169,10 @@ class SkillNetWukong(nn.Module):
         return self.cfg.lit and TASK_MODALITIES[task][0] == "image"
 
     def features(self, task: str, modality: str, hidden: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """Wukong's token features: proj -> (non-text: [CLS] + TokenReduction of the rest) ->
-        L2 norm. Returns ((B, n, proj_dim), mask or None), in the autocast dtype if any."""
+        """Wukong's token features: proj -> (cfg.reduced_modalities: [CLS] + TokenReduction of the
+        rest) -> L2 norm. Returns ((B, n, proj_dim), mask or None), in the autocast dtype if any."""
         z = self.proj[modality](hidden)
-        if modality != "text":
+        if modality in self.reduce:
             red = self.reduce[modality](z[:, 1:], None if mask is None else mask[:, 1:])
             z = torch.cat([z[:, :1], red.to(z.dtype)], 1)
             # the reduced tokens are real whenever the item has any real token ([CLS] always is)

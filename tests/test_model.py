@@ -111,6 +111,21 @@ def test_retrieval_features_are_wukong_tokens():
     torch.testing.assert_close(f_txt.norm(dim=-1), torch.ones(f_txt.shape[:2]))
 
 
+def test_unreduced_modalities_keep_every_token_and_their_mask():
+    """A modality outside reduced_modalities (code, by default) keeps every projected token and
+    its padding mask, and owns no TokenReduction; one inside it is pooled."""
+    model = make_model()
+    assert "code" not in model.reduce and {"image", "sound", "video"} <= set(model.reduce)
+    b = make_batch("code_text")
+    f_code, m_code, _, _ = model.retrieval_features("code_text", b)
+    assert f_code.shape == (*b["x_ids"].shape, model.cfg.proj_dim) and torch.equal(m_code, b["x_mask"])
+    torch.testing.assert_close(f_code.norm(dim=-1), torch.ones(f_code.shape[:2]))
+    reduced = make_model(reduced_modalities=("image", "sound", "video", "code"))
+    f_code, m_code, _, _ = reduced.retrieval_features("code_text", b)
+    assert f_code.shape == (b["x_ids"].shape[0], 1 + reduced.cfg.reduced_tokens, reduced.cfg.proj_dim)
+    assert m_code is None
+
+
 def test_log_mel_frontend_matches_a_direct_computation():
     """The sound frontend: |STFT|^2 through an HTK mel filterbank, log, standardised per item."""
     from model.skillnet import LogMel, mel_filterbank
@@ -367,6 +382,7 @@ def test_triton_backend_matches_torch_end_to_end(device):
     ("activation", "tanh"),
     ("image_patch", 5),
     ("reduce_groups", 5),                 # does not divide proj_dim
+    ("reduced_modalities", ("image", "text")),
     ("dropout", 1.5),
     ("n_mels", 100),                      # more mel bands than FFT bins
     ("n_mels", 40),                       # the lowest filters fall between two FFT bins

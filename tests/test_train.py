@@ -331,8 +331,9 @@ def test_run_writes_metrics_plot_checkpoint_and_eval_table(tmp_path, capsys):
     run = tmp_path / "main"
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["type"] == "train"] == [1, 2, 3, 4]
-    assert {(r["split"], r["step"]) for r in rows if r["type"] == "eval"} == {("val", 2), ("test", 4)}
+    assert {(r["split"], r["step"]) for r in rows if r["type"] == "eval"} == {("val", 2), ("val", 4), ("test", 4)}
     assert all(r["tok_s"] > 0 and r["mfu"] is None for r in rows if r["type"] == "train")  # CPU: no MFU
+    assert "time to quality (" in out and "steps/s" in out
     png = (run / "curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert (run / "ckpt" / "latest").read_text() == "step_000004"
@@ -422,3 +423,18 @@ def test_command_line_config_errors_exit_2(capsys):
     assert "`skill_every`" in capsys.readouterr().err
     assert main(["--steps", "10", "--set", "warmup_steps=20"]) == 2
     assert "`warmup_steps`" in capsys.readouterr().err
+
+
+def test_time_to_quality_finds_the_first_eval_at_the_final_scores():
+    from model.train import time_to_quality
+    train = [{"type": "train", "step": i, "step_s": 0.5} for i in range(1, 7)]
+    val = [{"type": "eval", "split": "val", "step": s, "task": "text_cls", "accuracy": a} for s, a in ((2, 0.6), (4, 0.7), (6, 0.7))]
+    val += [{"type": "eval", "split": "val", "step": s, "task": "code_text", "i2t_R@1": a, "t2i_R@1": b}
+            for s, a, b in ((2, 0.1, 0.1), (4, 0.3, 0.1), (6, 0.2, 0.2))]
+    test = [{"type": "eval", "split": "test", "step": 6, "task": "text_cls", "accuracy": 0.9}]
+    ttq = time_to_quality(train + val + test)
+    # step 4: text_cls at its final 0.7 and code_text's mean R@1 0.2 = its final 0.2
+    assert ttq == {"steps_per_s": 2.0, "step": 4, "train_s": 2.0, "final_val": {"text_cls": 0.7, "code_text": 0.2}}
+    val[-1]["t2i_R@1"] = 0.3  # code_text's final is now 0.25, reached only at step 6
+    assert time_to_quality(train + val)["step"] == 6
+    assert time_to_quality(train) is None
