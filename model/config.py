@@ -359,4 +359,5 @@ def parse_overrides(items: list[str]) -> tuple[dict, dict]:
 
 
 def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
+    """The config as plain JSON values (tuples as lists), as a saved config.json reads back."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))

@@ -335,7 +335,8 @@ def test_backend_reaches_every_fused_layer(monkeypatch):
     model = make_model()
     names = model.set_backend("torch")
     n_skill = sum(blk.skilled for blk in model.encoder.blocks)
-    assert len(names) == n_skill + 4 + 4  # skill layers, 4 TokenReductions, 4 FILIP losses
+    reductions = len(model.cfg.reduced_modalities)  # image, sound, video (code keeps its tokens)
+    assert len(names) == n_skill + reductions + 4  # skill layers, TokenReductions, 4 FILIP losses
     calls = []
     real = _backend.resolve
 
