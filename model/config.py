@@ -90,6 +90,11 @@ class ModelConfig:
     # into 12 blurs them (code_text alone, 600 steps: val mean_R, R@1/5/10 both ways, 0.157
     # reduced, 0.431 not)
     reduced_modalities: tuple = ("image", "sound", "video")
+    # one text projection per retrieval task instead of one shared by all: each task's text
+    # tokens then meet only their own partner's space. Sharing one made the tasks pull the
+    # text features four ways (the main job, val mean R@1 at step 1,200: code 0.019 -> 0.253,
+    # video 0.005 -> 0.042, image 0.015 -> 0.023, sound 0.002 -> 0.005; benchmarks/NOTES.md)
+    text_proj_per_task: bool = True
     temperature: float = 0.07
     # LiT: lock the image tower (every parameter the image side reads is frozen)
     lit: bool = False
@@ -211,7 +216,7 @@ class TrainConfig:
     task_weights: dict = field(default_factory=dict)
     # tiny on 2 CPU cores: ~0.25 s a step (0.2-0.4 s by task), so 1,800 steps are ~7.5 minutes,
     # which with the data build (~25 s) and the evaluations keeps the main job at ~8.5 minutes
-    # (measured: 504 s on a fresh data root). More steps learn more (1,200 -> 1,800: test mean
+    # (measured: ~525 s on a fresh data root). More steps learn more (1,200 -> 1,800: test mean
     # R@1 2-3.5x -> 2-5.5x chance); the 10-minute budget is what bounds them
     steps: int = 1800
     batch_size: int = 32         # global batch per optimiser step (all ranks, all micro-steps)

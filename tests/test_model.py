@@ -126,6 +126,23 @@ def test_unreduced_modalities_keep_every_token_and_their_mask():
     assert m_code is None
 
 
+def test_text_projection_per_task_trains_only_its_task():
+    """text_proj_per_task (the default): each retrieval task's text tokens go through their own
+    projection (and params' head count follows); without it one "text" projection is shared."""
+    shared = make_model(text_proj_per_task=False)
+    assert "text" in shared.proj and not any(k.startswith("text_") for k in shared.proj)
+    model = make_model()
+    retrieval = [t for t in TASKS if t != "text_cls"]
+    assert "text" not in model.proj and {f"text_{t}" for t in retrieval} <= set(model.proj)
+    model.zero_grad(set_to_none=True)
+    model("code_text", make_batch("code_text"))["loss"].backward()
+    for t in retrieval:
+        g = model.proj[f"text_{t}"].weight.grad
+        assert (g is not None and g.abs().sum() > 0) == (t == "code_text"), t
+    counts = param_groups(model)
+    assert counts["head:code_text:text"] == model.cfg.d_model * model.cfg.proj_dim
+
+
 def test_log_mel_frontend_matches_a_direct_computation():
     """The sound frontend: |STFT|^2 through an HTK mel filterbank, log, standardised per item."""
     from model.skillnet import LogMel, mel_filterbank
