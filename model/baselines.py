@@ -101,7 +101,7 @@ def naive_bayes_accuracy(train: dict, split: dict, vocab: int) -> float:
 def baseline(task: str, splits: dict, split: str, vocab: int) -> dict:
     """{"name", "accuracy"} or {"name", "i2t_R@1", ..., "mean_R@1"} of task's trivial baseline on
     `split` (the train split is what it counts from)."""
-    from model.data import retrieval_metrics
+    from model.data import mean_r1, retrieval_metrics
 
     train, ev = splits["train"], splits[split]
     if TASK_KINDS[task] == "classify":
@@ -113,4 +113,4 @@ def baseline(task: str, splits: dict, split: str, vocab: int) -> dict:
         m = {k: v for k, v in retrieval_metrics(scores[0]).items() if k.startswith("i2t")}
         m.update({k: v for k, v in retrieval_metrics(scores[1]).items() if k.startswith("t2i")})
     m.pop("mean_R", None)
-    return {"name": NAMES[task], **m, "mean_R@1": (m["i2t_R@1"] + m["t2i_R@1"]) / 2}
+    return {"name": NAMES[task], **m, "mean_R@1": mean_r1(m)}

@@ -255,13 +255,14 @@ def untrained_test(mcfg, tcfg, tasks: dict, *, device) -> dict:
 def task_scores(results: dict) -> dict:
     """Per task: {"accuracy"} (classification) or {"R@1", "mean_R"} (retrieval), plus "score" (the
     number the verdict uses: accuracy or mean_R)."""
+    from model.data import mean_r1
+
     out = {}
     for task, r in results.items():
         if "accuracy" in r:
             out[task] = {"accuracy": r["accuracy"], "score": r["accuracy"]}
         else:
-            r1 = (r["i2t_R@1"] + r["t2i_R@1"]) / 2
-            out[task] = {"R@1": r1, "mean_R": r["mean_R"], "score": r["mean_R"]}
+            out[task] = {"R@1": mean_r1(r), "mean_R": r["mean_R"], "score": r["mean_R"]}
     return out
 
 

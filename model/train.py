@@ -803,6 +803,7 @@ def eval_table(results: dict, split: str, step: int) -> str:
     them the reference points when _add_reference_points put them in: chance (the majority class;
     1/n for R@1 over a gallery of n), the model's mean R@1 (both ways) in multiples of chance, and
     the task's trivial baseline (model.baselines) on the same split, with whether the model beats it."""
+    from model.data import mean_r1
     lines = [f"eval on {split} (step {step})",
              f"{'task':12s} {'n':>5s} {'acc':>6s} {'i2t R@1':>8s} {'R@5':>6s} {'R@10':>6s} "
              f"{'t2i R@1':>8s} {'R@5':>6s} {'R@10':>6s} {'mean R':>7s} | {'chance':>6s} {'x chance':>8s} | "
@@ -817,7 +818,7 @@ def eval_table(results: dict, split: str, step: int) -> str:
                    f"{'':>6s} {'':>6s} {'':>7s} | {chance:6.3f} {'':>8s} |")
             base_score = base["accuracy"] if base else None
         else:
-            score, chance = (r["i2t_R@1"] + r["t2i_R@1"]) / 2, 1 / r["n"]
+            score, chance = mean_r1(r), 1 / r["n"]
             row = (f"{task:12s} {r['n']:5d} {'':>6s} {r['i2t_R@1']:8.3f} {r['i2t_R@5']:6.3f} "
                    f"{r['i2t_R@10']:6.3f} {r['t2i_R@1']:8.3f} {r['t2i_R@5']:6.3f} {r['t2i_R@10']:6.3f} "
                    f"{r['mean_R']:7.3f} | {chance:6.3f} {score / chance:7.1f}x |")
@@ -893,7 +894,8 @@ def configs_from_args(args) -> tuple[ModelConfig, TrainConfig]:
 
 def _val_score(m: dict) -> float:
     """A task's one score: accuracy, or the mean of i2t and t2i R@1 (as the eval table's)."""
-    return m["accuracy"] if "accuracy" in m else (m["i2t_R@1"] + m["t2i_R@1"]) / 2
+    from model.data import mean_r1
+    return m["accuracy"] if "accuracy" in m else mean_r1(m)
 
 
 def time_to_quality(rows: list[dict]) -> dict | None:

@@ -21,6 +21,8 @@ import os
 
 import torch
 
+from skillkern import _measured
+
 BACKENDS = ("auto", "torch", "triton", "cuda")
 
 # Per op, the order in which "auto" tries backends on a CUDA device whose model has no
@@ -51,13 +53,11 @@ def _device_name(index: int) -> str:
 def auto_order(op: str, device: torch.device) -> tuple:
     """The backends "auto" tries for op on a CUDA device, in order: the measured order for this
     GPU model (skillkern/_measured.py) when there is one, else _AUTO_ORDER's."""
-    from skillkern._measured import MEASURED
-
     default = _AUTO_ORDER.get(op, ("torch",))
-    if not MEASURED or not torch.cuda.is_available():
+    if not _measured.MEASURED or not torch.cuda.is_available():
         return default
     name = _device_name(device.index if device.index is not None else torch.cuda.current_device())
-    return tuple(MEASURED.get(name, {}).get(op, {}).get("order", default))
+    return tuple(_measured.MEASURED.get(name, {}).get(op, {}).get("order", default))
 
 
 # Public op -> the torch.ops.skillkern entry that the compiled extension provides for it.

@@ -10,7 +10,7 @@ task is made of and which package provides it.
 """
 from ._common import SourceMissing
 from .benchmark import TASKS, Task, build_benchmark, default_root
-from .metrics import accuracy, retrieval_metrics, topk_recall
+from .metrics import accuracy, mean_r1, retrieval_metrics, topk_recall
 from .tokenizer import WordPieceTokenizer
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
            "accuracy",
            "build_benchmark",
            "default_root",
+           "mean_r1",
            "retrieval_metrics",
            "topk_recall",
 ]

@@ -63,6 +63,12 @@ def topk_recall(values: torch.Tensor, indices: torch.Tensor, n: int, prefix: str
     return out
 
 
+def mean_r1(m: dict) -> float:
+    """The mean of i2t and t2i R@1 in a retrieval result: the one number the eval table, the
+    baselines and model.compare report per retrieval task."""
+    return (m["i2t_R@1"] + m["t2i_R@1"]) / 2
+
+
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """logits: (N, C) scores, labels: (N,) int in [0, C). Fraction whose arg-max is the label."""
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] == 0:
