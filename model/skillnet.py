@@ -26,7 +26,8 @@ Embedders (model inputs as model/data gives them):
               WordPiece text), learned positions, a per-modality type vector
   image       (B, 3, H, W) uint8 -> [CLS] + ViT patches (Conv2d stride p) + positions
   sound       (B, S) float waveform -> log-mel spectrogram computed in torch (STFT, HTK mel
-              filterbank, log, per-item standardisation) -> [CLS] + (mel x time) patches (AST)
+              filterbank, log, per-item standardisation) -> [CLS] + (mel x time) patches
+              (default: every mel band x 8 frames, time strips as speech encoders use)
   video       (B, F, 3, H, W) uint8 -> [CLS] + tubelet patches (t frames x p x p, ViViT) +
               spatial positions + a temporal embedding per time step
 """

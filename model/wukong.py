@@ -3,8 +3,8 @@
 Retrieval tasks (image/sound/video/code <-> Chinese text), Wukong + FILIP style:
 
     other side:  SkillNet(x; the modality's skills) -> proj_m (d -> 256) -> [CLS] kept aside,
-                 TokenReduction on the other tokens (e.g. 64 image patches -> 12; image, sound
-                 and video: ModelConfig.reduced_modalities; code keeps its tokens) -> L2 norm
+                 TokenReduction on the other tokens (e.g. 64 image patches -> 12; image and
+                 video: ModelConfig.reduced_modalities; code and sound keep theirs) -> L2 norm
     text side:   SkillNet(ids; the text skill(s))  -> proj_text (d -> 256) -> L2 norm (padding masked)
     loss:        skillkern.nn.FILIPLoss (token-wise late interaction, learnable temperature;
                  all-gathered across ranks with a process group)

@@ -112,14 +112,18 @@ def test_retrieval_features_are_wukong_tokens():
 
 
 def test_unreduced_modalities_keep_every_token_and_their_mask():
-    """A modality outside reduced_modalities (code, by default) keeps every projected token and
-    its padding mask, and owns no TokenReduction; one inside it is pooled."""
+    """A modality outside reduced_modalities (code and sound, by default) keeps every projected
+    token (and its padding mask, where it has one) and owns no TokenReduction; one inside it is
+    pooled."""
     model = make_model()
-    assert "code" not in model.reduce and {"image", "sound", "video"} <= set(model.reduce)
+    assert not {"code", "sound"} & set(model.reduce) and {"image", "video"} <= set(model.reduce)
     b = make_batch("code_text")
     f_code, m_code, _, _ = model.retrieval_features("code_text", b)
     assert f_code.shape == (*b["x_ids"].shape, model.cfg.proj_dim) and torch.equal(m_code, b["x_mask"])
     torch.testing.assert_close(f_code.norm(dim=-1), torch.ones(f_code.shape[:2]))
+    s = make_batch("sound_text")
+    f_snd, m_snd, _, _ = model.retrieval_features("sound_text", s)
+    assert f_snd.shape == (s["x"].shape[0], model.cfg.sound_tokens, model.cfg.proj_dim) and m_snd is None
     reduced = make_model(reduced_modalities=("image", "sound", "video", "code"))
     f_code, m_code, _, _ = reduced.retrieval_features("code_text", b)
     assert f_code.shape == (b["x_ids"].shape[0], 1 + reduced.cfg.reduced_tokens, reduced.cfg.proj_dim)
@@ -352,7 +356,7 @@ def test_backend_reaches_every_fused_layer(monkeypatch):
     model = make_model()
     names = model.set_backend("torch")
     n_skill = sum(blk.skilled for blk in model.encoder.blocks)
-    reductions = len(model.cfg.reduced_modalities)  # image, sound, video (code keeps its tokens)
+    reductions = len(model.cfg.reduced_modalities)  # image, video (code and sound keep their tokens)
     assert len(names) == n_skill + reductions + 4  # skill layers, TokenReductions, 4 FILIP losses
     calls = []
     real = _backend.resolve
