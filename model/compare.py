@@ -1,6 +1,6 @@
 """SkillNet's claim at mini scale: sparse skills vs a dense FFN vs task-specific models.
 
-    python -m model.compare                               # tiny preset, CPU, 3 seeds (~20-30 min)
+    python -m model.compare                               # tiny preset, CPU, 600 steps x 3 seeds (~25 min)
     python -m model.compare --smoke                       # CI: tiny data, 10 steps, 1 seed
     python -m model.compare --preset base --device cuda   # SkillNet-base on the GPU machine
     python -m model.compare --steps 40 --seeds 0 --variants skillnet,dense
@@ -41,17 +41,13 @@ Throughput: tokens/s = the positions encoded in training (padding included; the 
 per-step "tokens") over the summed step times, both from the run's metrics.jsonl; wall time =
 each run_main call end to end (set-up, training, test evaluation, final checkpoint).
 
-Default steps, from measurements on the 2 CPU cores (tiny preset, mini data; 2026-12-05, the cores
-shared with another engineer's training runs, so noisy):
-  - torch's default 2 threads, cores free: dense 0.24 s/step over 30 steps (8,700 tokens/s), test
-    evaluation 12 s; skillnet ~0.2 s/step (the trainer's own figure, TrainConfig.steps).
-  - 2 threads while another 2-thread training process ran: 0.9-7.9 s/step (thread
-    over-subscription); with --threads 1 in that situation: 0.35 s/step (40 steps of each variant:
-    skillnet 5,760, dense 5,500, separate 5,800 tokens/s) and ~25 s per variant and seed for
-    set-up, test evaluation and the final checkpoint.
-The default 500 steps x 3 seeds is 9 x 500 steps (skillnet, dense, and separate's 5 task models
-summing to 500) plus 9 x ~25 s: ~20 min on free cores (0.22 s/step), ~30 min with --threads 1
-beside another training job (0.35 s/step). Use --threads 1 whenever the cores are shared.
+Default steps, measured on the 2 CPU cores (tiny preset, mini data, the cores free, torch's
+default 2 threads): 600 steps x 3 seeds took 24.4 min in all (skillnet 154 s, dense 164 s,
+separate 167 s per seed, set-up and test evaluation included; ~0.23 s/step). 600 steps is the
+most that fits the 30 minutes with room for a slower machine; the main job's 1,800 steps would
+take ~75 min. Another training process on the same cores slowed a 2-thread step 4-30x here
+(thread over-subscription); --threads 1 kept it at ~0.35 s/step, ~35 min for the default. Use
+--threads 1 whenever the cores are shared.
 """
 from __future__ import annotations
 
@@ -73,7 +69,7 @@ from model.train import DataError, TaskSampler, load_tasks, run_main
 from model.wukong import SkillNetWukong, specs_from_tasks
 
 VARIANTS = ("skillnet", "dense", "separate")
-DEFAULT_STEPS = 500
+DEFAULT_STEPS = 600
 DEFAULT_SEEDS = (0, 1, 2)
 SMOKE_STEPS = 10
 LABELS = {"skillnet": "SkillNet (sparse skills)", "dense": "dense FFN (2 x d_ff)", "separate": "task-specific models"}
