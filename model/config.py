@@ -222,8 +222,8 @@ class TrainConfig:
     task_weights: dict = field(default_factory=dict)
     # tiny on 2 CPU cores: ~0.23 s a step (0.14-0.4 s by task), so 1,800 steps are ~7 minutes,
     # which with the data build (~25 s) and the evaluations keeps the main job at ~8.5 minutes
-    # (measured: 512 s on a fresh data root, 410 s of it training). More steps learn more (1,200 -> 1,800: test mean
-    # R@1 2-3.5x -> 2-5.5x chance); the 10-minute budget is what bounds them
+    # (measured: 512 s on a fresh data root, 410 s of it training). More steps learn more
+    # (1,200 -> 1,800: test mean R@1 2-3.5x -> 2-5.5x chance); the 10-minute budget bounds them
     steps: int = 1800
     batch_size: int = 32         # global batch per optimiser step (all ranks, all micro-steps)
     grad_accum: int = 1          # micro-steps per optimiser step

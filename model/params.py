@@ -66,7 +66,7 @@ def _head_params(model: SkillNetWukong, task: str, modality: str) -> list[nn.Par
     spec = model.specs[task]
     if spec.kind == "classify":
         return list(model.cls_head[task].parameters())
-    ps = list(model.proj[model.text_proj_key(task) if modality == "text" else modality].parameters())
+    ps = list(model.proj[model.proj_key(task, modality)].parameters())
     if modality in model.reduce:
         ps += list(model.reduce[modality].parameters())
     return ps

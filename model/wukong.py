@@ -98,7 +98,7 @@ class SkillNetWukong(nn.Module):
         # token of every item; growing it makes all similarities alike (loss ln B) and shrinks
         # every gradient through the L2 norm by 1/|bias|, a collapse seen here from scratch
         # the text side's projection: one for every task, or one per task (cfg.text_proj_per_task)
-        texts = {self.text_proj_key(s.name) for s in retrieve}
+        texts = {self.proj_key(s.name, "text") for s in retrieve}
         self.proj = nn.ModuleDict({m: nn.Linear(cfg.d_model, cfg.proj_dim, bias=False)
                                    for m in sorted(set(other) | texts)})
         self.reduce = nn.ModuleDict({m: skillkern.nn.TokenReduction(cfg.proj_dim, cfg.reduced_tokens, cfg.reduce_groups)
@@ -167,9 +167,10 @@ class SkillNetWukong(nn.Module):
         hidden = self.encoder([(x, m, self.cfg.skills_for(task, mod)) for mod, x, m in embedded])
         return [(mod, h, m) for (mod, _, m), h in zip(embedded, hidden)]
 
-    def text_proj_key(self, task: str) -> str:
-        """The key in self.proj of `task`'s text-side projection."""
-        return f"text_{task}" if self.cfg.text_proj_per_task else "text"
+    def proj_key(self, task: str, modality: str) -> str:
+        """The key in self.proj of `modality`'s projection in `task`: the modality's own, except
+        text's with cfg.text_proj_per_task, which is the task's own ("text_<task>")."""
+        return f"text_{task}" if modality == "text" and self.cfg.text_proj_per_task else modality
 
     def _lit_side(self, task: str) -> bool:
         return self.cfg.lit and TASK_MODALITIES[task][0] == "image"
@@ -177,7 +178,7 @@ class SkillNetWukong(nn.Module):
     def features(self, task: str, modality: str, hidden: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """Wukong's token features: proj -> (cfg.reduced_modalities: [CLS] + TokenReduction of the
         rest) -> L2 norm. Returns ((B, n, proj_dim), mask or None), in the autocast dtype if any."""
-        z = self.proj[self.text_proj_key(task) if modality == "text" else modality](hidden)
+        z = self.proj[self.proj_key(task, modality)](hidden)
         if modality in self.reduce:
             red = self.reduce[modality](z[:, 1:], None if mask is None else mask[:, 1:])
             z = torch.cat([z[:, :1], red.to(z.dtype)], 1)
